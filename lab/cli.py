@@ -1,0 +1,133 @@
+"""python -m lab {run, list, show, techniques, models, worker, cancel}"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from lab.techniques import SpecError
+
+
+def _cmd_run(args) -> int:
+    from lab import jobs
+    from lab.experiment import load_toml
+    spec = load_toml(args.spec)
+    exp_id, job_id = jobs.submit(spec)
+    print(f"queued experiment {exp_id} ({spec['name']}) as job {job_id}")
+    jobs.ensure_worker(idle_exit=60.0 if args.wait else 600.0)
+    if not args.wait:
+        return 0
+    last = ""
+    while True:
+        job = jobs.get_job(job_id)
+        line = f"[{job.progress * 100:5.1f}%] {job.message}"
+        if line != last:
+            print(line, file=sys.stderr, flush=True)
+            last = line
+        if job.status in ("done", "failed", "cancelled"):
+            break
+        if not jobs.worker_alive():
+            jobs.ensure_worker(idle_exit=60.0)
+        time.sleep(0.5)
+    if job.status != "done":
+        print(f"job {job_id} {job.status}: {job.error or job.message}", file=sys.stderr)
+        return 1
+    return _show(exp_id)
+
+
+def _show(exp_id: int) -> int:
+    from lab import results
+    exp = results.load_experiment(exp_id)
+    if exp is None:
+        print(f"no experiment with id {exp_id}", file=sys.stderr)
+        return 2
+    print(f"experiment {exp.id}: {exp.name} [{exp.status}]  model={exp.spec['model']}  "
+          f"workload={exp.spec['workload']}")
+    if exp.runs:
+        env = exp.runs[0].environment
+        print(f"device={env.get('device')} ({env.get('device_name')})  threads={env.get('threads')}  "
+              f"torch={env.get('torch')}  transformers={env.get('transformers')}  commit={env.get('lab_commit')}  "
+              f"spec={env.get('spec_hash')}")
+        print()
+        print(results.text_table(results.summary_rows(exp)))
+        print("\nmedian (p10–p90) over n samples; speedup is paired against the baseline in the same process")
+    else:
+        from lab import jobs
+        job = jobs.job_for_experiment(exp_id)
+        if job is not None and job.error:
+            print(f"no results: {job.error.splitlines()[0]}")
+    return 0
+
+
+def _cmd_list(_args) -> int:
+    from lab import results
+    print(results.text_table(results.recent_experiments(50)))
+    return 0
+
+
+def _cmd_techniques(_args) -> int:
+    from lab.techniques import all_techniques
+    for name, cls in all_techniques().items():
+        print(f"{name}  [{cls.family} / slot: {cls.slot}]  {cls.title}")
+        print(f"    {cls.summary}")
+        print(f"    paper: {cls.paper}")
+        for k in cls.knobs():
+            unit = f" {k.unit}" if k.unit else ""
+            print(f"    --{k.name}: {k.allowed()}{unit}, default {k.default!r}. {k.help}")
+    return 0
+
+
+def _cmd_models(_args) -> int:
+    from lab.models import list_models
+    from lab.results import text_table
+    print(text_table(list_models()))
+    print("\nAlso: any local model folder, or a hub id already in the local Hugging Face cache.")
+    return 0
+
+
+def _cmd_prepare(_args) -> int:
+    from lab.models import BUILTIN_MODELS, prepare_builtin
+    for name in BUILTIN_MODELS:
+        print(f"{name}: {prepare_builtin(name)}")
+    return 0
+
+
+def _cmd_worker(args) -> int:
+    from lab.jobs import worker_loop
+    worker_loop(idle_exit=args.idle_exit)
+    return 0
+
+
+def _cmd_cancel(args) -> int:
+    from lab.jobs import cancel
+    print(f"job {args.job}: {cancel(args.job)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab", description="Efficiency Lab command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="queue an experiment spec (TOML)")
+    p.add_argument("spec")
+    p.add_argument("--wait", action="store_true", help="wait for it and print the results table")
+    p.set_defaults(func=_cmd_run)
+    sub.add_parser("list", help="recent experiments").set_defaults(func=_cmd_list)
+    p = sub.add_parser("show", help="results of one experiment")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=lambda a: _show(a.id))
+    sub.add_parser("techniques", help="registered techniques and their knobs").set_defaults(func=_cmd_techniques)
+    sub.add_parser("models", help="built-in models").set_defaults(func=_cmd_models)
+    sub.add_parser("prepare", help="convert the built-in models once (done on first use otherwise)").set_defaults(
+        func=_cmd_prepare)
+    p = sub.add_parser("worker", help="run queued jobs")
+    p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    p.set_defaults(func=_cmd_worker)
+    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("job", type=int)
+    p.set_defaults(func=_cmd_cancel)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,196 @@
+"""An explicit decode loop in the style of gpt-fast: prefill once, then one forward per new token.
+
+The Engine applies a variant's techniques at the five slots in canonical order:
+  weights   -> transform a copy of the model (the cached original is never mutated)
+  attention -> choose the attention implementation registered with transformers
+  cache     -> build the KV cache object the loop writes into
+  decoding  -> replace this loop (e.g. draft/verify)
+  denoiser  -> diffusion only; an LLM variant never fills it
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from lab.engine.cache_bytes import cache_nbytes
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 means greedy (argmax)
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Generation:
+    """One generation: the new tokens and when each one became available (seconds from the start)."""
+    prompt_len: int
+    token_ids: list[int]
+    token_times: list[float]
+    kv_bytes: int = 0
+    stopped_by: str = "length"  # "length" or "eos"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0]
+
+    @property
+    def latency(self) -> float:
+        return self.token_times[-1]
+
+    @property
+    def tpot(self) -> float:
+        """Mean time per output token after the first (the decode phase alone)."""
+        n = len(self.token_times)
+        return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else float("nan")
+
+
+def sample_next(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick the next token from last-position logits [batch, vocab]: argmax, or temperature + nucleus sampling."""
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        # nucleus: keep the smallest prefix of tokens (by probability) whose mass reaches top_p
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_p.cumsum(dim=-1) - sorted_p
+        sorted_p = sorted_p.masked_fill(mass_before >= settings.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class Engine:
+    """A model prepared for one variant, plus the loop that generates with it."""
+
+    def __init__(self, model, tokenizer, techniques: list | None = None):
+        self.tokenizer = tokenizer
+        self.techniques = list(techniques or [])
+        self.slots = {t.slot: t for t in self.techniques}
+        if "denoiser" in self.slots:
+            raise ValueError(f"technique '{self.slots['denoiser'].name}' is for diffusion models, not an LLM")
+        if "weights" in self.slots:
+            model = self.slots["weights"].transform_weights(model)
+        if "attention" in self.slots:
+            if "weights" not in self.slots:
+                model = copy.deepcopy(model)  # the attention choice lives in the config; keep the original's
+            model.set_attn_implementation(self.slots["attention"].attention_implementation())
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    # --- building blocks -----------------------------------------------------------------------
+    def new_cache(self):
+        if "cache" in self.slots:
+            return self.slots["cache"].make_cache(self.model)
+        return DynamicCache(config=self.model.config)
+
+    def forward(self, input_ids: torch.Tensor, cache, logits_to_keep: int = 1) -> torch.Tensor:
+        """Run the model over `input_ids` [batch, n] appending to `cache`; return the last logits_to_keep logits."""
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=logits_to_keep)
+        return out.logits
+
+    def weight_bytes(self) -> int:
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        seen, total = set(), 0
+        for t in tensors:  # tied weights (embedding == LM head) count once
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
+
+    # --- the loop ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int], settings: GenerationSettings) -> Generation:
+        if "decoding" in self.slots:
+            return self.slots["decoding"].decode(self, prompt_ids, settings)
+        generator = None
+        if not settings.greedy:
+            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        cache = self.new_cache()
+        ids = torch.tensor([prompt_ids], device=self.device)
+        tokens, times = [], []
+        start = time.perf_counter()
+        logits = self.forward(ids, cache)  # prefill: the whole prompt in one forward
+        stopped_by = "length"
+        for _ in range(settings.max_new_tokens):
+            next_token = sample_next(logits[:, -1, :], settings, generator)
+            token = int(next_token.item())  # .item() synchronises, so the timestamp is honest on GPU too
+            times.append(time.perf_counter() - start)
+            tokens.append(token)
+            if token in self.eos_ids:
+                stopped_by = "eos"
+                break
+            if len(tokens) == settings.max_new_tokens:
+                break
+            logits = self.forward(next_token[:, None], cache)  # decode: one token, attends to the cache
+        return Generation(prompt_len=len(prompt_ids), token_ids=tokens, token_times=times,
+                          kv_bytes=cache_nbytes(cache), stopped_by=stopped_by)
+
+    @torch.inference_mode()
+    def generate_hf(self, prompt_ids: list[int], settings: GenerationSettings) -> Generation:
+        """The same generation through transformers' generate(), timed per token by a streamer.
+
+        Used as the reference the lab's loop is measured against (bench_overhead) and checked equal to.
+        """
+        streamer = _TimingStreamer()
+        cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([prompt_ids], device=self.device)
+        kwargs = dict(do_sample=False) if settings.greedy else dict(
+            do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        if not settings.greedy:
+            torch.manual_seed(settings.seed)
+        streamer.start = time.perf_counter()
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=settings.max_new_tokens,
+                                  past_key_values=cache, streamer=streamer, eos_token_id=sorted(self.eos_ids),
+                                  pad_token_id=sorted(self.eos_ids)[0], **kwargs)
+        tokens = out[0, len(prompt_ids):].tolist()
+        stopped_by = "eos" if tokens and tokens[-1] in self.eos_ids else "length"
+        return Generation(prompt_len=len(prompt_ids), token_ids=tokens, token_times=streamer.times[:len(tokens)],
+                          kv_bytes=cache_nbytes(cache), stopped_by=stopped_by)
+
+
+class _TimingStreamer:
+    """generate() calls put() once with the prompt, then once per new token: record when each arrives."""
+
+    def __init__(self):
+        self.start = 0.0
+        self.times: list[float] = []
+        self._seen_prompt = False
+
+    def put(self, value):
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        self.times.append(time.perf_counter() - self.start)
+
+    def end(self):
+        pass
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+@torch.inference_mode()
+def window_nll(engine: Engine, ids: list[int]) -> tuple[float, int]:
+    """Sum of next-token negative log-likelihoods over one window, and how many tokens were predicted."""
+    x = torch.tensor([ids], device=engine.device)
+    logits = engine.model(input_ids=x, use_cache=False).logits[0, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
+    return float(nll), len(ids) - 1

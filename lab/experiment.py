@@ -1,0 +1,133 @@
+"""The experiment spec: model + workload + variants, read from TOML or built by a page, validated before
+anything is stored or run. Every error names the field and its allowed values."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+from lab.techniques import SpecError, build
+from lab.workloads import WORKLOADS, check_workload
+
+ENGINES = ("lab", "hf_generate")
+
+# field -> (type, default, min, max, help); choices-typed fields are checked separately below
+FIELDS = {
+    "name": (str, "experiment", None, None, "A short name for the experiment."),
+    "description": (str, "", None, None, "Free text."),
+    "model": (str, "smollm2-135m-instruct", None, None, "Built-in name, local folder, or cached hub id."),
+    "device": (str, "auto", None, None, "auto, cpu or cuda."),
+    "workload": (str, "chat", None, None, "chat or perplexity."),
+    "prompts": (int, 4, 1, 1000, "How many workload items (prompts or text windows) to use."),
+    "max_new_tokens": (int, 32, 1, 4096, "Tokens to generate per prompt (chat)."),
+    "repeats": (int, 3, 1, 100, "Measured repeats; variants interleave within each repeat."),
+    "warmup": (int, 1, 0, 10, "Unmeasured warm-up passes per variant before the repeats."),
+    "seed": (int, 0, 0, 2**31 - 1, "Seed for sampling; the same for every variant."),
+    "threads": (int, 0, 0, 256, "torch threads for every variant (0: keep torch's default)."),
+    "temperature": (float, 0.0, 0.0, 5.0, "0 = greedy; above 0 samples with this temperature."),
+    "top_p": (float, 1.0, 0.01, 1.0, "Nucleus sampling mass (used when temperature > 0)."),
+    "perplexity_tokens": (int, 256, 0, 100_000, "Held-out tokens scored for perplexity per variant (0: skip)."),
+    "perplexity_window": (int, 256, 16, 8192, "Window length for perplexity scoring."),
+    "variants": (list, None, None, None, "The variants; a baseline (no technique) is added when missing."),
+}
+CHOICES = {"device": ("auto", "cpu", "cuda"), "workload": tuple(WORKLOADS)}
+VARIANT_FIELDS = ("name", "techniques", "engine")
+
+
+def _check_field(key: str, value):
+    ftype, _default, lo, hi, _help = FIELDS[key]
+    if ftype is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, ftype) or isinstance(value, bool):
+        raise SpecError(f"field '{key}': expected a {ftype.__name__}, got {value!r}")
+    if lo is not None and (value < lo or value > hi):
+        raise SpecError(f"field '{key}': {value!r} is out of range; allowed: {lo} to {hi}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise SpecError(f"field '{key}': {value!r} is not allowed; allowed: {', '.join(CHOICES[key])}")
+    return value
+
+
+def _normalize_variant(i: int, variant, model_kind: str) -> dict:
+    if not isinstance(variant, dict):
+        raise SpecError(f"variants[{i}]: expected a table with name and techniques, got {variant!r}")
+    unknown = sorted(set(variant) - set(VARIANT_FIELDS))
+    if unknown:
+        raise SpecError(f"variants[{i}]: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(VARIANT_FIELDS)}")
+    techniques = variant.get("techniques", [])
+    if not isinstance(techniques, list):
+        raise SpecError(f"variants[{i}].techniques: expected a list of tables, got {techniques!r}")
+    try:
+        built = build(techniques, model_kind=model_kind)
+    except SpecError as e:
+        raise SpecError(f"variants[{i}] ({variant.get('name', 'unnamed')}): {e}") from None
+    engine = variant.get("engine", "lab")
+    if engine not in ENGINES:
+        raise SpecError(f"variants[{i}].engine: {engine!r} is not allowed; allowed: {', '.join(ENGINES)}")
+    if engine == "hf_generate" and built:
+        raise SpecError(f"variants[{i}]: engine 'hf_generate' is the raw transformers reference and takes no "
+                        f"techniques")
+    name = variant.get("name") or (" + ".join(t.label() for t in built) if built else
+                                   ("baseline" if engine == "lab" else engine))
+    if not isinstance(name, str):
+        raise SpecError(f"variants[{i}].name: expected a string, got {name!r}")
+    return {"name": name, "engine": engine,
+            "techniques": [{"name": t.name, **t.params()} for t in built]}
+
+
+def validate(raw: dict, check_model_exists: bool = True) -> dict:
+    """Return the normalized spec (defaults filled, baseline first) or raise SpecError."""
+    if not isinstance(raw, dict):
+        raise SpecError("a spec must be a table of fields")
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise SpecError(f"unknown field(s) {', '.join(unknown)}; allowed fields: {', '.join(FIELDS)}")
+    spec = {k: (copy.deepcopy(raw[k]) if k in raw else FIELDS[k][1]) for k in FIELDS if k != "variants"}
+    for key in spec:
+        spec[key] = _check_field(key, spec[key])
+    check_workload(spec["workload"])
+    model_kind = "llm"
+    if check_model_exists:
+        from lab.models import check_model
+        model_kind = check_model(spec["model"])
+    variants = raw.get("variants", [])
+    if not isinstance(variants, list):
+        raise SpecError(f"field 'variants': expected a list of tables, got {variants!r}")
+    normalized = [_normalize_variant(i, v, model_kind) for i, v in enumerate(variants)]
+    baselines = [v for v in normalized if not v["techniques"] and v["engine"] == "lab"]
+    if not baselines:
+        normalized.insert(0, {"name": "baseline", "engine": "lab", "techniques": []})
+    else:  # the baseline goes first: every other variant is scored against it
+        normalized.remove(baselines[0])
+        normalized.insert(0, baselines[0])
+    names = [v["name"] for v in normalized]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"variant name(s) used twice: {', '.join(dupes)}; give each variant its own name")
+    if spec["workload"] == "chat":
+        from lab.workloads import chat_prompts
+        available = len(chat_prompts())
+        if spec["prompts"] > available:
+            raise SpecError(f"field 'prompts': {spec['prompts']} is more than the chat workload has; "
+                            f"allowed: 1 to {available}")
+    spec["variants"] = normalized
+    return spec
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+    return validate(raw)
+
+
+def spec_hash(spec: dict) -> str:
+    """Hash of what determines the results (name and description excluded)."""
+    relevant = {k: v for k, v in spec.items() if k not in ("name", "description")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,54 @@
+"""The catalogue of metrics: unit, one-line definition, and which direction is better.
+
+Pages, CLI tables and reports read definitions from here so a number is never shown without them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    label: str
+    unit: str
+    definition: str
+    higher_is_better: bool | None  # None: neither (a descriptive count)
+    kind: str = "measured"  # "measured" (timed or counted here) or "quality" (scored against the baseline)
+
+
+_DEFS = [
+    MetricDef("speedup", "Speedup", "x", "Variant tokens/s divided by baseline tokens/s, paired per prompt and "
+              "repeat in the same process (baseline interleaved); median of the ratios.", True),
+    MetricDef("tokens_per_s", "Tokens/s", "tok/s", "New tokens divided by end-to-end latency of one generation.",
+              True),
+    MetricDef("ttft_s", "TTFT", "s", "Time to first token: from the start of prefill until the first new token "
+              "is known.", False),
+    MetricDef("tpot_ms", "TPOT", "ms", "Time per output token after the first: decode time divided by "
+              "(new tokens - 1).", False),
+    MetricDef("latency_s", "Latency", "s", "End-to-end time of one generation, prefill included.", False),
+    MetricDef("new_tokens", "New tokens", "tok", "Tokens generated (stops at max_new_tokens or end of sequence).",
+              None),
+    MetricDef("peak_mem_mb", "Peak memory", "MB", "Peak process RSS during a generation (CPU; every loaded model "
+              "counts) or peak CUDA memory allocated (GPU).", False),
+    MetricDef("mem_rise_mb", "Memory rise", "MB", "Rise of that peak above its level when the generation started: "
+              "the working memory of the generation itself.", False),
+    MetricDef("weight_mb", "Weights", "MB", "Bytes of the model's parameters and buffers as held in memory "
+              "(tied weights counted once).", False),
+    MetricDef("kv_cache_mb", "KV cache", "MB", "Bytes of the KV cache at the end of a generation, summed from "
+              "the cache's tensors.", False),
+    MetricDef("agreement", "Agreement", "%", "Share of the baseline's greedy tokens that the variant reproduces "
+              "at the same position (100% = identical output).", True, "quality"),
+    MetricDef("first_divergence", "First divergence", "tok", "Position of the first token where the variant's "
+              "output differs from the baseline's (= output length when identical).", True, "quality"),
+    MetricDef("perplexity", "Perplexity", "ppl", "exp(mean negative log-likelihood) of held-out English text "
+              "(CPython's pydoc topics); lower means the model predicts the text better.", False, "quality"),
+    MetricDef("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", "Tokens scored per second in one forward "
+              "over a window of held-out text.", True),
+]
+METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
+ORDER = [m.name for m in _DEFS]
+
+
+def definition(name: str) -> MetricDef:
+    return METRICS.get(name) or MetricDef(name, name, "", "", None)

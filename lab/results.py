@@ -1,0 +1,98 @@
+"""Read results back from the store as tables (for the CLI, the pages and reports). No torch here."""
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from lab import store
+from lab.metrics import METRICS, ORDER, definition
+from lab.store import Experiment, Run
+
+# The summary table shows these, in this order, when present.
+SUMMARY_METRICS = ["speedup", "tokens_per_s", "ttft_s", "tpot_ms", "latency_s", "peak_mem_mb", "mem_rise_mb",
+                   "weight_mb", "kv_cache_mb", "agreement", "first_divergence", "perplexity",
+                   "prefill_tokens_per_s"]
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    decimals = max(0, digits - 1 - mag)
+    return f"{x:.{decimals}f}"
+
+
+def column_label(name: str) -> str:
+    d = definition(name)
+    return f"{d.label} [{d.unit}]" if d.unit else d.label
+
+
+def load_experiment(experiment_id: int) -> Experiment | None:
+    with store.session() as s:
+        return s.scalars(select(Experiment).where(Experiment.id == experiment_id).options(
+            selectinload(Experiment.runs).selectinload(Run.metrics),
+            selectinload(Experiment.runs).selectinload(Run.outputs))).first()
+
+
+def load_runs(run_ids: list[int]) -> list[Run]:
+    with store.session() as s:
+        runs = s.scalars(select(Run).where(Run.id.in_(run_ids)).options(
+            selectinload(Run.metrics), selectinload(Run.outputs), selectinload(Run.experiment))).all()
+    by_id = {r.id: r for r in runs}
+    return [by_id[i] for i in run_ids if i in by_id]
+
+
+def summary_rows(exp: Experiment) -> list[dict]:
+    """One row per variant: each metric as 'median (p10–p90)', plus n. Ready for a table."""
+    rows = []
+    for run in exp.runs:
+        metrics = {m.name: m for m in run.metrics}
+        row = {"Variant": run.variant}
+        n = max((m.n for name, m in metrics.items() if name in ("tokens_per_s", "prefill_tokens_per_s")), default=0)
+        for name in SUMMARY_METRICS:
+            m = metrics.get(name)
+            if m is None:
+                continue
+            spread = f" ({fmt(m.p10)}–{fmt(m.p90)})" if m.n > 1 and m.p10 != m.p90 else ""
+            row[column_label(name)] = fmt(m.value) + spread
+        row["n"] = n
+        rows.append(row)
+    return rows
+
+
+def metric_values(run: Run) -> dict[str, float | None]:
+    return {m.name: m.value for m in run.metrics}
+
+
+def definitions_for(names) -> list[dict]:
+    return [{"Metric": column_label(n), "Definition": definition(n).definition} for n in names if n in METRICS]
+
+
+def text_table(rows: list[dict]) -> str:
+    """A plain fixed-width table for the terminal."""
+    if not rows:
+        return "(no runs)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    line = "  ".join(c.ljust(widths[c]) for c in cols)
+    sep = "  ".join("-" * widths[c] for c in cols)
+    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join([line, sep, *body])
+
+
+def recent_experiments(limit: int = 20) -> list[dict]:
+    with store.session() as s:
+        exps = s.scalars(select(Experiment).order_by(Experiment.id.desc()).limit(limit)).all()
+        return [{"ID": e.id, "Name": e.name, "Status": e.status, "Model": e.spec.get("model"),
+                 "Workload": e.spec.get("workload"),
+                 "Variants": ", ".join(v["name"] for v in e.spec.get("variants", [])),
+                 "Created (UTC)": e.created_at.strftime("%Y-%m-%d %H:%M:%S")} for e in exps]
+
+
+def ordered_metric_names(names) -> list[str]:
+    known = [n for n in ORDER if n in names]
+    return known + sorted(n for n in names if n not in ORDER)

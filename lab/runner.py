@@ -1,0 +1,212 @@
+"""Runs a validated spec variant by variant and writes the results to the store in one transaction.
+
+Measurement protocol: every variant is prepared first, then warmed up, then the repeats run with the
+variants interleaved (A B C, B C A, ...: the order rotates so no variant always runs first), so drift in
+the machine hits all of them alike. Each metric is summarised by its median, p10, p90 and n.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lab import fidelity, store
+from lab.measure import PeakMemory, environment, summarize
+from lab.metrics import definition
+
+MB = 1024 * 1024
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback when the user cancelled the job."""
+
+
+@dataclass
+class VariantResult:
+    name: str
+    engine: str
+    techniques: list
+    environment: dict = field(default_factory=dict)
+    samples: dict = field(default_factory=lambda: defaultdict(list))  # metric -> values
+    outputs: list = field(default_factory=list)  # dicts: item_index, item_key, prompt, text, token_ids, extra
+
+
+def _noop(_fraction: float, _message: str) -> None:
+    return None
+
+
+def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[VariantResult]:
+    """Run the spec and return the measured results (nothing is written here)."""
+    import torch
+
+    from lab.engine import Engine, GenerationSettings
+    from lab.experiment import spec_hash
+    from lab.models import default_device, load
+    from lab.techniques import build
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device = default_device() if spec["device"] == "auto" else spec["device"]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available here; use 'auto' or 'cpu'")
+    progress(0.0, f"loading {spec['model']}")
+    loaded = load(spec["model"], device=device)
+    engines, results = [], []
+    for v in spec["variants"]:
+        progress(0.02, f"preparing {v['name']}")
+        engine = Engine(loaded.model, loaded.tokenizer, build(v["techniques"], model_kind=loaded.kind))
+        engines.append(engine)
+        dtype = str(next(engine.model.parameters()).dtype).replace("torch.", "")
+        results.append(VariantResult(v["name"], v["engine"], v["techniques"],
+                                     environment(device, dtype, spec_hash(spec))))
+        results[-1].samples["weight_mb"].append(engine.weight_bytes() / MB)
+    torch.manual_seed(spec["seed"])
+    if spec["workload"] == "chat":
+        _run_chat(spec, loaded, engines, results, progress)
+    else:
+        _run_perplexity_workload(spec, loaded, engines, results, progress)
+    if spec["workload"] == "chat" and spec["perplexity_tokens"]:
+        _score_perplexity(spec, loaded, engines, results, progress)
+    _score_agreement(results)
+    progress(1.0, "done")
+    return results
+
+
+def _run_chat(spec, loaded, engines, results, progress):
+    from lab.engine import GenerationSettings
+    from lab.workloads import chat_input_ids, chat_prompts
+
+    items = chat_prompts(spec["prompts"])
+    prompt_ids = [chat_input_ids(loaded.tokenizer, item.text) for item in items]
+    settings = GenerationSettings(spec["max_new_tokens"], spec["temperature"], spec["top_p"], spec["seed"])
+    n_variants = len(engines)
+    total = (spec["warmup"] + spec["repeats"] * len(items)) * n_variants
+    done = 0
+
+    def generate(k, ids):
+        gen_fn = engines[k].generate_hf if results[k].engine == "hf_generate" else engines[k].generate
+        with PeakMemory(str(engines[k].device)) as mem:
+            gen = gen_fn(ids, settings)
+        return gen, mem
+
+    for w in range(spec["warmup"]):
+        for k in range(n_variants):
+            progress(0.05 + 0.8 * done / total, f"warm-up {w + 1}: {results[k].name}")
+            generate(k, prompt_ids[0])
+            done += 1
+    for r in range(spec["repeats"]):
+        for i, item in enumerate(items):
+            order = [(k + r + i) % n_variants for k in range(n_variants)]  # rotate who goes first
+            latencies = {}
+            for k in order:
+                progress(0.05 + 0.8 * done / total, f"repeat {r + 1}/{spec['repeats']}, prompt {i + 1}/{len(items)}: "
+                                                    f"{results[k].name}")
+                gen, mem = generate(k, prompt_ids[i])
+                done += 1
+                s = results[k].samples
+                tps = len(gen.token_ids) / gen.latency
+                s["ttft_s"].append(gen.ttft)
+                s["tpot_ms"].append(gen.tpot * 1000)
+                s["latency_s"].append(gen.latency)
+                s["tokens_per_s"].append(tps)
+                s["new_tokens"].append(len(gen.token_ids))
+                s["peak_mem_mb"].append(mem.peak / MB)
+                s["mem_rise_mb"].append(mem.rise / MB)
+                s["kv_cache_mb"].append(gen.kv_bytes / MB)
+                latencies[k] = tps
+                if r == 0:
+                    results[k].outputs.append(dict(
+                        item_index=i, item_key=item.key, prompt=item.text,
+                        text=loaded.tokenizer.decode(gen.token_ids, skip_special_tokens=True),
+                        token_ids=gen.token_ids,
+                        extra={"prompt_tokens": gen.prompt_len, "token_times": gen.token_times,
+                               "stopped_by": gen.stopped_by}))
+            for k in range(n_variants):  # paired ratio: same prompt, same repeat, adjacent in time
+                results[k].samples["speedup"].append(latencies[k] / latencies[0])
+
+
+def _score_perplexity(spec, loaded, engines, results, progress):
+    from lab.engine.decode import window_nll
+    from lab.workloads import perplexity_windows
+
+    windows = perplexity_windows(loaded.tokenizer, spec["perplexity_tokens"], spec["perplexity_window"])
+    for k, engine in enumerate(engines):
+        progress(0.87 + 0.12 * k / len(engines), f"perplexity: {results[k].name}")
+        nll = n = 0
+        for ids in windows:
+            a, b = window_nll(engine, ids)
+            nll, n = nll + a, n + b
+        results[k].samples["perplexity"].append(fidelity.perplexity(nll, n))
+
+
+def _run_perplexity_workload(spec, loaded, engines, results, progress):
+    """Perplexity workload: time one forward per window (prefill throughput) and score the text."""
+    import time
+
+    from lab.engine.decode import window_nll
+    from lab.workloads import perplexity_windows
+
+    n_tokens = spec["prompts"] * spec["perplexity_window"]
+    windows = perplexity_windows(loaded.tokenizer, n_tokens, spec["perplexity_window"])
+    totals = [[0.0, 0] for _ in engines]
+    steps = (spec["warmup"] + spec["repeats"] * len(windows)) * len(engines)
+    done = 0
+    for _ in range(spec["warmup"]):
+        for k, engine in enumerate(engines):
+            window_nll(engine, windows[0])
+            done += 1
+    for r in range(spec["repeats"]):
+        for i, ids in enumerate(windows):
+            order = [(k + r + i) % len(engines) for k in range(len(engines))]
+            rates = {}
+            for k in order:
+                progress(0.05 + 0.9 * done / steps, f"repeat {r + 1}, window {i + 1}: {results[k].name}")
+                with PeakMemory(str(engines[k].device)) as mem:
+                    t0 = time.perf_counter()
+                    nll, n = window_nll(engines[k], ids)
+                    elapsed = time.perf_counter() - t0
+                done += 1
+                rates[k] = len(ids) / elapsed
+                results[k].samples["prefill_tokens_per_s"].append(rates[k])
+                results[k].samples["peak_mem_mb"].append(mem.peak / MB)
+                results[k].samples["mem_rise_mb"].append(mem.rise / MB)
+                if r == 0:
+                    totals[k][0] += nll
+                    totals[k][1] += n
+            for k in range(len(engines)):
+                results[k].samples["speedup"].append(rates[k] / rates[0])
+    for k in range(len(engines)):
+        results[k].samples["perplexity"].append(fidelity.perplexity(*totals[k]))
+
+
+def _score_agreement(results: list[VariantResult]) -> None:
+    baseline = {o["item_index"]: o["token_ids"] for o in results[0].outputs}
+    for res in results:
+        for out in res.outputs:
+            rate, first = fidelity.agreement(baseline[out["item_index"]], out["token_ids"])
+            res.samples["agreement"].append(100.0 * rate)
+            res.samples["first_divergence"].append(first)
+
+
+def save(experiment_id: int, results: list[VariantResult]) -> None:
+    """Write all runs, metrics and outputs of an experiment in one transaction."""
+    with store.session() as s:
+        exp = s.get(store.Experiment, experiment_id)
+        for position, res in enumerate(results):
+            run = store.Run(position=position, variant=res.name, is_baseline=position == 0,
+                            params={"techniques": res.techniques, "engine": res.engine},
+                            environment=res.environment)
+            for name, values in res.samples.items():
+                summary = summarize(values)
+                run.metrics.append(store.Metric(
+                    name=name, value=_finite(summary.median), p10=_finite(summary.p10), p90=_finite(summary.p90),
+                    n=summary.n, unit=definition(name).unit, samples=[_finite(v) for v in values]))
+            for out in res.outputs:
+                run.outputs.append(store.Output(**out))
+            exp.runs.append(run)
+
+
+def _finite(x: float) -> float | None:
+    # NaN (e.g. TPOT of a one-token answer) is stored as NULL: SQL and JSON have no portable NaN.
+    return float(x) if x is not None and math.isfinite(x) else None

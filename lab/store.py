@@ -1,0 +1,169 @@
+"""The store: SQLAlchemy 2 tables on SQLite (WAL) at data/lab.db, or any URL in LAB_DATABASE_URL.
+
+Generic tables (experiments, runs, metrics in long format, outputs, jobs, workers) so a new technique
+never needs a schema change. The schema is created and upgraded by Alembic migrations (lab/migrations),
+applied automatically the first time a process opens the store.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+from lab.paths import data_dir
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict] = mapped_column(JSON)
+    spec_hash: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued/running/done/failed/cancelled
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    runs: Mapped[list["Run"]] = relationship(back_populates="experiment", cascade="all, delete-orphan",
+                                             order_by="Run.position")
+
+
+class Run(Base):
+    """One variant of one experiment: its techniques, environment and results."""
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(200))
+    is_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
+    params: Mapped[dict] = mapped_column(JSON)
+    environment: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    experiment: Mapped[Experiment] = relationship(back_populates="runs")
+    metrics: Mapped[list["Metric"]] = relationship(cascade="all, delete-orphan", order_by="Metric.id")
+    outputs: Mapped[list["Output"]] = relationship(cascade="all, delete-orphan", order_by="Output.item_index")
+
+
+class Metric(Base):
+    """One metric of one run, long format: a summary (median, p10, p90, n) plus the raw samples."""
+    __tablename__ = "metrics"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p10: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p90: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n: Mapped[int] = mapped_column(Integer, default=1)
+    unit: Mapped[str] = mapped_column(String(30), default="")
+    samples: Mapped[list | None] = mapped_column(JSON, nullable=True)
+
+
+class Output(Base):
+    """What a run produced for one workload item, kept so quality can be recomputed later."""
+    __tablename__ = "outputs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    item_index: Mapped[int] = mapped_column(Integer)
+    item_key: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    token_ids: Mapped[list] = mapped_column(JSON)
+    extra: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Worker(Base):
+    """A live worker process announces itself here and heartbeats, so others can tell it is alive."""
+    __tablename__ = "workers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+def database_url() -> str:
+    return os.environ.get("LAB_DATABASE_URL") or f"sqlite:///{data_dir() / 'lab.db'}"
+
+
+_engines: dict[str, tuple] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (the page) never block the writer (the worker)
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def _migrate(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(__import__("pathlib").Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+def sessionmaker_for(url: str | None = None):
+    url = url or database_url()
+    with _lock:
+        if url not in _engines:
+            kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+            engine = create_engine(url, **kwargs)
+            if url.startswith("sqlite"):
+                event.listen(engine, "connect", _sqlite_pragmas)
+            _migrate(url)
+            _engines[url] = (engine, sessionmaker(engine, expire_on_commit=False))
+        return _engines[url][1]
+
+
+@contextmanager
+def session():
+    """A transaction: committed on success, rolled back whole on any error (nothing half-written)."""
+    s = sessionmaker_for()()
+    try:
+        yield s
+        s.commit()
+    except BaseException:
+        s.rollback()
+        raise
+    finally:
+        s.close()
+
+
+def reset_engines() -> None:
+    """Forget cached engines (tests switch LAB_DATABASE_URL between databases)."""
+    with _lock:
+        for engine, _ in _engines.values():
+            engine.dispose()
+        _engines.clear()

@@ -1,0 +1,140 @@
+"""The technique declaration: one dataclass per technique, knobs declared once.
+
+Everything user-facing (page form, CLI listing, TOML validation, compare columns, report) reads these
+declarations; nothing here imports torch, so pages can build forms without loading it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# The five attachment points of the engine, in the canonical order they are applied.
+SLOTS = ("weights", "attention", "cache", "decoding", "denoiser")
+MODEL_KINDS = ("llm", "diffusion")
+
+
+class SpecError(ValueError):
+    """A spec (or a technique's knobs) is invalid; the message names the field and the allowed values."""
+
+
+def knob(default: Any, *, help: str, unit: str = "", min: float | None = None, max: float | None = None,
+         choices: tuple | None = None) -> Any:
+    """Declare a technique knob: a dataclass field whose metadata drives forms, CLI and validation."""
+    meta = {"help": help, "unit": unit, "min": min, "max": max, "choices": choices}
+    return field(default=default, metadata={"knob": meta})
+
+
+@dataclass(frozen=True)
+class KnobInfo:
+    name: str
+    type: type
+    default: Any
+    help: str
+    unit: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        lo = "-inf" if self.min is None else self.min
+        hi = "inf" if self.max is None else self.max
+        return f"a {self.type.__name__} in [{lo}, {hi}]"
+
+    def validate(self, technique: str, value: Any) -> Any:
+        where = f"technique '{technique}', knob '{self.name}'"
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise SpecError(f"{where}: expected true or false, got {value!r}")
+            return value
+        if self.type in (int, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if self.type is int and ok and float(value) != int(value):
+                ok = False
+            if not ok:
+                raise SpecError(f"{where}: expected {self.allowed()}, got {value!r}")
+            value = self.type(value)
+        elif not isinstance(value, self.type):
+            raise SpecError(f"{where}: expected {self.allowed()}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise SpecError(f"{where}: {value!r} is not allowed; expected {self.allowed()}")
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            raise SpecError(f"{where}: {value!r} is out of range; expected {self.allowed()}")
+        return value
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+class Technique:
+    """Base of every technique. Subclasses are dataclasses; defining one with a `name` registers it.
+
+    A subclass declares: name, family, slot, title, summary, paper, applies_to, and overrides the hook of
+    its slot (see lab/engine/slots.py for what each slot receives).
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    slot: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    applies_to: ClassVar[tuple[str, ...]] = ("llm",)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            from lab.techniques.registry import register
+            register(cls)
+
+    # --- declaration -----------------------------------------------------------------------------
+    @classmethod
+    def knobs(cls) -> list[KnobInfo]:
+        out = []
+        for f in dataclasses.fields(cls):
+            meta = f.metadata.get("knob")
+            if meta is None:
+                continue
+            ftype = _TYPES[f.type] if isinstance(f.type, str) else f.type
+            out.append(KnobInfo(name=f.name, type=ftype, default=f.default, **meta))
+        return out
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Technique":
+        """Build from user params, validating every knob; unknown knobs are refused by name."""
+        knobs = {k.name: k for k in cls.knobs()}
+        unknown = sorted(set(params) - set(knobs))
+        if unknown:
+            raise SpecError(f"technique '{cls.name}': unknown knob(s) {', '.join(unknown)}; "
+                            f"its knobs are: {', '.join(knobs) or '(none)'}")
+        values = {name: knobs[name].validate(cls.name, v) for name, v in params.items()}
+        return cls(**values)
+
+    def params(self) -> dict:
+        return {k.name: getattr(self, k.name) for k in self.knobs()}
+
+    def label(self) -> str:
+        inner = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{self.name}({inner})"
+
+    def conflicts_with(self, other: "Technique") -> str | None:
+        """Why this technique cannot run together with `other` (None when it can)."""
+        return None
+
+    # --- slot hooks (each technique overrides the one of its slot) -------------------------------
+    def transform_weights(self, model):  # weights slot: return a transformed copy, never mutate `model`
+        raise NotImplementedError
+
+    def attention_implementation(self) -> str:  # attention slot: name registered with transformers
+        raise NotImplementedError
+
+    def make_cache(self, model):  # cache slot: the Cache object the decode loop uses
+        raise NotImplementedError
+
+    def decode(self, engine, prompt_ids, settings):  # decoding slot: owns the generation loop
+        raise NotImplementedError
+
+    def wrap_denoiser(self, denoiser):  # denoiser slot: a context manager around one generation
+        raise NotImplementedError

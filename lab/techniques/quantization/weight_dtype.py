@@ -1,0 +1,31 @@
+"""Cast the weights to a 16-bit float type: the simplest weight quantization, and the reference point
+every lower-bit method is judged against."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import Technique, knob
+
+_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass
+class WeightDtype(Technique):
+    name = "weight_dtype"
+    family = "quantization"
+    slot = "weights"
+    title = "Weight dtype cast (bf16 / fp16)"
+    summary = ("Stores weights and runs the whole model in a 16-bit float type: half the weight bytes and "
+               "KV bytes of fp32; speed depends on the hardware's 16-bit kernels.")
+    paper = "Kalamkar et al., A Study of BFLOAT16 for Deep Learning Training, 2019 (arXiv:1905.12322)"
+    applies_to = ("llm", "diffusion")
+
+    dtype: str = knob("bf16", choices=("bf16", "fp16"), help="Target float type of weights and activations.")
+
+    def transform_weights(self, model):
+        import copy
+
+        import torch
+
+        # deepcopy first: the cached original model is shared by every variant and must stay untouched.
+        return copy.deepcopy(model).to(getattr(torch, _TORCH_DTYPES[self.dtype]))
