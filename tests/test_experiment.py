@@ -1,0 +1,55 @@
+import pytest
+
+from lab.experiment import spec_hash, validate
+from lab.techniques import SpecError
+
+
+def test_defaults_and_baseline_first(tiny_model_dir):
+    spec = validate({"model": str(tiny_model_dir),
+                     "variants": [{"name": "bf16", "techniques": [{"name": "weight_dtype"}]}]})
+    assert [v["name"] for v in spec["variants"]] == ["baseline", "bf16"]
+    assert spec["variants"][1]["techniques"] == [{"name": "weight_dtype", "dtype": "bf16"}]
+    assert spec["repeats"] == 3 and spec["workload"] == "chat"
+
+
+def test_explicit_baseline_is_moved_first(tiny_model_dir):
+    spec = validate({"model": str(tiny_model_dir), "variants": [
+        {"name": "half", "techniques": [{"name": "weight_dtype"}]}, {"name": "ref", "techniques": []}]})
+    assert [v["name"] for v in spec["variants"]] == ["ref", "half"]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"repeats": 0}, "field 'repeats': 0 is out of range; allowed: 1 to 100"),
+    ({"workload": "poems"}, "field 'workload': 'poems' is not allowed; allowed: chat, perplexity"),
+    ({"colour": "red"}, "unknown field.*colour.*allowed fields: name"),
+    ({"max_new_tokens": "many"}, "field 'max_new_tokens': expected a int"),
+    ({"prompts": 99}, "field 'prompts': 99 is more than the chat workload has; allowed: 1 to 14"),
+    ({"variants": [{"name": "x", "techniques": [{"name": "weight_dtype", "dtype": "fp8"}]}]},
+     r"variants\[0\] \(x\): technique 'weight_dtype', knob 'dtype'"),
+    ({"variants": [{"name": "x", "engine": "vllm"}]}, "engine.*'vllm' is not allowed; allowed: lab, hf_generate"),
+    ({"variants": [{"name": "a", "techniques": [{"name": "weight_dtype"}]},
+                   {"name": "a", "techniques": [{"name": "weight_dtype", "dtype": "fp16"}]}]}, "used twice: a"),
+])
+def test_spec_errors_name_field_and_allowed_values(tiny_model_dir, raw, message):
+    with pytest.raises(SpecError, match=message):
+        validate({"model": str(tiny_model_dir), **raw})
+
+
+def test_unknown_model_lists_builtins():
+    with pytest.raises(SpecError, match="unknown model 'no-such-model'.*smollm2-135m-instruct"):
+        validate({"model": "no-such-model"})
+
+
+def test_hash_ignores_name_but_not_settings(tiny_model_dir):
+    a = validate({"model": str(tiny_model_dir), "name": "a"})
+    b = validate({"model": str(tiny_model_dir), "name": "b"})
+    c = validate({"model": str(tiny_model_dir), "name": "a", "seed": 1})
+    assert spec_hash(a) == spec_hash(b) != spec_hash(c)
+
+
+def test_shipped_specs_validate():
+    from lab.experiment import load_toml
+    from lab.paths import ROOT
+    for path in sorted((ROOT / "experiments").glob("*.toml")):
+        spec = load_toml(path)
+        assert spec["variants"][0]["techniques"] == []

@@ -1,0 +1,1 @@
+"""Streamlit widgets shared by the pages (rendering only; the logic they show lives in lab/)."""

@@ -1,0 +1,55 @@
+"""Render one experiment's results: summary table with spread, metric definitions, outputs side by side."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from lab import results
+
+
+def show_job_failure(job) -> None:
+    first = (job.error or job.message or "unknown error").strip().splitlines()[0]
+    st.error(f"The run {job.status}: {first}")
+    if job.error and len(job.error.splitlines()) > 1:
+        with st.expander("Details for a bug report"):
+            st.code(job.error)
+
+
+def show_experiment(exp) -> None:
+    spec = exp.spec
+    st.subheader(f"Experiment {exp.id}: {exp.name}")
+    st.caption(f"model {spec['model']} · workload {spec['workload']} · {spec['prompts']} items · "
+               f"max_new_tokens {spec['max_new_tokens']} · {spec['repeats']} repeats after {spec['warmup']} "
+               f"warm-up · seed {spec['seed']}")
+    if not exp.runs:
+        st.info("No results stored for this experiment.")
+        return
+    rows = results.summary_rows(exp)
+    st.markdown("**Results** — median (p10–p90) over n samples; speedup is paired against the baseline, "
+                "which ran interleaved in the same process.")
+    st.table(pd.DataFrame(rows).set_index("Variant"))
+    names = [m.name for m in exp.runs[0].metrics]
+    with st.expander("What each metric means"):
+        st.table(pd.DataFrame(results.definitions_for(results.SUMMARY_METRICS if not names else
+                                                      [n for n in results.SUMMARY_METRICS if n in names])))
+    with st.expander("Environment"):
+        env = exp.runs[0].environment
+        st.table(pd.DataFrame([{"Field": k, "Value": str(v)} for k, v in env.items()]).set_index("Field"))
+    _outputs_side_by_side(exp)
+
+
+def _outputs_side_by_side(exp) -> None:
+    by_item: dict[int, dict] = {}
+    for run in exp.runs:
+        for out in run.outputs:
+            by_item.setdefault(out.item_index, {"prompt": out.prompt, "texts": {}})["texts"][run.variant] = out.text
+    if not by_item:
+        return
+    st.markdown("**Outputs side by side**")
+    for index in sorted(by_item):
+        item = by_item[index]
+        with st.expander(f"Prompt {index + 1}: {item['prompt'][:90]}", expanded=index == 0):
+            cols = st.columns(len(item["texts"]))
+            for col, (variant, text) in zip(cols, item["texts"].items()):
+                col.markdown(f"**{variant}**")
+                col.text(text)
