@@ -111,7 +111,7 @@ def current_experiment_id() -> int | None:
         return None
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=2.0)
 def progress_panel(exp_id: int) -> None:
     job = jobs.job_for_experiment(exp_id)
     if job is None:

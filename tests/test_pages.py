@@ -1,0 +1,114 @@
+"""Streamlit AppTest for each page, on a store filled by a tiny-model run (test data, never shown to users)."""
+import os
+import subprocess
+import sys
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lab import jobs, results, runner
+from lab.experiment import validate
+from tests.conftest import ROOT
+
+
+def page(path: str, **query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / path), default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+@pytest.fixture
+def stored_experiment(tiny_spec):
+    spec = validate(tiny_spec)
+    exp_id, job_id = jobs.submit(spec)
+    runner.save(exp_id, runner.execute(spec))
+    with jobs.store.session() as s:
+        jobs._finish(s, s.get(jobs.Job, job_id), "done", None, "done")
+    return exp_id
+
+
+def all_text(at: AppTest) -> str:
+    parts = [str(t.value) for t in at.table] + [m.value for m in at.markdown] + [c.value for c in at.caption]
+    return "\n".join(parts)
+
+
+def test_home_lists_recent_experiments(stored_experiment):
+    at = page("app.py")
+    assert not at.exception
+    assert "tiny" in at.table[0].value.to_string()
+
+
+def test_home_without_experiments_invites_the_quickstart():
+    at = page("app.py")
+    assert not at.exception and "run the quick start" in at.info[0].value
+
+
+def test_llm_lab_shows_results_with_units_spread_and_outputs(stored_experiment):
+    at = page("pages/1_LLM_Lab.py", experiment=str(stored_experiment))
+    assert not at.exception and not at.error
+    table = at.table[0].value
+    assert list(table.index) == ["baseline", "bf16"]
+    for column in ("Speedup [x]", "Tokens/s [tok/s]", "TTFT [s]", "TPOT [ms]", "Peak memory [MB]",
+                   "Agreement [%]", "Perplexity [ppl]", "n"):
+        assert column in table.columns
+    assert "(" in table.loc["bf16", "Tokens/s [tok/s]"]  # median with its (p10–p90) spread
+    assert any("Outputs side by side" in m.value for m in at.markdown)
+
+
+def test_quickstart_button_queues_a_job_and_shows_progress():
+    at = page("pages/1_LLM_Lab.py")
+    at.button[0].click().run()  # "Run quickstart"
+    assert not at.exception and not at.error
+    exp_id = int(at.query_params["experiment"][0] if isinstance(at.query_params["experiment"], list)
+                 else at.query_params["experiment"])
+    job = jobs.job_for_experiment(exp_id)
+    assert job.status == "queued"
+    assert [v["name"] for v in results.load_experiment(exp_id).spec["variants"]] == ["baseline", "bf16"]
+
+
+def test_bad_model_in_the_form_is_a_clear_error_and_nothing_is_stored():
+    at = page("pages/1_LLM_Lab.py")
+    at.selectbox[1].select("other (local folder or cached hub id)").run()
+    at.text_input[0].set_value("no-such-model").run()
+    next(b for b in at.button if b.label == "Run experiment").click().run()
+    assert not at.exception
+    assert "unknown model 'no-such-model'" in at.error[0].value
+    assert jobs.job_for_experiment(1) is None
+
+
+def test_failed_job_shows_the_reason_not_a_bare_traceback(tiny_spec):
+    exp_id, job_id = jobs.submit(validate(tiny_spec))
+    with jobs.store.session() as s:
+        jobs._finish(s, s.get(jobs.Job, job_id), "failed", "RuntimeError: boom\n\nTraceback (most recent...)",
+                     "failed")
+    at = page("pages/1_LLM_Lab.py", experiment=str(exp_id))
+    assert not at.exception
+    assert at.error[0].value == "The run failed: RuntimeError: boom"
+
+
+def test_compare_table_diff_toggle_and_scatter(stored_experiment):
+    at = page("pages/3_Compare.py")
+    assert not at.exception
+    full = at.table[0].value
+    assert full.shape[1] == 2 and "Tokens/s [tok/s]" in full.index and "env.threads" in full.index
+    at.toggle[0].set_value(True).run()
+    diff = at.table[0].value
+    assert "env.threads" not in diff.index and "variant" in diff.index and len(diff) < len(full)
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
+
+
+def test_compare_without_runs():
+    at = page("pages/3_Compare.py")
+    assert not at.exception and "No runs yet" in at.info[0].value
+
+
+def test_pages_do_not_import_torch():
+    """Every page renders in a fresh interpreter without torch being imported (pages must open fast)."""
+    code = ("import sys\n"
+            "from streamlit.testing.v1 import AppTest\n"
+            "for p in ['app.py', 'pages/1_LLM_Lab.py', 'pages/3_Compare.py']:\n"
+            "    at = AppTest.from_file(p, default_timeout=60).run()\n"
+            "    assert not at.exception, (p, at.exception)\n"
+            "    assert 'torch' not in sys.modules, p + ' imported torch'\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
