@@ -117,7 +117,8 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-_loaded: dict[tuple[str, str], LoadedModel] = {}
+_loaded: dict[tuple[str, str], LoadedModel] = {}  # insertion order = least recently used first
+KEEP_LOADED = 2  # a worker keeps the last two models in memory; older ones are released
 _lock = threading.Lock()
 
 
@@ -129,6 +130,7 @@ def load(name: str, device: str | None = None, trust_remote_code: bool = False) 
     device = device or default_device()
     with _lock:
         if (name, device) in _loaded:
+            _loaded[(name, device)] = _loaded.pop((name, device))
             return _loaded[(name, device)]
         kind = check_model(name)
         source = str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
@@ -140,6 +142,8 @@ def load(name: str, device: str | None = None, trust_remote_code: bool = False) 
         loaded = LoadedModel(name=name, kind=kind, model=model, tokenizer=tokenizer, device=device,
                              dtype=str(model.dtype).replace("torch.", ""), source=source)
         _loaded[(name, device)] = loaded
+        while len(_loaded) > KEEP_LOADED:
+            _loaded.pop(next(iter(_loaded)))
         return loaded
 
 

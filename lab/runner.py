@@ -16,6 +16,7 @@ from lab.measure import PeakMemory, environment, summarize
 from lab.metrics import definition
 
 MB = 1024 * 1024
+_default_threads: int | None = None
 
 
 class Cancelled(Exception):
@@ -45,8 +46,11 @@ def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[
     from lab.models import default_device, load
     from lab.techniques import build
 
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
+    global _default_threads
+    if _default_threads is None:
+        _default_threads = torch.get_num_threads()
+    # a long-lived worker must not carry one job's thread count into the next
+    torch.set_num_threads(spec["threads"] or _default_threads)
     device = default_device() if spec["device"] == "auto" else spec["device"]
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available here; use 'auto' or 'cpu'")
