@@ -102,7 +102,7 @@ def _run_chat(spec, loaded, engines, results, progress):
     for r in range(spec["repeats"]):
         for i, item in enumerate(items):
             order = [(k + r + i) % n_variants for k in range(n_variants)]  # rotate who goes first
-            latencies = {}
+            rates = {}
             for k in order:
                 progress(0.05 + 0.8 * done / total, f"repeat {r + 1}/{spec['repeats']}, prompt {i + 1}/{len(items)}: "
                                                     f"{results[k].name}")
@@ -118,7 +118,7 @@ def _run_chat(spec, loaded, engines, results, progress):
                 s["peak_mem_mb"].append(mem.peak / MB)
                 s["mem_rise_mb"].append(mem.rise / MB)
                 s["kv_cache_mb"].append(gen.kv_bytes / MB)
-                latencies[k] = tps
+                rates[k] = tps
                 if r == 0:
                     results[k].outputs.append(dict(
                         item_index=i, item_key=item.key, prompt=item.text,
@@ -127,7 +127,7 @@ def _run_chat(spec, loaded, engines, results, progress):
                         extra={"prompt_tokens": gen.prompt_len, "token_times": gen.token_times,
                                "stopped_by": gen.stopped_by}))
             for k in range(n_variants):  # paired ratio: same prompt, same repeat, adjacent in time
-                results[k].samples["speedup"].append(latencies[k] / latencies[0])
+                results[k].samples["speedup"].append(rates[k] / rates[0])
 
 
 def _score_perplexity(spec, loaded, engines, results, progress):

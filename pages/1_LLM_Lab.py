@@ -43,6 +43,7 @@ with st.expander("Build an experiment", expanded=False):
     preset = st.selectbox("Start from preset", preset_names, help="Specs in experiments/*.toml")
     base = forms.presets()[preset]
     c1, c2, c3 = st.columns(3)
+    exp_name = c1.text_input("Experiment name", value=base.get("name", preset))
     model_choice = c1.selectbox("Model", [*BUILTIN_MODELS, "other (local folder or cached hub id)"],
                                 help=forms.field_help("model"))
     model = model_choice if model_choice in BUILTIN_MODELS else c1.text_input("Model path or hub id",
@@ -95,7 +96,7 @@ with st.expander("Build an experiment", expanded=False):
             entries.append(entry)
         variants.append({"name": vname, "techniques": entries})
     if st.button("Run experiment"):
-        raw = {"name": st.session_state.get("exp_name", preset), "model": model, "workload": workload,
+        raw = {"name": exp_name, "model": model, "workload": workload,
                "temperature": temperature, "top_p": top_p, "variants": variants,
                "seed": int(base.get("seed", 0)), "perplexity_window": int(base.get("perplexity_window", 256)),
                **{k: int(v) for k, v in numbers.items()}}

@@ -69,8 +69,8 @@ def test_quickstart_button_queues_a_job_and_shows_progress():
 
 def test_bad_model_in_the_form_is_a_clear_error_and_nothing_is_stored():
     at = page("pages/1_LLM_Lab.py")
-    at.selectbox[1].select("other (local folder or cached hub id)").run()
-    at.text_input[0].set_value("no-such-model").run()
+    next(s for s in at.selectbox if s.label == "Model").select("other (local folder or cached hub id)").run()
+    next(t for t in at.text_input if t.label == "Model path or hub id").set_value("no-such-model").run()
     next(b for b in at.button if b.label == "Run experiment").click().run()
     assert not at.exception
     assert "unknown model 'no-such-model'" in at.error[0].value
