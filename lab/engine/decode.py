@@ -9,7 +9,7 @@ The Engine applies a variant's techniques at the five slots in canonical order:
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -81,13 +81,32 @@ class Engine:
             raise ValueError(f"technique '{self.slots['denoiser'].name}' is for diffusion models, not an LLM")
         if "weights" in self.slots:
             model = self.slots["weights"].transform_weights(model)
-        if "attention" in self.slots:
-            if "weights" not in self.slots:
-                model = copy.deepcopy(model)  # the attention choice lives in the config; keep the original's
-            model.set_attn_implementation(self.slots["attention"].attention_implementation())
         self.model = model
         self.device = next(model.parameters()).device
         self.eos_ids = _eos_ids(model, tokenizer)
+        # The attention implementation lives in the (shared) config, so it is switched for the duration of
+        # each call rather than by copying the model: many variants share one set of weights.
+        self.attention = None
+        if "attention" in self.slots:
+            self.attention = self.slots["attention"].attention_implementation()
+        elif "cache" in self.slots:
+            self.attention = self.slots["cache"].attention_implementation_needed()
+
+    @contextlib.contextmanager
+    def _prepared(self, cache=None):
+        """Switch in this variant's attention and cache hooks for one call; always switch back."""
+        previous = self.model.config._attn_implementation
+        if self.attention and self.attention != previous:
+            self.model.set_attn_implementation(self.attention)
+        hooks = contextlib.nullcontext()
+        if cache is not None and "cache" in self.slots:
+            hooks = self.slots["cache"].cache_hooks(self.model, cache)
+        try:
+            with hooks as tracker:
+                yield tracker
+        finally:
+            if self.model.config._attn_implementation != previous:
+                self.model.set_attn_implementation(previous)
 
     # --- building blocks -----------------------------------------------------------------------
     def new_cache(self):
@@ -95,9 +114,15 @@ class Engine:
             return self.slots["cache"].make_cache(self.model)
         return DynamicCache(config=self.model.config)
 
-    def forward(self, input_ids: torch.Tensor, cache, logits_to_keep: int = 1) -> torch.Tensor:
-        """Run the model over `input_ids` [batch, n] appending to `cache`; return the last logits_to_keep logits."""
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=logits_to_keep)
+    def forward(self, input_ids: torch.Tensor, cache, start: int, logits_to_keep: int = 1) -> torch.Tensor:
+        """Run the model over `input_ids` [batch, n] at positions start.., appending to `cache`.
+
+        Positions are passed explicitly: once a KV method evicts tokens, the cache's length is no longer
+        the position of the next token, and RoPE must see the true one.
+        """
+        positions = torch.arange(start, start + input_ids.shape[1], device=self.device)[None]
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, position_ids=positions,
+                         logits_to_keep=logits_to_keep)
         return out.logits
 
     def weight_bytes(self) -> int:
@@ -111,31 +136,58 @@ class Engine:
 
     # --- the loop ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], settings: GenerationSettings) -> Generation:
+    def generate(self, prompt_ids: list[int], settings: GenerationSettings,
+                 question_ids: list[int] | None = None) -> Generation:
+        """Generate after `prompt_ids`. With `question_ids`, the prompt is a context that the cache technique
+        compresses first and the question follows uncompressed (kvpress's protocol)."""
         if "decoding" in self.slots:
             return self.slots["decoding"].decode(self, prompt_ids, settings)
         generator = None
         if not settings.greedy:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         cache = self.new_cache()
-        ids = torch.tensor([prompt_ids], device=self.device)
         tokens, times = [], []
-        start = time.perf_counter()
-        logits = self.forward(ids, cache)  # prefill: the whole prompt in one forward
-        stopped_by = "length"
-        for _ in range(settings.max_new_tokens):
-            next_token = sample_next(logits[:, -1, :], settings, generator)
-            token = int(next_token.item())  # .item() synchronises, so the timestamp is honest on GPU too
-            times.append(time.perf_counter() - start)
-            tokens.append(token)
-            if token in self.eos_ids:
-                stopped_by = "eos"
-                break
-            if len(tokens) == settings.max_new_tokens:
-                break
-            logits = self.forward(next_token[:, None], cache)  # decode: one token, attends to the cache
-        return Generation(prompt_len=len(prompt_ids), token_ids=tokens, token_times=times,
-                          kv_bytes=cache_nbytes(cache), stopped_by=stopped_by)
+        with self._prepared(cache) as tracker:
+            start = time.perf_counter()
+            logits = self.forward(torch.tensor([prompt_ids], device=self.device), cache, 0)  # prefill
+            position = len(prompt_ids)
+            if question_ids:
+                logits = self.forward(torch.tensor([question_ids], device=self.device), cache, position)
+                position += len(question_ids)
+            stopped_by = "length"
+            for _ in range(settings.max_new_tokens):
+                next_token = sample_next(logits[:, -1, :], settings, generator)
+                token = int(next_token.item())  # .item() synchronises, so the timestamp is honest on GPU too
+                times.append(time.perf_counter() - start)
+                tokens.append(token)
+                if token in self.eos_ids:
+                    stopped_by = "eos"
+                    break
+                if len(tokens) == settings.max_new_tokens:
+                    break
+                logits = self.forward(next_token[:, None], cache, position)  # decode: one token
+                position += 1
+        extra = {}
+        if tracker is not None and hasattr(tracker, "kept_positions"):
+            extra["kept_positions"] = tracker.kept_positions()
+        return Generation(prompt_len=len(prompt_ids) + len(question_ids or []), token_ids=tokens,
+                          token_times=times, kv_bytes=cache_nbytes(cache), stopped_by=stopped_by, extra=extra)
+
+    @torch.inference_mode()
+    def continuation_nll(self, prefix_ids: list[int], continuation_ids: list[int]) -> tuple[float, int]:
+        """Negative log-likelihood of a continuation given a prefix that the cache technique may compress.
+
+        The prefix is prefilled (and compressed, as a context would be); the continuation is then scored
+        teacher-forced in one forward that attends to what the cache kept.
+        """
+        cache = self.new_cache()
+        with self._prepared(cache):
+            last = self.forward(torch.tensor([prefix_ids], device=self.device), cache, 0)[:, -1]
+            cont = torch.tensor([continuation_ids], device=self.device)
+            rest = self.forward(cont[:, :-1], cache, len(prefix_ids), logits_to_keep=0)
+        logits = torch.cat([last[:, None], rest], dim=1)[0].float()
+        nll = torch.nn.functional.cross_entropy(logits, cont[0], reduction="sum")
+        return float(nll), len(continuation_ids)
 
     @torch.inference_mode()
     def generate_hf(self, prompt_ids: list[int], settings: GenerationSettings) -> Generation:

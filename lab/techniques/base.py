@@ -133,6 +133,13 @@ class Technique:
     def make_cache(self, model):  # cache slot: the Cache object the decode loop uses
         raise NotImplementedError
 
+    def attention_implementation_needed(self) -> str | None:  # cache slot: an attention path it relies on
+        return None
+
+    def cache_hooks(self, model, cache):  # cache slot: hooks active for one generation (yields a tracker)
+        import contextlib
+        return contextlib.nullcontext()
+
     def decode(self, engine, prompt_ids, settings):  # decoding slot: owns the generation loop
         raise NotImplementedError
 

@@ -1,0 +1,1 @@
+"""KV-cache compression: eviction presses (kvpress semantics), mixed precision and quantized KV."""

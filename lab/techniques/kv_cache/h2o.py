@@ -1,0 +1,50 @@
+"""H2O: heavy hitters (tokens with the most accumulated attention) plus a recent window."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import knob
+from lab.techniques.kv_cache.press import KVPress
+
+
+def accumulate_attention(state: dict, attentions, kv_heads: int) -> None:
+    """Add the attention each held key received in this forward to state['acc'] [b, kv_heads, held].
+
+    Query heads are summed into their KV head (GQA); tokens new in this forward start from zero.
+    """
+    import torch
+    b, heads, _q, k_len = attentions.shape
+    received = attentions.float().sum(dim=2).view(b, kv_heads, heads // kv_heads, k_len).sum(2)
+    acc = state.get("acc")
+    if acc is None:
+        acc = torch.zeros_like(received)
+    elif acc.shape[-1] < k_len:
+        acc = torch.nn.functional.pad(acc, (0, k_len - acc.shape[-1]))
+    state["acc"] = acc + received
+
+
+@dataclass
+class H2O(KVPress):
+    name = "h2o"
+    title = "H2O (heavy hitters + recent window)"
+    summary = ("Keeps the tokens that have received the most attention so far (summed over queries) and always "
+               "the most recent window; with compress_every it keeps accumulating during decoding.")
+    paper = ("Zhang et al., H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language "
+             "Models, NeurIPS 2023 (arXiv:2306.14048)")
+    needs_attention_weights = True
+
+    window: int = knob(32, min=0, max=4096, unit="tokens", help="Most recent tokens always kept.")
+
+    @property
+    def needs_decode_weights(self) -> bool:  # accumulate during decoding only when we compress then
+        return self.compress_every > 0
+
+    def observe(self, state, module, attentions):
+        if attentions is not None:
+            accumulate_attention(state, attentions, module.config.num_key_value_heads)
+
+    def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        scores = kwargs["state"]["acc"].clone()
+        if self.window:
+            scores[..., -self.window:] = float("inf")
+        return scores

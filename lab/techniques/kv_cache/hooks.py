@@ -1,0 +1,92 @@
+"""Post-attention hooks that apply a KVPress to a transformers DynamicCache, layer by layer."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from lab.techniques.kv_cache.press import n_kept
+
+
+class PressTracker:
+    """Per-generation state: tokens seen per layer, and tensors aligned with the held tokens.
+
+    `state[layer]["positions"]` holds the original position of every held token per KV head, so the lab can
+    show which tokens a method kept; any other aligned tensor a press adds is gathered along with it.
+    """
+
+    def __init__(self):
+        self.seen: dict[int, int] = {}
+        self.decode_steps: dict[int, int] = {}
+        self.state: dict[int, dict[str, torch.Tensor]] = {}
+
+    def kept_positions(self) -> dict[int, torch.Tensor]:
+        return {layer: s["positions"] for layer, s in self.state.items()}
+
+
+def _attention_modules(model):
+    for module in model.modules():
+        if hasattr(module, "layer_idx") and hasattr(module, "o_proj"):
+            yield module
+
+
+def _prune(layer, state: dict, indices: torch.Tensor) -> None:
+    """Keep `indices` [b, kv_heads, k] of the held tokens: keys, values and aligned state alike."""
+    d = layer.keys.shape[-1]
+    idx = indices.unsqueeze(-1).expand(-1, -1, -1, d)
+    layer.keys = layer.keys.gather(2, idx).contiguous()
+    layer.values = layer.values.gather(2, idx).contiguous()
+    for name, tensor in state.items():
+        state[name] = tensor.gather(2, indices)
+
+
+def _hook(press, tracker: PressTracker):
+    def hook(module, _args, kwargs, output):
+        layer_idx = module.layer_idx
+        hidden = kwargs["hidden_states"]
+        cache = kwargs["past_key_values"]
+        layer = cache.layers[layer_idx]
+        q_len = hidden.shape[1]
+        first = tracker.seen.get(layer_idx, 0) == 0
+        tracker.seen[layer_idx] = tracker.seen.get(layer_idx, 0) + q_len
+        state = tracker.state.setdefault(layer_idx, {})
+        b, h, held, _ = layer.keys.shape
+        new_pos = torch.arange(tracker.seen[layer_idx] - q_len, tracker.seen[layer_idx], device=layer.keys.device)
+        new_pos = new_pos.expand(b, h, q_len)
+        state["positions"] = new_pos if first else torch.cat([state["positions"], new_pos], dim=-1)
+        attentions = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        press.observe(state, module, attentions)
+        if press.compression_ratio == 0:
+            return output
+        if first:
+            budget = n_kept(held, press.compression_ratio)
+        elif press.compress_every and q_len == 1:
+            tracker.decode_steps[layer_idx] = tracker.decode_steps.get(layer_idx, 0) + 1
+            if tracker.decode_steps[layer_idx] % press.compress_every:
+                return output
+            budget = n_kept(tracker.seen[layer_idx], press.compression_ratio)
+            if held <= budget:
+                return output
+        else:
+            return output
+        scores = press.score(module, hidden, layer.keys, layer.values, attentions, {**kwargs, "state": state})
+        indices = scores.topk(budget, dim=-1).indices  # kvpress keeps the top-k in score order
+        _prune(layer, state, indices)
+        return output
+    return hook
+
+
+@contextlib.contextmanager
+def attach_press(press, model, cache):
+    tracker = PressTracker()
+    modules = list(_attention_modules(model))
+    handles = [m.register_forward_hook(_hook(press, tracker), with_kwargs=True) for m in modules]
+    for m in modules:
+        m.lab_want_weights = press.needs_decode_weights
+    try:
+        yield tracker
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m in modules:
+            m.lab_want_weights = False

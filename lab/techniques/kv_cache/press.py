@@ -1,0 +1,63 @@
+"""The shared mechanics of KV eviction, kvpress style: a press is a score function.
+
+After the attention of layer L has run, a forward hook reads L's keys and values from the cache, asks the
+press for a score per (KV head, token), keeps the int(n * (1 - ratio)) best per head, and writes the pruned
+tensors back. As in kvpress this happens on the first forward (the context prefill); with compress_every=N
+it also happens every N decode steps, pruning back to the same share of all tokens seen.
+
+kvpress itself cannot be imported beside transformers >= 5.3 (it pins <5.3), so the hook mechanics are ours;
+the score functions follow kvpress's so the kept sets can be checked against golden files it produced.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ClassVar
+
+from lab.techniques.base import Technique, knob
+
+
+def n_kept(n: int, ratio: float) -> int:
+    """kvpress's budget: keep int(n * (1 - ratio)) tokens per KV head."""
+    return int(n * (1 - ratio))
+
+
+@dataclass
+class KVPress(Technique):
+    """Base of the eviction methods. Subclasses define score(); they may keep per-token state."""
+
+    family = "kv_cache"
+    slot = "cache"
+    needs_attention_weights: ClassVar[bool] = False  # prefill attention weights (the eager-with-weights path)
+    needs_decode_weights: ClassVar[bool] = False  # weights at every decode step (accumulating methods)
+
+    compression_ratio: float = knob(0.5, min=0.0, max=0.95, unit="fraction",
+                                    help="Share of the KV pairs to evict per head (0 keeps everything).")
+    compress_every: int = knob(0, min=0, max=4096, unit="decode steps",
+                               help="0: compress once after the context prefill (kvpress). N: also every N "
+                                    "decode steps, back to the same share of all tokens seen.")
+
+    # --- the score function (higher = keep) --------------------------------------------------------
+    def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        raise NotImplementedError
+
+    def observe(self, state: dict, module, attentions) -> None:
+        """Hook for methods that accumulate evidence every forward (H2O, Scissorhands)."""
+
+    # --- slot protocol -----------------------------------------------------------------------------
+    def make_cache(self, model):
+        from transformers import DynamicCache
+        return DynamicCache(config=model.config)
+
+    def attention_implementation_needed(self) -> str | None:
+        if self.needs_attention_weights or self.needs_decode_weights:
+            from lab.engine.attention import WEIGHTS_ATTENTION
+            return WEIGHTS_ATTENTION
+        return None
+
+    @contextlib.contextmanager
+    def cache_hooks(self, model, cache):
+        """Attach the post-attention hooks for one generation; state lives only inside this block."""
+        from lab.techniques.kv_cache.hooks import attach_press
+        with attach_press(self, model, cache) as tracker:
+            yield tracker

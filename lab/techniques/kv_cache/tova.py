@@ -1,0 +1,26 @@
+"""TOVA: keep the tokens the newest query attends to most (averaged over all heads)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.kv_cache.press import KVPress
+from lab.techniques.kv_cache.snapkv import window_attention
+
+
+@dataclass
+class TOVA(KVPress):
+    name = "tova"
+    title = "TOVA (last-token attention)"
+    summary = ("Scores every cached token by the attention the latest token gives it, averaged over heads; "
+               "the same ranking applies to every KV head.")
+    paper = "Oren et al., Transformers are Multi-State RNNs, 2024 (arXiv:2401.06104)"
+    needs_attention_weights = True
+
+    def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        import torch.nn.functional as F
+        if attentions is not None:
+            weights = attentions[..., -1:, :-1]
+        else:
+            weights = window_attention(module, hidden_states, keys, 1, kwargs["position_embeddings"])
+        scores = weights.mean(1).repeat(1, keys.shape[1], 1)
+        return F.pad(scores, (0, 1), value=scores.max().item() + 1)  # the last token is always kept
