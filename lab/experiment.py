@@ -30,6 +30,8 @@ FIELDS = {
     "top_p": (float, 1.0, 0.01, 1.0, "Nucleus sampling mass (used when temperature > 0)."),
     "perplexity_tokens": (int, 256, 0, 100_000, "Held-out tokens scored for perplexity per variant (0: skip)."),
     "perplexity_window": (int, 256, 16, 8192, "Window length for perplexity scoring."),
+    "needle_lengths": (list, [1024, 2048, 4096], 64, 32768, "needle workload: context lengths in tokens."),
+    "needle_depths": (list, [0, 25, 50, 75, 100], 0, 100, "needle workload: pass-key depths in % of the context."),
     "variants": (list, None, None, None, "The variants; a baseline (no technique) is added when missing."),
 }
 CHOICES = {"device": ("auto", "cpu", "cuda"), "workload": tuple(WORKLOADS)}
@@ -38,6 +40,14 @@ VARIANT_FIELDS = ("name", "techniques", "engine")
 
 def _check_field(key: str, value):
     ftype, _default, lo, hi, _help = FIELDS[key]
+    if ftype is list:  # lists of whole numbers in [lo, hi]
+        if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                               for v in value):
+            raise SpecError(f"field '{key}': expected a non-empty list of whole numbers, got {value!r}")
+        bad = [v for v in value if v < lo or v > hi]
+        if bad:
+            raise SpecError(f"field '{key}': {bad} out of range; allowed: {lo} to {hi}")
+        return value
     if ftype is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, ftype) or isinstance(value, bool):

@@ -41,8 +41,13 @@ _DEFS = [
               "at the same position (100% = identical output).", True, "quality"),
     MetricDef("first_divergence", "First divergence", "tok", "Position of the first token where the variant's "
               "output differs from the baseline's (= output length when identical).", True, "quality"),
-    MetricDef("perplexity", "Perplexity", "ppl", "exp(mean negative log-likelihood) of held-out English text "
-              "(CPython's pydoc topics); lower means the model predicts the text better.", False, "quality"),
+    MetricDef("perplexity", "Perplexity", "ppl", "exp(mean negative log-likelihood) of the second half of each "
+              "held-out English window (CPython's pydoc topics) given the first half, which a KV technique "
+              "compresses first; lower is better.", False, "quality"),
+    MetricDef("kv_compression", "KV compression", "x", "Baseline KV bytes divided by the variant's, for the same "
+              "item (read from the cache tensors at the end of generation).", True),
+    MetricDef("answer_accuracy", "Answer accuracy", "%", "Share of items whose expected answer (the needle's "
+              "pass key) appears in the generated text.", True, "quality"),
     MetricDef("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", "Tokens scored per second in one forward "
               "over a window of held-out text.", True),
 ]

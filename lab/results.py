@@ -12,7 +12,7 @@ from lab.store import Experiment, Run
 
 # The summary table shows these, in this order, when present.
 SUMMARY_METRICS = ["speedup", "tokens_per_s", "ttft_s", "tpot_ms", "latency_s", "peak_mem_mb", "mem_rise_mb",
-                   "weight_mb", "kv_cache_mb", "agreement", "first_divergence", "perplexity",
+                   "weight_mb", "kv_cache_mb", "kv_compression", "answer_accuracy", "agreement", "first_divergence", "perplexity",
                    "prefill_tokens_per_s"]
 
 

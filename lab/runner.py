@@ -66,72 +66,98 @@ def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[
                                      environment(device, dtype, spec_hash(spec))))
         results[-1].samples["weight_mb"].append(engine.weight_bytes() / MB)
     torch.manual_seed(spec["seed"])
-    if spec["workload"] == "chat":
-        _run_chat(spec, loaded, engines, results, progress)
-    else:
+    if spec["workload"] == "perplexity":
         _run_perplexity_workload(spec, loaded, engines, results, progress)
-    if spec["workload"] == "chat" and spec["perplexity_tokens"]:
-        _score_perplexity(spec, loaded, engines, results, progress)
+    else:
+        _run_generation(spec, loaded, engines, results, progress)
+        if spec["perplexity_tokens"]:
+            _score_perplexity(spec, loaded, engines, results, progress)
     _score_agreement(results)
+    _score_answers(results)
     progress(1.0, "done")
     return results
 
 
-def _run_chat(spec, loaded, engines, results, progress):
-    from lab.engine import GenerationSettings
-    from lab.workloads import chat_input_ids, chat_prompts
+def _items(spec, tokenizer):
+    from lab.workloads import chat_items, needle_items
+    if spec["workload"] == "needle":
+        return needle_items(tokenizer, spec["needle_lengths"], spec["needle_depths"], spec["seed"])
+    return chat_items(tokenizer, spec["prompts"])
 
-    items = chat_prompts(spec["prompts"])
-    prompt_ids = [chat_input_ids(loaded.tokenizer, item.text) for item in items]
+
+def _run_generation(spec, loaded, engines, results, progress):
+    """Generation workloads (chat, needle): every item through every variant, interleaved per repeat."""
+    from lab.engine import GenerationSettings
+
+    items = _items(spec, loaded.tokenizer)
     settings = GenerationSettings(spec["max_new_tokens"], spec["temperature"], spec["top_p"], spec["seed"])
     n_variants = len(engines)
     total = (spec["warmup"] + spec["repeats"] * len(items)) * n_variants
     done = 0
 
-    def generate(k, ids):
-        gen_fn = engines[k].generate_hf if results[k].engine == "hf_generate" else engines[k].generate
+    def generate(k, item):
         with PeakMemory(str(engines[k].device)) as mem:
-            gen = gen_fn(ids, settings)
+            if results[k].engine == "hf_generate":
+                gen = engines[k].generate_hf(item.prompt_ids + (item.question_ids or []), settings)
+            else:
+                gen = engines[k].generate(item.prompt_ids, settings, item.question_ids)
         return gen, mem
 
     for w in range(spec["warmup"]):
         for k in range(n_variants):
             progress(0.05 + 0.8 * done / total, f"warm-up {w + 1}: {results[k].name}")
-            generate(k, prompt_ids[0])
+            generate(k, items[0])
             done += 1
     for r in range(spec["repeats"]):
         for i, item in enumerate(items):
             order = [(k + r + i) % n_variants for k in range(n_variants)]  # rotate who goes first
-            rates = {}
+            rates, kv = {}, {}
             for k in order:
-                progress(0.05 + 0.8 * done / total, f"repeat {r + 1}/{spec['repeats']}, prompt {i + 1}/{len(items)}: "
+                progress(0.05 + 0.8 * done / total, f"repeat {r + 1}/{spec['repeats']}, item {i + 1}/{len(items)}: "
                                                     f"{results[k].name}")
-                gen, mem = generate(k, prompt_ids[i])
+                gen, mem = generate(k, item)
                 done += 1
-                s = results[k].samples
-                tps = len(gen.token_ids) / gen.latency
-                s["ttft_s"].append(gen.ttft)
-                s["tpot_ms"].append(gen.tpot * 1000)
-                s["latency_s"].append(gen.latency)
-                s["tokens_per_s"].append(tps)
-                s["new_tokens"].append(len(gen.token_ids))
-                s["peak_mem_mb"].append(mem.peak / MB)
-                s["mem_rise_mb"].append(mem.rise / MB)
-                s["kv_cache_mb"].append(gen.kv_bytes / MB)
-                rates[k] = tps
+                rates[k], kv[k] = len(gen.token_ids) / gen.latency, gen.kv_bytes
+                _record_generation(results[k], gen, mem, rates[k])
                 if r == 0:
-                    results[k].outputs.append(dict(
-                        item_index=i, item_key=item.key, prompt=item.text,
-                        text=loaded.tokenizer.decode(gen.token_ids, skip_special_tokens=True),
-                        token_ids=gen.token_ids,
-                        extra={"prompt_tokens": gen.prompt_len, "token_times": gen.token_times,
-                               "stopped_by": gen.stopped_by}))
-            for k in range(n_variants):  # paired ratio: same prompt, same repeat, adjacent in time
+                    results[k].outputs.append(_output(loaded.tokenizer, item, gen, keep_positions=i == 0))
+            for k in range(n_variants):  # paired ratios: same item, same repeat, adjacent in time
                 results[k].samples["speedup"].append(rates[k] / rates[0])
+                if kv[k]:
+                    results[k].samples["kv_compression"].append(kv[0] / kv[k])
+
+
+def _record_generation(res, gen, mem, rate) -> None:
+    s = res.samples
+    s["ttft_s"].append(gen.ttft)
+    s["tpot_ms"].append(gen.tpot * 1000)
+    s["latency_s"].append(gen.latency)
+    s["tokens_per_s"].append(rate)
+    s["new_tokens"].append(len(gen.token_ids))
+    s["peak_mem_mb"].append(mem.peak / MB)
+    s["mem_rise_mb"].append(mem.rise / MB)
+    s["kv_cache_mb"].append(gen.kv_bytes / MB)
+
+
+def _output(tokenizer, item, gen, keep_positions: bool) -> dict:
+    text = tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+    extra = {"prompt_tokens": gen.prompt_len, "token_times": gen.token_times, "stopped_by": gen.stopped_by}
+    if item.info:
+        extra.update(item.info)
+    if item.answer is not None:
+        extra["answer"] = item.answer
+        extra["correct"] = item.answer in text
+    kept = gen.extra.get("kept_positions")
+    if kept and keep_positions:  # which context tokens each layer and KV head kept, for the page's view
+        extra["kept_positions"] = {str(layer): pos[0].sort(dim=-1).values.tolist() for layer, pos in kept.items()}
+        extra["context_ids"] = item.prompt_ids
+    return dict(item_index=item.index, item_key=item.key, prompt=item.text, text=text, token_ids=gen.token_ids,
+                extra=extra)
 
 
 def _score_perplexity(spec, loaded, engines, results, progress):
-    from lab.engine.decode import window_nll
+    """Perplexity of the second half of each held-out window given its first half as a prefix, which a
+    cache technique compresses first (so KV methods are scored on what they kept)."""
     from lab.workloads import perplexity_windows
 
     windows = perplexity_windows(loaded.tokenizer, spec["perplexity_tokens"], spec["perplexity_window"])
@@ -139,7 +165,8 @@ def _score_perplexity(spec, loaded, engines, results, progress):
         progress(0.87 + 0.12 * k / len(engines), f"perplexity: {results[k].name}")
         nll = n = 0
         for ids in windows:
-            a, b = window_nll(engine, ids)
+            half = len(ids) // 2
+            a, b = engine.continuation_nll(ids[:half], ids[half:])
             nll, n = nll + a, n + b
         results[k].samples["perplexity"].append(fidelity.perplexity(nll, n))
 
@@ -148,7 +175,6 @@ def _run_perplexity_workload(spec, loaded, engines, results, progress):
     """Perplexity workload: time one forward per window (prefill throughput) and score the text."""
     import time
 
-    from lab.engine.decode import window_nll
     from lab.workloads import perplexity_windows
 
     n_tokens = spec["prompts"] * spec["perplexity_window"]
@@ -156,9 +182,13 @@ def _run_perplexity_workload(spec, loaded, engines, results, progress):
     totals = [[0.0, 0] for _ in engines]
     steps = (spec["warmup"] + spec["repeats"] * len(windows)) * len(engines)
     done = 0
+    def score(engine, ids):
+        half = len(ids) // 2
+        return engine.continuation_nll(ids[:half], ids[half:])
+
     for _ in range(spec["warmup"]):
         for k, engine in enumerate(engines):
-            window_nll(engine, windows[0])
+            score(engine, windows[0])
             done += 1
     for r in range(spec["repeats"]):
         for i, ids in enumerate(windows):
@@ -168,7 +198,7 @@ def _run_perplexity_workload(spec, loaded, engines, results, progress):
                 progress(0.05 + 0.9 * done / steps, f"repeat {r + 1}, window {i + 1}: {results[k].name}")
                 with PeakMemory(str(engines[k].device)) as mem:
                     t0 = time.perf_counter()
-                    nll, n = window_nll(engines[k], ids)
+                    nll, n = score(engines[k], ids)
                     elapsed = time.perf_counter() - t0
                 done += 1
                 rates[k] = len(ids) / elapsed
@@ -191,6 +221,12 @@ def _score_agreement(results: list[VariantResult]) -> None:
             rate, first = fidelity.agreement(baseline[out["item_index"]], out["token_ids"])
             res.samples["agreement"].append(100.0 * rate)
             res.samples["first_divergence"].append(first)
+
+
+def _score_answers(results: list[VariantResult]) -> None:
+    for res in results:
+        scored = [o["extra"]["correct"] for o in res.outputs if "correct" in o["extra"]]
+        res.samples["answer_accuracy"].extend(100.0 * c for c in scored)
 
 
 def save(experiment_id: int, results: list[VariantResult]) -> None:

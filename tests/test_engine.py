@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lab.engine import Engine, GenerationSettings
-from lab.engine.decode import sample_next, window_nll
+from lab.engine.decode import sample_next
 from lab.techniques import build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
@@ -90,15 +90,15 @@ def test_fp16_runs_on_cpu(tiny):
     assert len(gen.token_ids) == 4
 
 
-def test_window_nll_matches_loss_of_the_model(tiny):
+def test_continuation_nll_without_a_technique_is_the_models_own_loss(tiny):
     model, tok = tiny
     ids = list(range(40, 72))
-    nll, n = window_nll(Engine(model, tok), ids)
+    nll, n = Engine(model, tok).continuation_nll(ids[:16], ids[16:])
     x = torch.tensor([ids])
     with torch.no_grad():
-        loss = model(input_ids=x, labels=x).loss
-    assert n == len(ids) - 1
-    assert nll / n == pytest.approx(float(loss), rel=1e-5)
+        logits = model(input_ids=x).logits[0, 15:-1]
+    expected = torch.nn.functional.cross_entropy(logits, x[0, 16:], reduction="sum")
+    assert n == 16 and nll == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_diffusion_technique_slot_is_refused_for_llm(tiny):

@@ -238,11 +238,3 @@ def _eos_ids(model, tokenizer) -> set[int]:
         return set()
     return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
 
-
-@torch.inference_mode()
-def window_nll(engine: Engine, ids: list[int]) -> tuple[float, int]:
-    """Sum of next-token negative log-likelihoods over one window, and how many tokens were predicted."""
-    x = torch.tensor([ids], device=engine.device)
-    logits = engine.model(input_ids=x, use_cache=False).logits[0, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
-    return float(nll), len(ids) - 1

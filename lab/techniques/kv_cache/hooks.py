@@ -31,13 +31,14 @@ def _attention_modules(model):
 
 
 def _prune(layer, state: dict, indices: torch.Tensor) -> None:
-    """Keep `indices` [b, kv_heads, k] of the held tokens: keys, values and aligned state alike."""
-    d = layer.keys.shape[-1]
+    """Keep `indices` [b, kv_heads, k] of the held tokens: keys, values and the state aligned with them."""
+    held, d = layer.keys.shape[-2], layer.keys.shape[-1]
     idx = indices.unsqueeze(-1).expand(-1, -1, -1, d)
     layer.keys = layer.keys.gather(2, idx).contiguous()
     layer.values = layer.values.gather(2, idx).contiguous()
     for name, tensor in state.items():
-        state[name] = tensor.gather(2, indices)
+        if tensor.shape[-1] == held:  # aligned with the held tokens (positions, accumulated scores, ...)
+            state[name] = tensor.gather(2, indices)
 
 
 def _hook(press, tracker: PressTracker):
@@ -71,6 +72,8 @@ def _hook(press, tracker: PressTracker):
             return output
         scores = press.score(module, hidden, layer.keys, layer.values, attentions, {**kwargs, "state": state})
         indices = scores.topk(budget, dim=-1).indices  # kvpress keeps the top-k in score order
+        if hasattr(press, "evict"):  # e.g. MiKV demotes the rest instead of dropping it
+            press.evict(layer, state, indices)
         _prune(layer, state, indices)
         return output
     return hook

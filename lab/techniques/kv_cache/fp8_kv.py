@@ -1,0 +1,21 @@
+"""transformers' own QuantizedCache with its fp8 backend (per-tensor scale, runs on CPU)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import Technique
+
+
+@dataclass
+class Fp8KV(Technique):
+    name = "fp8_kv"
+    family = "kv_cache"
+    slot = "cache"
+    title = "fp8 KV cache (transformers QuantizedCache)"
+    summary = ("transformers' QuantizedCache, fp8 (e4m3) backend: one scale per tensor, frozen after the "
+               "prefill; new tokens are appended in fp8.")
+    paper = "Micikevicius et al., FP8 Formats for Deep Learning, 2022 (arXiv:2209.05433)"
+
+    def make_cache(self, model):
+        from transformers import QuantizedCache
+        return QuantizedCache(backend="fp8", config=model.config)

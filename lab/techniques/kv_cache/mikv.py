@@ -1,0 +1,88 @@
+"""MiKV ("No Token Left Behind"): the tokens an eviction method would drop are kept in low precision
+instead, so a wrong eviction costs accuracy a little rather than all at once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import SpecError, knob
+from lab.techniques.kv_cache.h2o import accumulate_attention
+from lab.techniques.kv_cache.press import KVPress
+
+
+def make_mixed_layer_class():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from lab.techniques.kv_cache.quant import dequantize, quantize
+
+    class MixedPrecisionLayer(DynamicLayer):
+        """Important tokens in `keys`/`values` (full precision); the rest as per-token int codes."""
+
+        def __init__(self, bits: int):
+            super().__init__()
+            self.bits = bits
+            self.low_keys = self.low_values = None
+
+        def demote(self, keys, values):
+            self.low_keys = quantize(keys, self.bits, dim=-1)
+            self.low_values = quantize(values, self.bits, dim=-1)
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            keys, values = super().update(key_states, value_states)
+            if self.low_keys is None:
+                return keys, values
+            # attention is order-free over keys (RoPE is already in them), so low-precision ones go first
+            return (torch.cat([dequantize(*self.low_keys, self.bits), keys], dim=-2),
+                    torch.cat([dequantize(*self.low_values, self.bits), values], dim=-2))
+
+        def get_seq_length(self) -> int:
+            low = 0 if self.low_keys is None else self.low_keys[0].shape[-2]
+            return low + super().get_seq_length()
+
+    return MixedPrecisionLayer
+
+
+@dataclass
+class MiKV(KVPress):
+    name = "mikv"
+    title = "MiKV (mixed-precision KV instead of eviction)"
+    summary = ("Ranks tokens by accumulated attention (as H2O); keeps the top share in full precision and "
+               "the rest in low-bit integers instead of evicting them. Compresses after the prefill.")
+    paper = ("Yang et al., No Token Left Behind: Reliable KV Cache Compression via Importance-Aware Mixed "
+             "Precision Quantization, 2024 (arXiv:2402.18096)")
+    needs_attention_weights = True
+
+    low_bits: int = knob(4, choices=(8, 4), unit="bits", help="Bits for the demoted (less important) tokens.")
+    window: int = knob(32, min=0, max=4096, unit="tokens", help="Most recent tokens always in full precision.")
+
+    def __post_init__(self):
+        if self.compress_every:
+            raise SpecError("technique 'mikv', knob 'compress_every': only 0 (compress after the prefill) is "
+                            "supported; allowed: 0")
+
+    def make_cache(self, model):
+        from transformers import DynamicCache
+        layer_class = make_mixed_layer_class()
+        cache = DynamicCache(config=model.config)
+        cache.layers = [layer_class(self.low_bits) for _ in cache.layers]
+        return cache
+
+    def observe(self, state, module, attentions):
+        if attentions is not None and attentions.shape[-2] > 1:
+            accumulate_attention(state, attentions, module.config.num_key_value_heads)
+
+    def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        scores = kwargs["state"]["acc"].clone()
+        if self.window:
+            scores[..., -self.window:] = float("inf")
+        return scores
+
+    def evict(self, layer, state, keep):
+        """Demote instead of drop: the complement of `keep` goes to low precision."""
+        import torch
+        b, h, n, d = layer.keys.shape
+        mask = torch.ones(b, h, n, dtype=torch.bool, device=keep.device).scatter(2, keep, False)
+        drop = mask.nonzero()[:, 2].view(b, h, -1)
+        idx = drop.unsqueeze(-1).expand(-1, -1, -1, d)
+        layer.demote(layer.keys.gather(2, idx), layer.values.gather(2, idx))
+        state["demoted_positions"] = state["positions"].gather(2, drop)

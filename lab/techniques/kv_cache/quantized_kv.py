@@ -1,0 +1,96 @@
+"""Quantized KV cache: every cached key and value stored in int8 or int4 with its own scales."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import Technique, knob
+
+
+def make_quantized_layer_class():
+    """Build the layer class lazily: it subclasses a transformers class, which imports torch."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from lab.techniques.kv_cache.quant import dequantize, quantize
+
+    class QuantizedKVLayer(DynamicLayer):
+        """Holds quantized blocks plus a full-precision residual of the newest tokens.
+
+        per_token: each token's head_dim vector shares one scale, so a token is quantized as it arrives.
+        per_channel (KIVI-style for keys): each channel shares a scale across a block of `group` tokens, so
+        tokens wait in the residual until a block is full. update() returns the dequantized cache, as
+        transformers' QuantizedCache does: the saving is in what is held between steps.
+        """
+
+        def __init__(self, bits: int, axis: str, group: int):
+            super().__init__()
+            self.bits, self.axis, self.group = bits, axis, group
+            self.q_keys = self.q_values = None  # (codes, scale, low) concatenated along the token axis
+
+        def _append(self, held, x):
+            dim = -1 if self.axis == "per_token" else -2
+            if self.axis == "per_channel":  # one scale per channel per block of `group` tokens
+                b, h, n, d = x.shape
+                x = x.view(b, h, n // self.group, self.group, d)
+            new = quantize(x, self.bits, dim)
+            if self.axis == "per_channel":
+                new = (new[0].flatten(2, 3), new[1].flatten(2, 3), new[2].flatten(2, 3))
+            if held is None:
+                return new
+            return tuple(torch.cat([a, b], dim=2) for a, b in zip(held, new))
+
+        def _restore(self, held):
+            if held is None:
+                return None
+            codes, scale, low = held
+            if self.axis == "per_channel":
+                b, h, n, d = codes.shape
+                codes = codes.view(b, h, n // self.group, self.group, d)
+                return dequantize(codes, scale.unsqueeze(3), low.unsqueeze(3), self.bits).flatten(2, 3)
+            return dequantize(codes, scale, low, self.bits)
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self.keys = torch.cat([self.keys, key_states], dim=-2)  # the full-precision residual
+            self.values = torch.cat([self.values, value_states], dim=-2)
+            ready = self.keys.shape[-2] if self.axis == "per_token" else \
+                self.keys.shape[-2] // self.group * self.group
+            if ready:
+                self.q_keys = self._append(self.q_keys, self.keys[..., :ready, :])
+                self.q_values = self._append(self.q_values, self.values[..., :ready, :])
+                self.keys, self.values = self.keys[..., ready:, :], self.values[..., ready:, :]
+            keys = [t for t in (self._restore(self.q_keys), self.keys) if t is not None]
+            values = [t for t in (self._restore(self.q_values), self.values) if t is not None]
+            return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
+
+        def get_seq_length(self) -> int:
+            quantized = 0 if self.q_keys is None else self.q_keys[0].shape[-2]
+            return quantized + (self.keys.shape[-2] if self.is_initialized else 0)
+
+    return QuantizedKVLayer
+
+
+@dataclass
+class QuantizedKV(Technique):
+    name = "quantized_kv"
+    family = "kv_cache"
+    slot = "cache"
+    title = "Quantized KV cache (int8 / int4)"
+    summary = ("Stores every cached key and value in 8 or 4 bits with min-max scales, per token or per channel "
+               "(KIVI style, with a full-precision residual until a block of tokens is complete).")
+    paper = ("Liu et al., KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache, ICML 2024 "
+             "(arXiv:2402.02750)")
+
+    bits: int = knob(8, choices=(8, 4), unit="bits", help="Bits per cached value.")
+    axis: str = knob("per_token", choices=("per_token", "per_channel"),
+                     help="Values that share one scale: a token's head vector, or a channel across a block.")
+    group_size: int = knob(32, min=2, max=1024, unit="tokens",
+                           help="Tokens per block for per_channel scales (the residual kept in full precision).")
+
+    def make_cache(self, model):
+        from transformers import DynamicCache
+        layer_class = make_quantized_layer_class()
+        cache = DynamicCache(config=model.config)
+        cache.layers = [layer_class(self.bits, self.axis, self.group_size) for _ in cache.layers]
+        return cache
