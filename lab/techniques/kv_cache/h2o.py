@@ -35,10 +35,6 @@ class H2O(KVPress):
 
     window: int = knob(32, min=0, max=4096, unit="tokens", help="Most recent tokens always kept.")
 
-    @property
-    def needs_decode_weights(self) -> bool:  # accumulate during decoding only when we compress then
-        return self.compress_every > 0
-
     def observe(self, state, module, attentions):
         if attentions is not None:
             accumulate_attention(state, attentions, module.config.num_key_value_heads)

@@ -28,14 +28,18 @@ class KVPress(Technique):
 
     family = "kv_cache"
     slot = "cache"
-    needs_attention_weights: ClassVar[bool] = False  # prefill attention weights (the eager-with-weights path)
-    needs_decode_weights: ClassVar[bool] = False  # weights at every decode step (accumulating methods)
+    needs_attention_weights: ClassVar[bool] = False  # attention weights (the eager-with-weights path)
 
     compression_ratio: float = knob(0.5, min=0.0, max=0.95, unit="fraction",
                                     help="Share of the KV pairs to evict per head (0 keeps everything).")
     compress_every: int = knob(0, min=0, max=4096, unit="decode steps",
                                help="0: compress once after the context prefill (kvpress). N: also every N "
                                     "decode steps, back to the same share of all tokens seen.")
+
+    @property
+    def needs_decode_weights(self) -> bool:
+        """Weights at every decode step too: only when the method compresses during decoding."""
+        return self.needs_attention_weights and self.compress_every > 0
 
     # --- the score function (higher = keep) --------------------------------------------------------
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
