@@ -19,7 +19,7 @@ FIELDS = {
     "description": (str, "", None, None, "Free text."),
     "model": (str, "smollm2-135m-instruct", None, None, "Built-in name, local folder, or cached hub id."),
     "device": (str, "auto", None, None, "auto, cpu or cuda."),
-    "workload": (str, "chat", None, None, "chat or perplexity."),
+    "workload": (str, "chat", None, None, "chat, perplexity, needle or context_qa."),
     "prompts": (int, 4, 1, 1000, "How many workload items (prompts or text windows) to use."),
     "max_new_tokens": (int, 32, 1, 4096, "Tokens to generate per prompt (chat)."),
     "repeats": (int, 3, 1, 100, "Measured repeats; variants interleave within each repeat."),
@@ -115,11 +115,11 @@ def validate(raw: dict, check_model_exists: bool = True) -> dict:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"variant name(s) used twice: {', '.join(dupes)}; give each variant its own name")
-    if spec["workload"] == "chat":
-        from lab.workloads import chat_prompts
-        available = len(chat_prompts())
+    if spec["workload"] in ("chat", "context_qa"):
+        from lab.workloads import QA, chat_prompts
+        available = len(chat_prompts()) if spec["workload"] == "chat" else len(QA)
         if spec["prompts"] > available:
-            raise SpecError(f"field 'prompts': {spec['prompts']} is more than the chat workload has; "
+            raise SpecError(f"field 'prompts': {spec['prompts']} is more than the {spec['workload']} workload has; "
                             f"allowed: 1 to {available}")
     spec["variants"] = normalized
     return spec

@@ -79,9 +79,11 @@ def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[
 
 
 def _items(spec, tokenizer):
-    from lab.workloads import chat_items, needle_items
+    from lab.workloads import chat_items, context_qa_items, needle_items
     if spec["workload"] == "needle":
         return needle_items(tokenizer, spec["needle_lengths"], spec["needle_depths"], spec["seed"])
+    if spec["workload"] == "context_qa":
+        return context_qa_items(tokenizer, spec["prompts"])
     return chat_items(tokenizer, spec["prompts"])
 
 
@@ -150,7 +152,7 @@ def _output(tokenizer, item, gen, keep_positions: bool) -> dict:
     kept = gen.extra.get("kept_positions")
     if kept and keep_positions:  # which context tokens each layer and KV head kept, for the page's view
         extra["kept_positions"] = {str(layer): pos[0].sort(dim=-1).values.tolist() for layer, pos in kept.items()}
-        extra["context_ids"] = item.prompt_ids
+        extra["context_tokens"] = [tokenizer.decode([t]) for t in item.prompt_ids]  # the page has no tokenizer
     return dict(item_index=item.index, item_key=item.key, prompt=item.text, text=text, token_ids=gen.token_ids,
                 extra=extra)
 

@@ -22,6 +22,9 @@ WORKLOADS = {
     "needle": "Needle in a haystack: a pass key hidden in filler text at several depths and lengths; the "
               "context is prefilled (and compressed by a KV technique), then the question is asked; scored "
               "by exact match of the pass key.",
+    "context_qa": "Long-context QA in kvpress's protocol: a section of the Python language reference is the "
+                  "context (compressed by a KV technique), then a question about it is asked; scored by agreement "
+                  "with the uncompressed model's answer.",
 }
 
 
@@ -125,3 +128,40 @@ def _split_needle(context: str, question: str) -> tuple[str, str]:
 
 def chat_items(tokenizer, limit: int) -> list[GenerationItem]:
     return [GenerationItem(i.index, i.key, i.text, chat_input_ids(tokenizer, i.text)) for i in chat_prompts(limit)]
+
+
+# (topic of CPython's pydoc_data.topics, question): the topic's text is the context the question is about.
+QA = [
+    ("try", "What happens to an exception raised inside a finally clause?"),
+    ("import", "How does Python find the module named in an import statement?"),
+    ("function", "What are default parameter values and when are they evaluated?"),
+    ("with", "Which two methods does the with statement call on the context manager?"),
+    ("class", "What does a class definition create and execute?"),
+    ("exceptions", "What happens when an exception is not handled?"),
+    ("for", "What happens when the iterable of a for loop is exhausted?"),
+    ("global", "What does the global statement declare?"),
+]
+
+
+def context_qa_items(tokenizer, limit: int) -> list[GenerationItem]:
+    """Context: one topic of the language reference (up to 8k characters); question asked after it."""
+    from pydoc_data.topics import topics
+    items = []
+    for topic, question in QA[:limit]:
+        context, rest = _split_chat_qa(tokenizer, topics[topic].strip()[:8000], question)
+        items.append(GenerationItem(
+            index=len(items), key=f"qa-{topic}", text=f"[{topic} topic] {question}",
+            prompt_ids=tokenizer(context, add_special_tokens=False).input_ids,
+            question_ids=tokenizer(rest, add_special_tokens=False).input_ids, info={"topic": topic}))
+    return items
+
+
+def _split_chat_qa(tokenizer, context: str, question: str) -> tuple[str, str]:
+    """The chat-formatted message cut where the question starts, as kvpress's pipeline cuts it."""
+    marker = "\u0000Q\u0000"
+    message = f"{context}\n\n{marker}{question}"
+    if getattr(tokenizer, "chat_template", None):
+        message = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                                add_generation_prompt=True)
+    before, after = message.split(marker)
+    return before, after

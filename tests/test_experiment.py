@@ -20,7 +20,7 @@ def test_explicit_baseline_is_moved_first(tiny_model_dir):
 
 @pytest.mark.parametrize("raw, message", [
     ({"repeats": 0}, "field 'repeats': 0 is out of range; allowed: 1 to 100"),
-    ({"workload": "poems"}, "field 'workload': 'poems' is not allowed; allowed: chat, perplexity"),
+    ({"workload": "poems"}, "field 'workload': 'poems' is not allowed; allowed: chat, perplexity, needle, context_qa"),
     ({"colour": "red"}, "unknown field.*colour.*allowed fields: name"),
     ({"max_new_tokens": "many"}, "field 'max_new_tokens': expected a int"),
     ({"prompts": 99}, "field 'prompts': 99 is more than the chat workload has; allowed: 1 to 14"),

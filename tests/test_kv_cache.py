@@ -188,3 +188,13 @@ def test_needle_items_place_the_key_at_the_requested_depth():
     where = [t.index(i.answer) / len(t) for t, i in zip(texts, items)]
     assert where[0] < 0.3 < where[1] < 0.7 < where[2]
     assert all(tok.decode(i.question_ids).strip().startswith("What is the pass key?") for i in items)
+
+
+def test_context_qa_items_put_the_question_after_the_context():
+    from lab.workloads import QA, context_qa_items
+    tok = build_byte_tokenizer()
+    items = context_qa_items(tok, 3)
+    assert len(items) == 3
+    for item, (topic, question) in zip(items, QA):
+        assert tok.decode(item.question_ids).startswith(question)
+        assert "<|user|>" in tok.decode(item.prompt_ids[:20]) and item.info == {"topic": topic}

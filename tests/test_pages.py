@@ -112,3 +112,35 @@ def test_pages_do_not_import_torch():
             "    assert not at.exception, (p, at.exception)\n"
             "    assert 'torch' not in sys.modules, p + ' imported torch'\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture
+def stored_kv_sweep(tiny_spec):
+    spec = validate({**tiny_spec, "workload": "needle", "needle_lengths": [300], "needle_depths": [0, 100],
+                     "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
+                         {"name": f"snapkv@{r}", "techniques": [{"name": "snapkv", "compression_ratio": r,
+                                                                "window_size": 8}]} for r in (0.25, 0.5)]})
+    exp_id, job_id = jobs.submit(spec)
+    runner.save(exp_id, runner.execute(spec))
+    with jobs.store.session() as s:
+        jobs._finish(s, s.get(jobs.Job, job_id), "done", None, "done")
+    return exp_id
+
+
+def test_llm_lab_kv_views_needle_table_curves_and_kept_tokens(stored_kv_sweep):
+    at = page("pages/1_LLM_Lab.py", experiment=str(stored_kv_sweep))
+    assert not at.exception and not at.error
+    needles = next(t.value for t in at.table if "300 tok @ 0%" in t.value.columns)
+    assert list(needles.index) == ["baseline", "snapkv@0.25", "snapkv@0.5"]
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")  # the accuracy-vs-compression curve
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert "line-through" in html and "kept by" in html  # evicted tokens struck through
+    at.slider(key="kv_kept_layer").set_value(1).run()
+    assert not at.exception
+
+
+def test_sweep_frame_starts_every_curve_at_the_baseline(stored_kv_sweep):
+    from lab.kv_views import sweep_frame
+    frame = sweep_frame(results.load_experiment(stored_kv_sweep))
+    assert list(frame["compression_ratio"]) == [0.0, 0.25, 0.5] and set(frame["method"]) == {"snapkv"}
+    assert frame["kv_compression"].iloc[2] > frame["kv_compression"].iloc[1] > 1.0

@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from lab import results
+from ui.kv_view import show_kv_views
 
 
 def show_job_failure(job) -> None:
@@ -35,6 +36,7 @@ def show_experiment(exp) -> None:
     with st.expander("Environment"):
         env = exp.runs[0].environment
         st.table(pd.DataFrame([{"Field": k, "Value": str(v)} for k, v in env.items()]).set_index("Field"))
+    show_kv_views(exp)
     _outputs_side_by_side(exp)
 
 
