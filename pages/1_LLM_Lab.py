@@ -57,6 +57,14 @@ with st.expander("Build an experiment", expanded=False):
         col = (c1, c2, c3)[i % 3]
         numbers[name] = col.number_input(name, min_value=lo, max_value=hi, value=int(base.get(name, default)),
                                          step=1, help=forms.field_help(name), key=f"f_{name}")
+    needle = {}
+    if workload == "needle":
+        needle["needle_lengths"] = c1.multiselect("Needle context lengths [tokens]", [512, 1024, 2048, 4096, 8192],
+                                                  default=base.get("needle_lengths", [1024, 2048]),
+                                                  help=forms.field_help("needle_lengths"))
+        needle["needle_depths"] = c2.multiselect("Needle depths [%]", [0, 10, 25, 50, 75, 90, 100],
+                                                 default=base.get("needle_depths", [0, 50, 100]),
+                                                 help=forms.field_help("needle_depths"))
     temperature = c3.number_input("temperature", min_value=0.0, max_value=5.0, step=0.1,
                                   value=float(base.get("temperature", 0.0)), help=forms.field_help("temperature"))
     top_p = c3.number_input("top_p", min_value=0.01, max_value=1.0, step=0.05, value=float(base.get("top_p", 1.0)),
@@ -99,7 +107,7 @@ with st.expander("Build an experiment", expanded=False):
         raw = {"name": exp_name, "model": model, "workload": workload,
                "temperature": temperature, "top_p": top_p, "variants": variants,
                "seed": int(base.get("seed", 0)), "perplexity_window": int(base.get("perplexity_window", 256)),
-               **{k: int(v) for k, v in numbers.items()}}
+               **{k: int(v) for k, v in numbers.items()}, **needle}
         submit(raw)
 
 

@@ -1,9 +1,11 @@
-"""Post-attention hooks that apply a KVPress to a transformers DynamicCache, layer by layer."""
+"""Post-attention hooks that apply a KVPress to a transformers DynamicCache, layer by layer.
+
+torch is imported inside the functions: every module under lab/techniques is imported to register the
+techniques, and pages do that without loading torch.
+"""
 from __future__ import annotations
 
 import contextlib
-
-import torch
 
 from lab.techniques.kv_cache.press import n_kept
 
@@ -18,9 +20,9 @@ class PressTracker:
     def __init__(self):
         self.seen: dict[int, int] = {}
         self.decode_steps: dict[int, int] = {}
-        self.state: dict[int, dict[str, torch.Tensor]] = {}
+        self.state: dict[int, dict] = {}  # layer -> name -> tensor aligned with the held tokens
 
-    def kept_positions(self) -> dict[int, torch.Tensor]:
+    def kept_positions(self) -> dict:
         return {layer: s["positions"] for layer, s in self.state.items()}
 
 
@@ -30,7 +32,7 @@ def _attention_modules(model):
             yield module
 
 
-def _prune(layer, state: dict, indices: torch.Tensor) -> None:
+def _prune(layer, state: dict, indices) -> None:
     """Keep `indices` [b, kv_heads, k] of the held tokens: keys, values and the state aligned with them."""
     held, d = layer.keys.shape[-2], layer.keys.shape[-1]
     idx = indices.unsqueeze(-1).expand(-1, -1, -1, d)
@@ -42,6 +44,8 @@ def _prune(layer, state: dict, indices: torch.Tensor) -> None:
 
 
 def _hook(press, tracker: PressTracker):
+    import torch
+
     def hook(module, _args, kwargs, output):
         layer_idx = module.layer_idx
         hidden = kwargs["hidden_states"]

@@ -5,11 +5,10 @@ exact bytes held to be visible and countable (cache_nbytes reads these tensors).
 """
 from __future__ import annotations
 
-import torch
 
-
-def quantize(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize(x, bits: int, dim: int):
     """Quantize along `dim` (the values sharing one scale): x ≈ q * scale + low, q in [0, 2^bits - 1]."""
+    import torch
     levels = 2 ** bits - 1
     low = x.amin(dim=dim, keepdim=True)
     scale = (x.amax(dim=dim, keepdim=True) - low).clamp(min=1e-8) / levels
@@ -19,7 +18,8 @@ def quantize(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.
     return q, scale.to(x.dtype), low.to(x.dtype)
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor, bits: int) -> torch.Tensor:
+def dequantize(q, scale, low, bits: int):
+    import torch
     if bits == 4:
         q = torch.stack([q & 0x0F, q >> 4], dim=-1).flatten(-2)
     return q.to(scale.dtype) * scale + low
