@@ -169,7 +169,11 @@ class _Heartbeat(threading.Thread):
                 pass
 
 
-def run_job(job: Job) -> None:
+class _WorkerStopping(Exception):
+    """The worker was asked to stop (SIGTERM/SIGINT) mid-job: the job goes back to the queue."""
+
+
+def run_job(job: Job, stopping: threading.Event | None = None) -> None:
     """Execute one claimed job and record its outcome."""
     from lab import runner
 
@@ -179,7 +183,9 @@ def run_job(job: Job) -> None:
 
     def progress(fraction: float, message: str) -> None:
         now = time.time()
-        if now - last_write[0] < 0.25 and fraction < 1.0:  # throttle writes; the page polls at ~1 Hz
+        if stopping is not None and stopping.is_set():
+            raise _WorkerStopping()
+        if now - last_write[0] < 0.25 and fraction < 1.0:  # throttle writes; the page polls every 2 s
             return
         last_write[0] = now
         with store.session() as s:
@@ -193,6 +199,13 @@ def run_job(job: Job) -> None:
         status, error, message = "done", None, "done"
     except runner.Cancelled:
         status, error, message = "cancelled", None, "cancelled by the user; nothing was stored"
+    except _WorkerStopping:
+        with store.session() as s:  # back to the queue, untouched: the next worker runs it from the start
+            s.execute(update(Job).where(Job.id == job.id).values(
+                status="queued", worker_id=None, progress=0.0, started_at=None,
+                message="re-queued: its worker was stopped mid-run"))
+            s.get(Experiment, job.experiment_id).status = "queued"
+        return
     except Exception as e:  # the job fails with its reason; the worker lives on for the next job
         status, error, message = "failed", f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}", "failed"
     with store.session() as s:
@@ -225,7 +238,7 @@ def worker_loop(idle_exit: float | None = None, poll_s: float = 0.5) -> None:
                 continue
             heartbeat.job_id = job.id
             print(f"[worker {os.getpid()}] running job {job.id} (experiment {job.experiment_id})", flush=True)
-            run_job(job)
+            run_job(job, stopping)
             heartbeat.job_id = None
             idle_since = time.time()
     finally:

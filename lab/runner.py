@@ -41,7 +41,7 @@ def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[
     """Run the spec and return the measured results (nothing is written here)."""
     import torch
 
-    from lab.engine import Engine, GenerationSettings
+    from lab.engine import Engine
     from lab.experiment import spec_hash
     from lab.models import default_device, load
     from lab.techniques import build

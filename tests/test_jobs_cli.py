@@ -142,3 +142,14 @@ def _stop_workers():
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def test_stopping_a_worker_mid_run_puts_its_job_back_in_the_queue(tiny_spec):
+    spec = validate({**tiny_spec, "repeats": 100, "max_new_tokens": 64})
+    _, job_id = jobs.submit(spec)
+    worker = start_worker()
+    wait_for(lambda: status(job_id) == "running", what="job running")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    job = jobs.get_job(job_id)
+    assert job.status == "queued" and "re-queued" in job.message and count(store.Run) == 0
