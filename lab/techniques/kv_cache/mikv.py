@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import SpecError, knob
-from lab.techniques.kv_cache.h2o import accumulate_attention
-from lab.techniques.kv_cache.press import KVPress
+from lab.techniques.kv_cache.h2o import H2O
 
 
 def make_mixed_layer_class():
@@ -43,7 +42,7 @@ def make_mixed_layer_class():
 
 
 @dataclass
-class MiKV(KVPress):
+class MiKV(H2O):  # H2O's ranking (accumulated attention + recent window); demotes instead of evicting
     name = "mikv"
     title = "MiKV (mixed-precision KV instead of eviction)"
     summary = ("Ranks tokens by accumulated attention (as H2O); keeps the top share in full precision and "
@@ -53,7 +52,6 @@ class MiKV(KVPress):
     needs_attention_weights = True
 
     low_bits: int = knob(4, choices=(8, 4), unit="bits", help="Bits for the demoted (less important) tokens.")
-    window: int = knob(32, min=0, max=4096, unit="tokens", help="Most recent tokens always in full precision.")
 
     def __post_init__(self):
         if self.compress_every:
@@ -66,16 +64,6 @@ class MiKV(KVPress):
         cache = DynamicCache(config=model.config)
         cache.layers = [layer_class(self.low_bits) for _ in cache.layers]
         return cache
-
-    def observe(self, state, module, attentions):
-        if attentions is not None and attentions.shape[-2] > 1:
-            accumulate_attention(state, attentions, module.config.num_key_value_heads)
-
-    def score(self, module, hidden_states, keys, values, attentions, kwargs):
-        scores = kwargs["state"]["acc"].clone()
-        if self.window:
-            scores[..., -self.window:] = float("inf")
-        return scores
 
     def evict(self, layer, state, keep):
         """Demote instead of drop: the complement of `keep` goes to low precision."""
