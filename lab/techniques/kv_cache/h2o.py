@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.kv_cache.press import KVPress
+from lab.techniques.kv_cache.press import KVPress, protect_recent
 
 
 def accumulate_attention(state: dict, attentions, kv_heads: int) -> None:
@@ -40,7 +40,4 @@ class H2O(KVPress):
             accumulate_attention(state, attentions, module.config.num_key_value_heads)
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
-        scores = kwargs["state"]["acc"].clone()
-        if self.window:
-            scores[..., -self.window:] = float("inf")
-        return scores
+        return protect_recent(kwargs["state"]["acc"].clone(), self.window)

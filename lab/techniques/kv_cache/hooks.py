@@ -76,8 +76,7 @@ def _hook(press, tracker: PressTracker):
             return output
         scores = press.score(module, hidden, layer.keys, layer.values, attentions, {**kwargs, "state": state})
         indices = scores.topk(budget, dim=-1).indices  # kvpress keeps the top-k in score order
-        if hasattr(press, "evict"):  # e.g. MiKV demotes the rest instead of dropping it
-            press.evict(layer, state, indices)
+        press.evict(layer, state, indices)
         _prune(layer, state, indices)
         return output
     return hook

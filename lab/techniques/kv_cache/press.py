@@ -22,6 +22,13 @@ def n_kept(n: int, ratio: float) -> int:
     return int(n * (1 - ratio))
 
 
+def protect_recent(scores, window: int):
+    """Give the last `window` tokens an infinite score, so top-k always keeps them."""
+    if window:
+        scores[..., -window:] = float("inf")
+    return scores
+
+
 @dataclass
 class KVPress(Technique):
     """Base of the eviction methods. Subclasses define score(); they may keep per-token state."""
@@ -46,7 +53,10 @@ class KVPress(Technique):
         raise NotImplementedError
 
     def observe(self, state: dict, module, attentions) -> None:
-        """Hook for methods that accumulate evidence every forward (H2O, Scissorhands)."""
+        """Hook for methods that accumulate evidence every forward (H2O)."""
+
+    def evict(self, layer, state: dict, keep) -> None:
+        """Called with the kept indices just before the other tokens are dropped (MiKV demotes them)."""
 
     # --- slot protocol -----------------------------------------------------------------------------
     def make_cache(self, model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.kv_cache.press import KVPress
+from lab.techniques.kv_cache.press import KVPress, protect_recent
 
 
 @dataclass
@@ -30,7 +30,4 @@ class Scissorhands(KVPress):
         rows = torch.arange(q_len - recent.shape[-2], q_len, device=keys.device)
         visible = (k_len - q_len + rows + 1).float()[None, None, :, None]
         counts = (recent * visible > 1.0).float().sum(dim=2)  # [b, heads, k_len]
-        counts = counts.view(b, kv_heads, -1, k_len).sum(2)
-        if self.window:
-            counts[..., -self.window:] = float("inf")
-        return counts
+        return protect_recent(counts.view(b, kv_heads, -1, k_len).sum(2), self.window)
