@@ -10,13 +10,24 @@ from lab.techniques import SpecError
 
 def _cmd_run(args) -> int:
     from lab import jobs
-    from lab.experiment import load_toml
-    spec = load_toml(args.spec)
-    exp_id, job_id = jobs.submit(spec)
-    print(f"queued experiment {exp_id} ({spec['name']}) as job {job_id}")
+    from lab.experiment import load_toml_specs
+    specs = load_toml_specs(args.spec)
+    queued = []
+    for spec in specs:
+        exp_id, job_id = jobs.submit(spec)
+        queued.append((exp_id, job_id))
+        print(f"queued experiment {exp_id} ({spec['name']}) as job {job_id}")
     jobs.ensure_worker(idle_exit=60.0 if args.wait else 600.0)
     if not args.wait:
         return 0
+    status = 0
+    for exp_id, job_id in queued:
+        status = max(status, _wait(job_id, exp_id))
+    return status
+
+
+def _wait(job_id: int, exp_id: int) -> int:
+    from lab import jobs
     last = ""
     while True:
         job = jobs.get_job(job_id)

@@ -19,9 +19,11 @@ FIELDS = {
     "description": (str, "", None, None, "Free text."),
     "model": (str, "smollm2-135m-instruct", None, None, "Built-in name, local folder, or cached hub id."),
     "device": (str, "auto", None, None, "auto, cpu or cuda."),
-    "workload": (str, "chat", None, None, "chat, perplexity, needle or context_qa."),
+    "workload": (str, "chat", None, None, "chat, grounded, perplexity, needle or context_qa."),
     "prompts": (int, 4, 1, 1000, "How many workload items (prompts or text windows) to use."),
     "max_new_tokens": (int, 32, 1, 4096, "Tokens to generate per prompt (chat)."),
+    "batch_size": (int, 1, 1, 64, "Sequences generated together (generation workloads); above 1 the prompts are "
+                                  "left-padded into one batch and each sequence stops on its own."),
     "repeats": (int, 3, 1, 100, "Measured repeats; variants interleave within each repeat."),
     "warmup": (int, 1, 0, 10, "Unmeasured warm-up passes per variant before the repeats."),
     "seed": (int, 0, 0, 2**31 - 1, "Seed for sampling; the same for every variant."),
@@ -115,26 +117,77 @@ def validate(raw: dict, check_model_exists: bool = True) -> dict:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"variant name(s) used twice: {', '.join(dupes)}; give each variant its own name")
-    if spec["workload"] in ("chat", "context_qa"):
-        from lab.workloads import QA, chat_prompts
-        available = len(chat_prompts()) if spec["workload"] == "chat" else len(QA)
+    if spec["workload"] in ("chat", "grounded", "context_qa"):
+        from lab.workloads import QA, chat_prompts, grounded_prompts
+        available = {"chat": lambda: len(chat_prompts()), "grounded": lambda: len(grounded_prompts()),
+                     "context_qa": lambda: len(QA)}[spec["workload"]]()
         if spec["prompts"] > available:
             raise SpecError(f"field 'prompts': {spec['prompts']} is more than the {spec['workload']} workload has; "
                             f"allowed: 1 to {available}")
+    if spec["batch_size"] > 1:
+        _check_batchable(spec["batch_size"], normalized)
     spec["variants"] = normalized
     return spec
 
 
-def load_toml(path: str | Path) -> dict:
+def _check_batchable(size: int, variants: list[dict]) -> None:
+    from lab.techniques import get
+    for v in variants:
+        if v["engine"] == "hf_generate":
+            raise SpecError(f"field 'batch_size': {size} is not supported by variant '{v['name']}' (engine "
+                            f"'hf_generate' runs batch 1); allowed: 1, or remove that variant")
+        cache = [t["name"] for t in v["techniques"] if get(t["name"]).slot == "cache"]
+        if cache:
+            raise SpecError(f"field 'batch_size': {size} is not supported by variant '{v['name']}' (the cache "
+                            f"technique '{cache[0]}' runs batch 1); allowed: 1")
+
+
+def _read_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise SpecError(f"spec file not found: {path}")
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})") from None
-    return validate(raw)
+
+
+def load_toml(path: str | Path) -> dict:
+    """One experiment from a spec file (a file with [[runs]] must be read with load_toml_specs)."""
+    specs = load_toml_specs(path)
+    if len(specs) > 1:
+        raise SpecError(f"{path}: holds {len(specs)} experiments ([[runs]]); expected one")
+    return specs[0]
+
+
+def load_toml_specs(path: str | Path) -> list[dict]:
+    """The experiments of a spec file: one, or one per [[runs]] table, each run overriding the top-level
+    fields (e.g. the same variants on two workloads)."""
+    raws, specs = expand_runs(_read_toml(path)), []
+    for i, raw in enumerate(raws):
+        try:
+            specs.append(validate(raw))
+        except SpecError as e:
+            raise SpecError(f"runs[{i}]: {e}" if len(raws) > 1 else str(e)) from None
+    return specs
+
+
+def expand_runs(raw: dict) -> list[dict]:
+    """Raw specs of a file: itself, or one per [[runs]] table merged over the top-level fields."""
+    raw = dict(raw)
+    runs = raw.pop("runs", None)
+    if runs is None:
+        return [raw]
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
+        raise SpecError("field 'runs': expected a non-empty list of tables ([[runs]]), each overriding fields")
+    out = []
+    for override in runs:
+        merged = {**copy.deepcopy(raw), **override}
+        if "name" not in override:
+            merged["name"] = f"{raw.get('name', 'experiment')} ({merged.get('workload', 'chat')})"
+        out.append(merged)
+    return out
 
 
 def spec_hash(spec: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from lab.experiment import CHOICES, FIELDS
+from lab.experiment import CHOICES, FIELDS, expand_runs
 from lab.paths import ROOT
 from lab.techniques import KnobInfo
 
@@ -13,11 +13,14 @@ EXPERIMENTS_DIR = ROOT / "experiments"
 
 
 def presets() -> dict[str, dict]:
-    """Raw (unvalidated) specs of experiments/*.toml, by file stem; quickstart first."""
+    """Raw (unvalidated) specs of experiments/*.toml, by file stem (a file with [[runs]] gives one per run,
+    named by its workload); quickstart first."""
     out = {}
     for path in sorted(EXPERIMENTS_DIR.glob("*.toml"), key=lambda p: (p.stem != "quickstart", p.stem)):
         with open(path, "rb") as f:
-            out[path.stem] = tomllib.load(f)
+            raws = expand_runs(tomllib.load(f))
+        for raw in raws:
+            out[path.stem if len(raws) == 1 else f"{path.stem} ({raw.get('workload', 'chat')})"] = raw
     return out
 
 

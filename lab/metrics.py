@@ -48,6 +48,20 @@ _DEFS = [
               "item (read from the cache tensors at the end of generation).", True),
     MetricDef("answer_accuracy", "Answer accuracy", "%", "Share of items whose expected answer (the needle's "
               "pass key) appears in the generated text.", True, "quality"),
+    MetricDef("exact_match", "Exact match", "%", "Share of items whose whole output equals the baseline's token "
+              "for token. Speculative decoding with greedy verification must score 100%.", True, "quality"),
+    MetricDef("acceptance_rate", "Acceptance", "%", "Speculative decoding: accepted draft tokens divided by "
+              "proposed draft tokens.", True),
+    MetricDef("mean_accepted", "Accepted per round", "tok", "Speculative decoding: draft tokens accepted per "
+              "draft/verify round (each round also yields one token of the target's own).", True),
+    MetricDef("tokens_per_forward", "Tokens per target forward", "tok", "New tokens divided by target forwards "
+              "(prefill included); plain decoding makes exactly 1.", True),
+    MetricDef("draft_ms", "Draft time", "ms", "Speculative decoding: time spent drafting per generation (the "
+              "draft model's prefill included), in ms.", False),
+    MetricDef("verify_ms", "Verify time", "ms", "Speculative decoding: time of the target's verification "
+              "forwards per generation (prefill excluded), in ms.", False),
+    MetricDef("batch_tokens_per_s", "Batch tokens/s", "tok/s", "All new tokens of a batch divided by the time "
+              "until its last sequence finished (batch_size > 1).", True),
     MetricDef("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", "Tokens scored per second in one forward "
               "over a window of held-out text.", True),
 ]

@@ -11,9 +11,10 @@ from lab.metrics import METRICS, ORDER, definition
 from lab.store import Experiment, Run
 
 # The summary table shows these, in this order, when present.
-SUMMARY_METRICS = ["speedup", "tokens_per_s", "ttft_s", "tpot_ms", "latency_s", "peak_mem_mb", "mem_rise_mb",
-                   "weight_mb", "kv_cache_mb", "kv_compression", "answer_accuracy", "agreement", "first_divergence", "perplexity",
-                   "prefill_tokens_per_s"]
+SUMMARY_METRICS = ["speedup", "tokens_per_s", "batch_tokens_per_s", "ttft_s", "tpot_ms", "latency_s",
+                   "acceptance_rate", "mean_accepted", "tokens_per_forward", "draft_ms", "verify_ms",
+                   "peak_mem_mb", "mem_rise_mb", "weight_mb", "kv_cache_mb", "kv_compression", "answer_accuracy",
+                   "agreement", "exact_match", "first_divergence", "perplexity", "prefill_tokens_per_s"]
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

@@ -79,66 +79,86 @@ def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[
 
 
 def _items(spec, tokenizer):
-    from lab.workloads import chat_items, context_qa_items, needle_items
+    from lab.workloads import chat_items, context_qa_items, grounded_items, needle_items
     if spec["workload"] == "needle":
         return needle_items(tokenizer, spec["needle_lengths"], spec["needle_depths"], spec["seed"])
     if spec["workload"] == "context_qa":
         return context_qa_items(tokenizer, spec["prompts"])
+    if spec["workload"] == "grounded":
+        return grounded_items(tokenizer, spec["prompts"])
     return chat_items(tokenizer, spec["prompts"])
 
 
 def _run_generation(spec, loaded, engines, results, progress):
-    """Generation workloads (chat, needle): every item through every variant, interleaved per repeat."""
+    """Generation workloads: every batch of items through every variant, interleaved per repeat."""
     from lab.engine import GenerationSettings
 
     items = _items(spec, loaded.tokenizer)
+    size = spec["batch_size"]
+    batches = [items[i:i + size] for i in range(0, len(items), size)]
     settings = GenerationSettings(spec["max_new_tokens"], spec["temperature"], spec["top_p"], spec["seed"])
     n_variants = len(engines)
-    total = (spec["warmup"] + spec["repeats"] * len(items)) * n_variants
+    total = (spec["warmup"] + spec["repeats"] * len(batches)) * n_variants
     done = 0
 
-    def generate(k, item):
-        with PeakMemory(str(engines[k].device)) as mem:
+    def generate(k, batch):
+        engine = engines[k]
+        with PeakMemory(str(engine.device)) as mem:
             if results[k].engine == "hf_generate":
-                gen = engines[k].generate_hf(item.prompt_ids + (item.question_ids or []), settings)
+                gens = [engine.generate_hf(it.prompt_ids + (it.question_ids or []), settings) for it in batch]
+            elif len(batch) == 1:
+                gens = [engine.generate(batch[0].prompt_ids, settings, batch[0].question_ids)]
             else:
-                gen = engines[k].generate(item.prompt_ids, settings, item.question_ids)
-        return gen, mem
+                gens = engine.generate_batch([it.prompt_ids + (it.question_ids or []) for it in batch], settings)
+        return gens, mem
 
     for w in range(spec["warmup"]):
         for k in range(n_variants):
             progress(0.05 + 0.8 * done / total, f"warm-up {w + 1}: {results[k].name}")
-            generate(k, items[0])
+            generate(k, batches[0])
             done += 1
     for r in range(spec["repeats"]):
-        for i, item in enumerate(items):
-            order = [(k + r + i) % n_variants for k in range(n_variants)]  # rotate who goes first
+        for b, batch in enumerate(batches):
+            order = [(k + r + b) % n_variants for k in range(n_variants)]  # rotate who goes first
             rates, kv = {}, {}
             for k in order:
-                progress(0.05 + 0.8 * done / total, f"repeat {r + 1}/{spec['repeats']}, item {i + 1}/{len(items)}: "
+                progress(0.05 + 0.8 * done / total, f"repeat {r + 1}/{spec['repeats']}, batch {b + 1}/{len(batches)}: "
                                                     f"{results[k].name}")
-                gen, mem = generate(k, item)
+                gens, mem = generate(k, batch)
                 done += 1
-                rates[k], kv[k] = len(gen.token_ids) / gen.latency, gen.kv_bytes
-                _record_generation(results[k], gen, mem, rates[k])
-                if r == 0:
-                    results[k].outputs.append(_output(loaded.tokenizer, item, gen, keep_positions=i == 0))
-            for k in range(n_variants):  # paired ratios: same item, same repeat, adjacent in time
+                # a batch's rate: all its tokens over the time its last sequence finished (= tokens/s at batch 1)
+                rates[k] = sum(len(g.token_ids) for g in gens) / max(g.latency for g in gens)
+                kv[k] = sum(g.kv_bytes for g in gens)
+                if len(batch) > 1:
+                    results[k].samples["batch_tokens_per_s"].append(rates[k])
+                for item, gen in zip(batch, gens):
+                    _record_generation(results[k], gen, mem)
+                    if r == 0:
+                        results[k].outputs.append(_output(loaded.tokenizer, item, gen, keep_positions=item is items[0]))
+            for k in range(n_variants):  # paired ratios: same items, same repeat, adjacent in time
                 results[k].samples["speedup"].append(rates[k] / rates[0])
                 if kv[k]:
                     results[k].samples["kv_compression"].append(kv[0] / kv[k])
 
 
-def _record_generation(res, gen, mem, rate) -> None:
+def _record_generation(res, gen, mem) -> None:
     s = res.samples
     s["ttft_s"].append(gen.ttft)
     s["tpot_ms"].append(gen.tpot * 1000)
     s["latency_s"].append(gen.latency)
-    s["tokens_per_s"].append(rate)
+    s["tokens_per_s"].append(len(gen.token_ids) / gen.latency)
     s["new_tokens"].append(len(gen.token_ids))
     s["peak_mem_mb"].append(mem.peak / MB)
     s["mem_rise_mb"].append(mem.rise / MB)
     s["kv_cache_mb"].append(gen.kv_bytes / MB)
+    x = gen.extra
+    if "target_forwards" in x:  # speculative decoding
+        if x["drafted"]:
+            s["acceptance_rate"].append(100.0 * x["accepted"] / x["drafted"])
+        s["mean_accepted"].append(x["accepted"] / max(x["target_forwards"], 1))
+        s["tokens_per_forward"].append(len(gen.token_ids) / (x["target_forwards"] + 1))  # + the prefill
+        s["draft_ms"].append(1000 * x["draft_s"])
+        s["verify_ms"].append(1000 * x["verify_s"])
 
 
 def _output(tokenizer, item, gen, keep_positions: bool) -> dict:
@@ -149,6 +169,12 @@ def _output(tokenizer, item, gen, keep_positions: bool) -> dict:
     if item.answer is not None:
         extra["answer"] = item.answer
         extra["correct"] = item.answer in text
+    if "spec_rounds" in gen.extra:  # for the page's token colouring and per-round timeline
+        rounds = gen.extra["spec_rounds"]
+        extra["spec_rounds"] = rounds
+        extra["prefill_s"] = gen.token_times[0]
+        extra["token_texts"] = [tokenizer.decode([t]) for t in gen.token_ids]
+        extra["rejected_texts"] = [tokenizer.decode(r["proposed"][r["accepted"]:]) for r in rounds]
     kept = gen.extra.get("kept_positions")
     if kept and keep_positions:  # which context tokens each layer and KV head kept, for the page's view
         extra["kept_positions"] = {str(layer): pos[0].sort(dim=-1).values.tolist() for layer, pos in kept.items()}
@@ -222,6 +248,7 @@ def _score_agreement(results: list[VariantResult]) -> None:
         for out in res.outputs:
             rate, first = fidelity.agreement(baseline[out["item_index"]], out["token_ids"])
             res.samples["agreement"].append(100.0 * rate)
+            res.samples["exact_match"].append(100.0 * (out["token_ids"] == baseline[out["item_index"]]))
             res.samples["first_divergence"].append(first)
 
 

@@ -22,6 +22,9 @@ WORKLOADS = {
     "needle": "Needle in a haystack: a pass key hidden in filler text at several depths and lengths; the "
               "context is prefilled (and compressed by a KV technique), then the question is asked; scored "
               "by exact match of the pass key.",
+    "grounded": "Input-grounded tasks: rewrite, edit, summarise or extract from a short passage given in the "
+                "prompt (data/prompts/grounded.toml), so much of the answer copies the input; where prompt lookup "
+                "drafting pays.",
     "context_qa": "Long-context QA in kvpress's protocol: a section of the Python language reference is the "
                   "context (compressed by a KV technique), then a question about it is asked; scored by agreement "
                   "with the uncompressed model's answer.",
@@ -128,6 +131,18 @@ def _split_needle(context: str, question: str) -> tuple[str, str]:
 
 def chat_items(tokenizer, limit: int) -> list[GenerationItem]:
     return [GenerationItem(i.index, i.key, i.text, chat_input_ids(tokenizer, i.text)) for i in chat_prompts(limit)]
+
+
+def grounded_prompts(limit: int | None = None) -> list[Item]:
+    """Task + passage, as one user message."""
+    with open(SHIPPED_DATA / "prompts" / "grounded.toml", "rb") as f:
+        prompts = tomllib.load(f)["prompts"]
+    items = [Item(i, p["key"], f"{p['task']}\n\n{p['passage']}") for i, p in enumerate(prompts)]
+    return items[:limit] if limit else items
+
+
+def grounded_items(tokenizer, limit: int) -> list[GenerationItem]:
+    return [GenerationItem(i.index, i.key, i.text, chat_input_ids(tokenizer, i.text)) for i in grounded_prompts(limit)]
 
 
 # (topic of CPython's pydoc_data.topics, question): the topic's text is the context the question is about.

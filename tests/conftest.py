@@ -27,13 +27,13 @@ def isolated_db(tmp_path, monkeypatch):
     store.reset_engines()
 
 
-def build_tiny_llama(seed: int = 0, layers: int = 2):
+def build_tiny_llama(seed: int = 0, layers: int = 2, tied: bool = True):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=256, eos_token_id=257, pad_token_id=257, tie_word_embeddings=True)
+                         bos_token_id=256, eos_token_id=257, pad_token_id=257, tie_word_embeddings=tied)
     return LlamaForCausalLM(config).eval()
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 
 from lab import results
 from ui.kv_view import show_kv_views
+from ui.spec_view import show_spec_views
 
 
 def show_job_failure(job) -> None:
@@ -37,6 +38,7 @@ def show_experiment(exp) -> None:
         env = exp.runs[0].environment
         st.table(pd.DataFrame([{"Field": k, "Value": str(v)} for k, v in env.items()]).set_index("Field"))
     show_kv_views(exp)
+    show_spec_views(exp)
     _outputs_side_by_side(exp)
 
 

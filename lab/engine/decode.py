@@ -140,8 +140,8 @@ class Engine:
                  question_ids: list[int] | None = None) -> Generation:
         """Generate after `prompt_ids`. With `question_ids`, the prompt is a context that the cache technique
         compresses first and the question follows uncompressed (kvpress's protocol)."""
-        if "decoding" in self.slots:
-            return self.slots["decoding"].decode(self, prompt_ids, settings)
+        if "decoding" in self.slots:  # no cache technique beside a draft: the question is plain prompt
+            return self.slots["decoding"].decode_batch(self, [prompt_ids + (question_ids or [])], settings)[0]
         generator = None
         if not settings.greedy:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
@@ -172,6 +172,21 @@ class Engine:
             extra["kept_positions"] = tracker.kept_positions()
         return Generation(prompt_len=len(prompt_ids) + len(question_ids or []), token_ids=tokens,
                           token_times=times, kv_bytes=cache_nbytes(cache), stopped_by=stopped_by, extra=extra)
+
+    @torch.inference_mode()
+    def generate_batch(self, prompts: list[list[int]], settings: GenerationSettings) -> list[Generation]:
+        """Generate after several prompts at once (batch > 1): prompts left-padded into one ragged batch,
+        each sequence stopping on its own. Without a decoding technique every round is one plain step."""
+        if "decoding" in self.slots:
+            return self.slots["decoding"].decode_batch(self, prompts, settings)
+        if "cache" in self.slots:
+            raise ValueError(f"batch > 1 is not supported with the cache technique '{self.slots['cache'].name}'")
+        from lab.engine.drafters import NullDrafter
+        from lab.engine.speculative import AdaptiveK, speculative_generate
+        gens = speculative_generate(self, NullDrafter(), prompts, settings, AdaptiveK(1, False, 1))
+        for g in gens:
+            g.extra = {}
+        return gens
 
     @torch.inference_mode()
     def continuation_nll(self, prefix_ids: list[int], continuation_ids: list[int]) -> tuple[float, int]:

@@ -119,6 +119,9 @@ class Technique:
         inner = ", ".join(f"{k}={v}" for k, v in self.params().items())
         return f"{self.name}({inner})"
 
+    def check(self) -> None:
+        """Checks beyond each knob's own range (e.g. that a named model exists); raise SpecError."""
+
     def conflicts_with(self, other: "Technique") -> str | None:
         """Why this technique cannot run together with `other` (None when it can)."""
         return None

@@ -58,7 +58,9 @@ def build(entries: list[dict], model_kind: str = "llm") -> list:
         if model_kind not in cls.applies_to:
             raise SpecError(f"technique '{cls.name}' applies to {', '.join(cls.applies_to)} models, "
                             f"not to a {model_kind} model")
-        built.append(cls.from_params(params))
+        technique = cls.from_params(params)
+        technique.check()
+        built.append(technique)
     by_slot: dict[str, object] = {}
     for t in built:
         if t.slot in by_slot:

@@ -1,0 +1,162 @@
+"""Distil a small draft model from SmolLM2 for speculative decoding: `python -m lab.distill --minutes 30`.
+
+The draft is SmolLM2's token embedding (shared with the target, not shipped) followed by four of its
+decoder layers (initialised from its first four), its final norm, and an LM head over the 8192
+tokens most frequent in the training text. On this CPU the LM head over the full 49k vocabulary costs as
+much as eight decoder layers, so a draft with the full head could never be cheap enough to pay; a token the
+trimmed head cannot propose is simply rejected by the target (the rejection rule stays exact).
+
+Training signal: the target's own next-token distribution on held-out prose (teacher forcing), i.e. the
+draft is trained to agree with the target, which is what acceptance measures. Only the draft's layers,
+norm and head are saved (bf16, about 35 MB) to data/models/smollm2-draft/, with a JSON recipe.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+
+import torch
+
+from lab.paths import SHIPPED_DATA
+
+DRAFT_DIR = SHIPPED_DATA / "models" / "smollm2-draft"
+INIT_LAYERS = (0, 1, 2, 3)
+DRAFT_VOCAB = 8192
+
+
+def build_draft(target, layer_ids=INIT_LAYERS, vocab_ids: list[int] | None = None):
+    """A LlamaForCausalLM-shaped draft: target embedding (shared), copies of some target layers, a trimmed
+    head. Returns (draft model, vocab ids as a LongTensor mapping head rows to target token ids)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = len(layer_ids)
+    config.layer_types = None
+    config.tie_word_embeddings = False
+    draft = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
+    draft.model.embed_tokens = target.model.embed_tokens  # shared, frozen: the draft reads target tokens
+    for i, src in enumerate(layer_ids):
+        draft.model.layers[i].load_state_dict(target.model.layers[src].state_dict())
+    draft.model.norm.load_state_dict(target.model.norm.state_dict())
+    vocab = torch.tensor(vocab_ids, dtype=torch.long)
+    head = torch.nn.Linear(config.hidden_size, len(vocab_ids), bias=False, dtype=target.dtype)
+    head.weight.data.copy_(target.get_output_embeddings().weight.data[vocab])
+    draft.lm_head = head
+    draft.eval()
+    return draft, vocab
+
+
+def trained_state(draft) -> dict:
+    return {k: v for k, v in draft.state_dict().items() if not k.startswith("model.embed_tokens")}
+
+
+def load_shipped_draft(target):
+    """The distilled draft for `target` (SmolLM2) from data/models/smollm2-draft, on the target's device and
+    dtype; raises FileNotFoundError naming the command that makes it."""
+    from safetensors.torch import load_file
+
+    recipe_path = DRAFT_DIR / "draft.json"
+    if not recipe_path.exists():
+        raise FileNotFoundError(f"no distilled draft at {DRAFT_DIR}; make one with `python -m lab.distill`")
+    recipe = json.loads(recipe_path.read_text())
+    hidden, vocab_size = target.config.hidden_size, target.config.vocab_size
+    if (hidden, vocab_size) != (576, 49152) or max(recipe["vocab_ids"]) >= vocab_size:
+        raise ValueError(f"the distilled draft is made for SmolLM2-135M (hidden 576, vocab 49152); this target has "
+                         f"hidden {hidden}, vocab {vocab_size}: use draft = 'truncated' or a draft model of your own")
+    draft, vocab = build_draft(target, recipe["init_layers"], recipe["vocab_ids"])
+    state = load_file(str(DRAFT_DIR / "model.safetensors"))
+    draft.load_state_dict({k: v.to(target.dtype) for k, v in state.items()}, strict=False)
+    device = next(target.parameters()).device
+    return draft.to(device), vocab.to(device), recipe
+
+
+def frequent_tokens(windows: list[list[int]], special: list[int], n: int) -> list[int]:
+    counts = Counter(t for w in windows for t in w)
+    ids = list(dict.fromkeys(special + [t for t, _ in counts.most_common()]))[:n]
+    return sorted(ids)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="training time budget")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from safetensors.torch import save_file
+
+    from lab.models import load
+    from lab.workloads import perplexity_windows
+
+    torch.manual_seed(args.seed)
+    loaded = load("smollm2-135m-instruct", device="cpu")
+    target, tokenizer = loaded.model, loaded.tokenizer
+    windows = perplexity_windows(tokenizer, 200_000, args.window)
+    # the first windows are the perplexity workload's; train on the rest, evaluate on a held-out tail
+    train, heldout = windows[40:-16], windows[-16:]
+    special = sorted({tokenizer.eos_token_id, *tokenizer.all_special_ids})
+    vocab_ids = frequent_tokens(train, special, DRAFT_VOCAB)
+    draft, vocab = build_draft(target, INIT_LAYERS, vocab_ids)
+    params = [p for n, p in draft.named_parameters() if not n.startswith("model.embed_tokens")]
+    for p in draft.model.embed_tokens.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    coverage = sum(t in set(vocab_ids) for w in heldout for t in w) / sum(len(w) for w in heldout)
+    print(f"{len(train)} training windows, vocab coverage on held-out text {coverage:.3f}", flush=True)
+
+    def teacher_targets(batch):
+        with torch.no_grad():
+            logits = target(input_ids=batch).logits.float()
+            return torch.softmax(logits, dim=-1)[..., vocab], logits.argmax(-1)
+
+    def agreement() -> float:
+        """Top-1 agreement of draft and target on held-out text: the greedy acceptance rate of one draft."""
+        draft.train(False)
+        hits = total = 0
+        with torch.no_grad():
+            for w in heldout:
+                ids = torch.tensor([w])
+                _, teacher_top = teacher_targets(ids)
+                student_top = vocab[draft(input_ids=ids).logits.argmax(-1)]
+                hits += int((student_top == teacher_top).sum())
+                total += ids.numel()
+        return hits / total
+
+    start, step, tokens = time.time(), 0, 0
+    history = [{"step": 0, "tokens": 0, "agreement": agreement()}]
+    print(history[-1], flush=True)
+    while time.time() - start < args.minutes * 60:
+        rows = torch.randint(len(train), (args.batch,))
+        batch = torch.tensor([train[int(r)] for r in rows if len(train[int(r)]) == args.window] or [train[0]])
+        probs, _ = teacher_targets(batch)
+        draft.train(True)
+        log_q = torch.log_softmax(draft(input_ids=batch).logits.float(), dim=-1)
+        # cross-entropy against the teacher's probabilities on the draft's vocabulary (= KL up to a constant)
+        loss = -(probs * log_q).sum(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step, tokens = step + 1, tokens + batch.numel()
+        if step % 25 == 0:
+            history.append({"step": step, "tokens": tokens, "loss": round(float(loss), 4),
+                            "agreement": round(agreement(), 4), "minutes": round((time.time() - start) / 60, 1)})
+            print(history[-1], flush=True)
+    DRAFT_DIR.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in trained_state(draft).items()},
+              str(DRAFT_DIR / "model.safetensors"))
+    recipe = {"target": "smollm2-135m-instruct", "init_layers": list(INIT_LAYERS), "vocab_ids": vocab_ids,
+              "heldout_vocab_coverage": round(coverage, 4), "steps": step, "tokens": tokens, "batch": args.batch,
+              "window": args.window, "lr": args.lr, "seed": args.seed, "minutes": round((time.time() - start) / 60, 1),
+              "final_agreement": round(agreement(), 4), "history": history, "threads": torch.get_num_threads()}
+    (DRAFT_DIR / "draft.json").write_text(json.dumps(recipe, indent=1))
+    print("saved", DRAFT_DIR, {k: v for k, v in recipe.items() if k not in ("vocab_ids", "history")}, flush=True)
+
+
+if __name__ == "__main__":
+    main()

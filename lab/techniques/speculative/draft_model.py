@@ -1,0 +1,65 @@
+"""Speculative decoding with a separate, smaller draft model that shares the target's tokenizer."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lab.techniques.base import SpecError, knob
+from lab.techniques.speculative.draft_verify import DraftVerify
+
+TRUNCATED, DISTILLED = "truncated", "smollm2-distilled"
+
+
+@dataclass
+class DraftModel(DraftVerify):
+    name = "draft_model"
+    title = "Draft model (small LM drafts, target verifies)"
+    summary = (f"A small causal LM proposes k tokens. '{TRUNCATED}' is a copy of the target's first "
+               f"draft_layers layers; '{DISTILLED}' is the shipped 4-layer draft distilled from SmolLM2 with a "
+               f"head over its 8192 most frequent tokens (python -m lab.distill); any other value is a local "
+               f"folder or cached hub id of a model with the same tokenizer.")
+    paper = ("Leviathan et al., Fast Inference from Transformers via Speculative Decoding, ICML 2023 "
+             "(arXiv:2211.17192); Kim et al., Big Little Decoder, NeurIPS 2023 (arXiv:2302.07863)")
+
+    k: int = knob(3, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward.")
+    draft: str = knob(DISTILLED, help=f"'{DISTILLED}', '{TRUNCATED}', or a local folder / cached hub id.")
+    draft_layers: int = knob(4, min=1, max=256, unit="layers", help=f"Layers of the '{TRUNCATED}' draft.")
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def check(self) -> None:
+        if self.draft == DISTILLED:
+            from lab.paths import SHIPPED_DATA
+            if not (SHIPPED_DATA / "models" / "smollm2-draft" / "draft.json").exists():
+                raise SpecError(f"technique 'draft_model': the distilled draft is missing from data/models/"
+                                f"smollm2-draft; make it with `python -m lab.distill` or use draft = '{TRUNCATED}'")
+        elif self.draft != TRUNCATED:
+            from lab.models import check_model
+            try:
+                check_model(self.draft)
+            except SpecError as e:
+                raise SpecError(f"technique 'draft_model', knob 'draft': {e}; or use '{DISTILLED}' or "
+                                f"'{TRUNCATED}'") from None
+
+    def make_drafter(self, engine):
+        from lab.engine.drafters import ModelDrafter
+        key = id(engine.model)
+        if key not in self._cache:  # built once per prepared model, reused by every generation
+            self._cache.clear()
+            self._cache[key] = self._build(engine)
+        model, vocab = self._cache[key]
+        return ModelDrafter(model, vocab, engine.model.config.vocab_size)
+
+    def _build(self, engine):
+        target = engine.model
+        if self.draft == DISTILLED:
+            from lab.distill import load_shipped_draft
+            model, vocab, _ = load_shipped_draft(target)
+            return model, vocab
+        if self.draft == TRUNCATED:
+            from lab.engine.drafters import truncated_copy
+            return truncated_copy(target, self.draft_layers), None
+        from lab.models import load
+        loaded = load(self.draft, device=str(engine.device))
+        if loaded.tokenizer.get_vocab() != engine.tokenizer.get_vocab():
+            raise ValueError(f"draft model '{self.draft}' has a different tokenizer from the target; speculative "
+                             f"decoding needs the same vocabulary")
+        return loaded.model.to(next(target.parameters()).dtype), None

@@ -1,0 +1,36 @@
+"""Self-speculative decoding: the target drafts with a subset of its own layers and verifies with all."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import knob
+from lab.techniques.speculative.draft_verify import DraftVerify
+
+
+def kept_layers(n_total: int, n_keep: int, pattern: str) -> list[int]:
+    """Which layers the draft runs: the first n_keep, or n_keep spread evenly with the first and last kept."""
+    n_keep = min(n_keep, n_total)
+    if pattern == "first" or n_keep == 1:
+        return list(range(n_keep))
+    step = (n_total - 1) / (n_keep - 1)
+    return sorted({round(i * step) for i in range(n_keep)})
+
+
+@dataclass
+class LayerSkip(DraftVerify):
+    name = "layer_skip"
+    title = "Self-speculative layer skipping"
+    summary = ("The draft is the target itself with some decoder layers skipped (no extra weights); the full "
+               "model verifies. The draft keeps its own KV cache for the layers it runs.")
+    paper = ("Zhang et al., Draft & Verify: Lossless LLM Acceleration via Self-Speculative Decoding, ACL 2024 "
+             "(arXiv:2309.08168); Elhoushi et al., LayerSkip, ACL 2024 (arXiv:2404.16710)")
+
+    k: int = knob(3, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward.")
+    draft_layers: int = knob(15, min=1, max=256, unit="layers", help="Decoder layers the draft runs.")
+    pattern: str = knob("spread", choices=("spread", "first"),
+                        help="spread: evenly spaced, first and last kept; first: the first draft_layers (early exit).")
+
+    def make_drafter(self, engine):
+        from lab.engine.drafters import ModelDrafter, decoder_layers, layer_subset
+        n_total = len(decoder_layers(engine.model))
+        return ModelDrafter(layer_subset(engine.model, kept_layers(n_total, self.draft_layers, self.pattern)))
