@@ -52,7 +52,8 @@ with st.expander("Build an experiment", expanded=False):
                             index=forms.field_choices("workload").index(base.get("workload", "chat")),
                             help=forms.field_help("workload"))
     numbers = {}
-    for i, name in enumerate(["prompts", "max_new_tokens", "repeats", "warmup", "threads", "perplexity_tokens"]):
+    for i, name in enumerate(["prompts", "max_new_tokens", "repeats", "warmup", "threads", "perplexity_tokens",
+                                "batch_size"]):
         default, lo, hi = forms.field_range(name)
         col = (c1, c2, c3)[i % 3]
         numbers[name] = col.number_input(name, min_value=lo, max_value=hi, value=int(base.get(name, default)),
