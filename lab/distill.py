@@ -6,8 +6,10 @@ tokens most frequent in the training text. On this CPU the LM head over the full
 much as eight decoder layers, so a draft with the full head could never be cheap enough to pay; a token the
 trimmed head cannot propose is simply rejected by the target (the rejection rule stays exact).
 
-Training signal: the target's own next-token distribution on held-out prose (teacher forcing), i.e. the
-draft is trained to agree with the target, which is what acceptance measures. Only the draft's layers,
+Training signal: the target's own next-token distribution (teacher forcing) on two kinds of text: answers
+SmolLM2 itself generated to instructions made from TOPICS x TEMPLATES (the chat domain the draft must
+predict; the benchmark prompts are not among them), and prose from CPython's pydoc topics. The draft is
+trained to agree with the target, which is what acceptance measures. Only the draft's layers,
 norm and head are saved (bf16, about 35 MB) to data/models/smollm2-draft/, with a JSON recipe.
 """
 from __future__ import annotations
@@ -24,6 +26,56 @@ from lab.paths import SHIPPED_DATA
 DRAFT_DIR = SHIPPED_DATA / "models" / "smollm2-draft"
 INIT_LAYERS = (0, 1, 2, 3)
 DRAFT_VOCAB = 8192
+
+
+TEMPLATES = ["Explain {} in simple terms.", "Write a short paragraph about {}.", "Give three practical tips about {}.",
+             "What are the pros and cons of {}?", "Write a short story that involves {}.", "Describe {} to a beginner."]
+TOPICS = ["volcanoes", "the printing press", "learning a new language", "saving money", "bicycles", "chess",
+          "the moon landing", "rain forests", "public libraries", "coffee", "electric cars", "honey bees",
+          "the Roman empire", "recycling plastic", "a job interview", "time management", "the human heart",
+          "black holes", "baking bread", "jazz music", "the internet", "a rainy day", "mountain hiking",
+          "vaccines", "solar panels", "a lost dog", "friendship", "sorting algorithms", "SQL databases",
+          "unit testing", "the water cycle", "earthquakes", "ancient Egypt", "a city at night", "gardening",
+          "sleep", "climate change", "the stock market", "a train journey", "painting with watercolours",
+          "the ocean", "robots", "a birthday party", "the French Revolution", "writing a resume",
+          "meditation", "the immune system", "hash tables", "recursion", "a small bakery", "penguins",
+          "the Olympic games", "running a marathon", "kites", "dinosaurs", "a haunted house", "smartphones",
+          "the Great Wall of China", "composting", "public speaking", "the speed of light", "a snowstorm"]
+
+
+def self_generated_texts(loaded, minutes: float, max_new: int = 160, batch: int = 16, seed: int = 0) -> list[list[int]]:
+    """SmolLM2's own answers (prompt + answer token ids) to TOPICS x TEMPLATES, sampled at temperature 0.7,
+    generated in batches for up to `minutes`; cached under data/cache so a resumed training reuses them."""
+    import random
+
+    from lab.engine import Engine, GenerationSettings
+    from lab.paths import data_dir
+    from lab.workloads import chat_input_ids
+
+    cache = data_dir() / "cache" / "distill_self_generated.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    instructions = [t.format(topic) for topic in TOPICS for t in TEMPLATES]
+    random.Random(seed).shuffle(instructions)
+    engine = Engine(loaded.model, loaded.tokenizer)
+    texts, start = [], time.time()
+    for i in range(0, len(instructions), batch):
+        prompts = [chat_input_ids(loaded.tokenizer, text) for text in instructions[i:i + batch]]
+        with torch.no_grad():
+            gens = engine.generate_batch(prompts, GenerationSettings(max_new, temperature=0.7, top_p=0.9, seed=i))
+        texts += [p + g.token_ids for p, g in zip(prompts, gens)]
+        print(f"generated {len(texts)} answers, {sum(len(t) for t in texts)} tokens, "
+              f"{(time.time() - start) / 60:.1f} min", flush=True)
+        if time.time() - start > minutes * 60:
+            break
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(texts))
+    return texts
+
+
+def stream_windows(texts: list[list[int]], window: int) -> list[list[int]]:
+    stream = [t for text in texts for t in text]
+    return [stream[i:i + window] for i in range(0, len(stream) - window + 1, window)]
 
 
 def build_draft(target, layer_ids=INIT_LAYERS, vocab_ids: list[int] | None = None):
@@ -87,6 +139,9 @@ def main(argv=None) -> None:
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue training the shipped draft")
+    parser.add_argument("--gen-minutes", type=float, default=12.0,
+                        help="time for generating SmolLM2's own answers as training text (0: prose only)")
     args = parser.parse_args(argv)
 
     from safetensors.torch import save_file
@@ -100,9 +155,18 @@ def main(argv=None) -> None:
     windows = perplexity_windows(tokenizer, 200_000, args.window)
     # the first windows are the perplexity workload's; train on the rest, evaluate on a held-out tail
     train, heldout = windows[40:-16], windows[-16:]
+    if args.gen_minutes > 0:
+        own = stream_windows(self_generated_texts(loaded, args.gen_minutes, seed=args.seed), args.window)
+        # held-out agreement is measured on the target's own answers too: that is what drafting meets
+        train, heldout = train + own[:-8] * 3, heldout[:8] + own[-8:]
     special = sorted({tokenizer.eos_token_id, *tokenizer.all_special_ids})
-    vocab_ids = frequent_tokens(train, special, DRAFT_VOCAB)
-    draft, vocab = build_draft(target, INIT_LAYERS, vocab_ids)
+    previous = {"steps": 0, "tokens": 0, "history": [], "sessions": []}
+    if args.resume:
+        draft, vocab, previous = load_shipped_draft(target)
+        vocab_ids = previous["vocab_ids"]
+    else:
+        vocab_ids = frequent_tokens(train, special, DRAFT_VOCAB)
+        draft, vocab = build_draft(target, INIT_LAYERS, vocab_ids)
     params = [p for n, p in draft.named_parameters() if not n.startswith("model.embed_tokens")]
     for p in draft.model.embed_tokens.parameters():
         p.requires_grad_(False)
@@ -128,8 +192,9 @@ def main(argv=None) -> None:
                 total += ids.numel()
         return hits / total
 
-    start, step, tokens = time.time(), 0, 0
-    history = [{"step": 0, "tokens": 0, "agreement": agreement()}]
+    start, step, tokens = time.time(), previous["steps"], previous["tokens"]
+    history = previous["history"] + [{"step": step, "tokens": tokens, "agreement": round(agreement(), 4),
+                                      "heldout": "prose + SmolLM2's own answers" if args.gen_minutes else "prose"}]
     print(history[-1], flush=True)
     while time.time() - start < args.minutes * 60:
         rows = torch.randint(len(train), (args.batch,))
@@ -143,16 +208,21 @@ def main(argv=None) -> None:
         loss.backward()
         optimizer.step()
         step, tokens = step + 1, tokens + batch.numel()
-        if step % 25 == 0:
-            history.append({"step": step, "tokens": tokens, "loss": round(float(loss), 4),
+        if step % 25 == 0 or time.time() - start >= args.minutes * 60:
+            history.append({"step": step, "tokens": tokens, "loss": round(float(loss.detach()), 4),
                             "agreement": round(agreement(), 4), "minutes": round((time.time() - start) / 60, 1)})
             print(history[-1], flush=True)
     DRAFT_DIR.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in trained_state(draft).items()},
               str(DRAFT_DIR / "model.safetensors"))
+    sessions = previous.get("sessions") or ([] if not args.resume else [
+        {k: previous[k] for k in ("steps", "minutes", "lr", "batch", "seed")}])
+    sessions.append({"steps": step - previous["steps"], "minutes": round((time.time() - start) / 60, 1),
+                     "lr": args.lr, "batch": args.batch, "seed": args.seed})
     recipe = {"target": "smollm2-135m-instruct", "init_layers": list(INIT_LAYERS), "vocab_ids": vocab_ids,
               "heldout_vocab_coverage": round(coverage, 4), "steps": step, "tokens": tokens, "batch": args.batch,
-              "window": args.window, "lr": args.lr, "seed": args.seed, "minutes": round((time.time() - start) / 60, 1),
+              "window": args.window, "lr": args.lr, "seed": args.seed,
+              "minutes": round(sum(x["minutes"] for x in sessions), 1), "sessions": sessions,
               "final_agreement": round(agreement(), 4), "history": history, "threads": torch.get_num_threads()}
     (DRAFT_DIR / "draft.json").write_text(json.dumps(recipe, indent=1))
     print("saved", DRAFT_DIR, {k: v for k, v in recipe.items() if k not in ("vocab_ids", "history")}, flush=True)

@@ -164,12 +164,13 @@ def load_toml(path: str | Path) -> dict:
 def load_toml_specs(path: str | Path) -> list[dict]:
     """The experiments of a spec file: one, or one per [[runs]] table, each run overriding the top-level
     fields (e.g. the same variants on two workloads)."""
-    raws, specs = expand_runs(_read_toml(path)), []
-    for i, raw in enumerate(raws):
+    content = _read_toml(path)
+    specs = []
+    for i, raw in enumerate(expand_runs(content)):
         try:
             specs.append(validate(raw))
         except SpecError as e:
-            raise SpecError(f"runs[{i}]: {e}" if len(raws) > 1 else str(e)) from None
+            raise SpecError(f"runs[{i}]: {e}" if "runs" in content else str(e)) from None
     return specs
 
 

@@ -34,7 +34,7 @@ _DEFS = [
     MetricDef("mem_rise_mb", "Memory rise", "MB", "Rise of that peak above its level when the generation started: "
               "the working memory of the generation itself.", False),
     MetricDef("weight_mb", "Weights", "MB", "Bytes of the model's parameters and buffers as held in memory "
-              "(tied weights counted once).", False),
+              "(tied weights counted once), plus a draft model's own weights.", False),
     MetricDef("kv_cache_mb", "KV cache", "MB", "Bytes of the KV cache at the end of a generation, summed from "
               "the cache's tensors.", False),
     MetricDef("agreement", "Agreement", "%", "Share of the baseline's greedy tokens that the variant reproduces "

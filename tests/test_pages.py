@@ -144,3 +144,45 @@ def test_sweep_frame_starts_every_curve_at_the_baseline(stored_kv_sweep):
     frame = sweep_frame(results.load_experiment(stored_kv_sweep))
     assert list(frame["compression_ratio"]) == [0.0, 0.25, 0.5] and set(frame["method"]) == {"snapkv"}
     assert frame["kv_compression"].iloc[2] > frame["kv_compression"].iloc[1] > 1.0
+
+
+@pytest.fixture
+def stored_speculative(tiny_spec):
+    spec = validate({**tiny_spec, "prompts": 2, "max_new_tokens": 16, "repeats": 1, "warmup": 0, "batch_size": 2,
+                     "perplexity_tokens": 0, "variants": [
+                         {"name": "lookup", "techniques": [{"name": "prompt_lookup", "min_ngram": 1}]},
+                         {"name": "skip", "techniques": [{"name": "layer_skip", "draft_layers": 1}]}]})
+    exp_id, job_id = jobs.submit(spec)
+    runner.save(exp_id, runner.execute(spec))
+    with jobs.store.session() as s:
+        jobs._finish(s, s.get(jobs.Job, job_id), "done", None, "done")
+    return exp_id
+
+
+def test_llm_lab_speculative_table_token_colours_and_timeline(stored_speculative):
+    at = page("pages/1_LLM_Lab.py", experiment=str(stored_speculative))
+    assert not at.exception and not at.error
+    table = at.table[0].value
+    for column in ("Acceptance [%]", "Tokens per target forward [tok]", "Draft time [ms]", "Verify time [ms]",
+                   "Exact match [%]", "Batch tokens/s [tok/s]"):
+        assert column in table.columns
+    assert table.loc["lookup", "Exact match [%]"].startswith("100")  # greedy verification is exact
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert "accepted draft" in html and "first token" in html
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")  # the per-round timeline
+    at.selectbox(key="spec_run").set_value(at.selectbox(key="spec_run").options[1]).run()
+    assert not at.exception
+
+
+def test_token_spans_rebuild_the_output_with_rejected_drafts_apart(stored_speculative):
+    from lab.spec_views import round_summary, runs_with_rounds, timeline_rows, token_spans
+    exp = results.load_experiment(stored_speculative)
+    for run in runs_with_rounds(exp):
+        for out in run.outputs:
+            spans = token_spans(out.extra, len(out.token_ids))
+            kept = [text for kind, text in spans if kind != "rejected"]
+            assert kept == out.extra["token_texts"]
+            summary = round_summary(out.extra)
+            assert sum(kind == "accepted" for kind, _ in spans) <= summary["accepted"]
+            rows = timeline_rows(out.extra)
+            assert all(r["end"] >= r["start"] >= 0 for r in rows) and len(rows) == 1 + 2 * summary["rounds"]

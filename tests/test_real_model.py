@@ -57,3 +57,34 @@ def test_quickstart_runs_through_the_worker_into_sqlite(isolated_db):
     env_rec = exp.runs[0].environment
     assert env_rec["threads"] == 2 and env_rec["device"] == "cpu" and env_rec["spec_hash"]
     assert len(exp.runs[0].outputs) == 4 and exp.runs[0].outputs[0].text.strip()
+
+
+DRAFTS = {"prompt_lookup": {}, "draft_model (distilled)": {"name": "draft_model", "draft": "smollm2-distilled"},
+          "draft_model (truncated)": {"name": "draft_model", "draft": "truncated", "draft_layers": 6},
+          "layer_skip": {"draft_layers": 15}}
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(smollm2):
+    """Plain greedy outputs of two chat and two grounded prompts (different lengths, so a batch is ragged)."""
+    from lab.engine import Engine, GenerationSettings
+    from lab.workloads import chat_items, grounded_items
+    items = chat_items(smollm2.tokenizer, 2) + grounded_items(smollm2.tokenizer, 2)
+    prompts = [it.prompt_ids for it in items]
+    settings = GenerationSettings(max_new_tokens=32)
+    plain = Engine(smollm2.model, smollm2.tokenizer)
+    return prompts, settings, [plain.generate(p, settings).token_ids for p in prompts]
+
+
+@pytest.mark.parametrize("label", list(DRAFTS))
+def test_speculative_greedy_equals_plain_greedy_batch_1_and_4(smollm2, greedy_reference, label):
+    from lab.engine import Engine
+    from lab.techniques import build
+    entry = {"name": label.split(" ")[0], **DRAFTS[label]}
+    engine = Engine(smollm2.model, smollm2.tokenizer, build([entry]))
+    prompts, settings, expected = greedy_reference
+    single = [engine.generate(p, settings) for p in prompts]
+    assert [g.token_ids for g in single] == expected
+    assert sum(g.extra["accepted"] for g in single) > 0  # the draft did contribute tokens
+    batched = engine.generate_batch(prompts, settings)
+    assert [g.token_ids for g in batched] == expected

@@ -194,3 +194,18 @@ def test_unknown_draft_model_is_refused_by_name():
     from lab.techniques import SpecError
     with pytest.raises(SpecError, match="knob 'draft'.*no-such-model.*smollm2-distilled"):
         build([{"name": "draft_model", "draft": "no-such-model"}])
+
+
+def test_a_draft_models_weights_are_counted_and_layer_skip_adds_none(tiny):
+    plain = Engine(*tiny).weight_bytes()
+    with_draft = engine_for(tiny, "draft_model").weight_bytes()
+    layer = tiny[0].model.layers[0]
+    per_layer = sum(p.numel() * p.element_size() for p in layer.parameters())
+    assert with_draft >= plain + 2 * per_layer  # the truncated copy holds two layers of its own (and more)
+    assert engine_for(tiny, "layer_skip").weight_bytes() == plain  # a view of the target's own layers
+
+
+def test_distilled_draft_refuses_a_target_it_was_not_made_for(tiny):
+    engine = engine_for(tiny, "draft_model", draft="smollm2-distilled")
+    with pytest.raises(ValueError, match="made for SmolLM2-135M.*use draft = 'truncated'"):
+        engine.generate(PROMPTS[0], GenerationSettings(4))

@@ -132,7 +132,7 @@ class Engine:
             if t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
-        return total
+        return total + sum(t.extra_weight_bytes(self) for t in self.techniques)
 
     # --- the loop ------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -146,5 +146,8 @@ class Technique:
     def decode(self, engine, prompt_ids, settings):  # decoding slot: owns the generation loop
         raise NotImplementedError
 
+    def extra_weight_bytes(self, engine) -> int:  # weights a technique adds beside the model (a draft model)
+        return 0
+
     def wrap_denoiser(self, denoiser):  # denoiser slot: a context manager around one generation
         raise NotImplementedError

@@ -48,6 +48,14 @@ class DraftModel(DraftVerify):
         model, vocab = self._cache[key]
         return ModelDrafter(model, vocab, engine.model.config.vocab_size)
 
+    def extra_weight_bytes(self, engine) -> int:
+        """The draft's own parameters (the distilled draft shares the target's embedding: not counted)."""
+        self.make_drafter(engine)
+        model, vocab = self._cache[id(engine.model)]
+        shared = {p.data_ptr() for p in engine.model.parameters()}
+        own = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters() if p.data_ptr() not in shared}
+        return sum(own.values())
+
     def _build(self, engine):
         target = engine.model
         if self.draft == DISTILLED:
