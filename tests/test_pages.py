@@ -18,14 +18,19 @@ def page(path: str, **query) -> AppTest:
     return at.run()
 
 
-@pytest.fixture
-def stored_experiment(tiny_spec):
-    spec = validate(tiny_spec)
+def run_and_store(raw: dict) -> int:
+    """Validate, run and save a spec as the worker would; returns the experiment id."""
+    spec = validate(raw)
     exp_id, job_id = jobs.submit(spec)
     runner.save(exp_id, runner.execute(spec))
     with jobs.store.session() as s:
         jobs._finish(s, s.get(jobs.Job, job_id), "done", None, "done")
     return exp_id
+
+
+@pytest.fixture
+def stored_experiment(tiny_spec):
+    return run_and_store(tiny_spec)
 
 
 def all_text(at: AppTest) -> str:
@@ -116,15 +121,10 @@ def test_pages_do_not_import_torch():
 
 @pytest.fixture
 def stored_kv_sweep(tiny_spec):
-    spec = validate({**tiny_spec, "workload": "needle", "needle_lengths": [300], "needle_depths": [0, 100],
-                     "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
-                         {"name": f"snapkv@{r}", "techniques": [{"name": "snapkv", "compression_ratio": r,
-                                                                "window_size": 8}]} for r in (0.25, 0.5)]})
-    exp_id, job_id = jobs.submit(spec)
-    runner.save(exp_id, runner.execute(spec))
-    with jobs.store.session() as s:
-        jobs._finish(s, s.get(jobs.Job, job_id), "done", None, "done")
-    return exp_id
+    return run_and_store({**tiny_spec, "workload": "needle", "needle_lengths": [300], "needle_depths": [0, 100],
+                          "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
+                              {"name": f"snapkv@{r}", "techniques": [{"name": "snapkv", "compression_ratio": r,
+                                                                     "window_size": 8}]} for r in (0.25, 0.5)]})
 
 
 def test_llm_lab_kv_views_needle_table_curves_and_kept_tokens(stored_kv_sweep):
@@ -148,15 +148,10 @@ def test_sweep_frame_starts_every_curve_at_the_baseline(stored_kv_sweep):
 
 @pytest.fixture
 def stored_speculative(tiny_spec):
-    spec = validate({**tiny_spec, "prompts": 2, "max_new_tokens": 16, "repeats": 1, "warmup": 0, "batch_size": 2,
-                     "perplexity_tokens": 0, "variants": [
-                         {"name": "lookup", "techniques": [{"name": "prompt_lookup", "min_ngram": 1}]},
-                         {"name": "skip", "techniques": [{"name": "layer_skip", "draft_layers": 1}]}]})
-    exp_id, job_id = jobs.submit(spec)
-    runner.save(exp_id, runner.execute(spec))
-    with jobs.store.session() as s:
-        jobs._finish(s, s.get(jobs.Job, job_id), "done", None, "done")
-    return exp_id
+    return run_and_store({**tiny_spec, "prompts": 2, "max_new_tokens": 16, "repeats": 1, "warmup": 0,
+                          "batch_size": 2, "perplexity_tokens": 0, "variants": [
+                              {"name": "lookup", "techniques": [{"name": "prompt_lookup", "min_ngram": 1}]},
+                              {"name": "skip", "techniques": [{"name": "layer_skip", "draft_layers": 1}]}]})
 
 
 def test_llm_lab_speculative_table_token_colours_and_timeline(stored_speculative):

@@ -61,7 +61,7 @@ def test_quickstart_runs_through_the_worker_into_sqlite(isolated_db):
 
 DRAFTS = {"prompt_lookup": {}, "draft_model (distilled)": {"name": "draft_model", "draft": "smollm2-distilled"},
           "draft_model (truncated)": {"name": "draft_model", "draft": "truncated", "draft_layers": 6},
-          "layer_skip": {"draft_layers": 15}}
+          "layer_skip": {"draft_layers": 24}}
 
 
 @pytest.fixture(scope="module")

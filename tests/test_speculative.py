@@ -7,7 +7,8 @@ import torch
 
 from lab.engine import Engine, GenerationSettings
 from lab.engine.drafters import ModelDrafter, NullDrafter, PromptLookupDrafter, lookup_continuation, truncated_copy
-from lab.engine.speculative import AdaptiveK, Proposal, speculative_generate, verify, warped_probs
+from lab.engine.decode import warped_probs
+from lab.engine.speculative import AdaptiveK, Proposal, speculative_generate, verify
 from lab.techniques import all_techniques, build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 

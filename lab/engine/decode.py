@@ -56,10 +56,8 @@ class Generation:
         return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else float("nan")
 
 
-def sample_next(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next token from last-position logits [batch, vocab]: argmax, or temperature + nucleus sampling."""
-    if settings.greedy:
-        return logits.argmax(dim=-1)
+def warped_probs(logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+    """The distribution sampling draws from: softmax(logits / temperature), cut to the top_p nucleus."""
     probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
     if settings.top_p < 1.0:
         # nucleus: keep the smallest prefix of tokens (by probability) whose mass reaches top_p
@@ -67,7 +65,15 @@ def sample_next(logits: torch.Tensor, settings: GenerationSettings, generator: t
         mass_before = sorted_p.cumsum(dim=-1) - sorted_p
         sorted_p = sorted_p.masked_fill(mass_before >= settings.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def sample_next(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick the next token from last-position logits [batch, vocab]: argmax, or temperature + nucleus sampling."""
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    return torch.multinomial(warped_probs(logits, settings), 1, generator=generator).squeeze(-1)
 
 
 class Engine:

@@ -11,7 +11,8 @@ import copy
 import torch
 
 from lab.engine.ragged import RaggedBatch, left_padded
-from lab.engine.speculative import Proposal, warped_probs
+from lab.engine.decode import warped_probs
+from lab.engine.speculative import Proposal
 
 
 class NullDrafter:

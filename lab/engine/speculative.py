@@ -23,20 +23,8 @@ from dataclasses import dataclass, field
 import torch
 
 from lab.engine.cache_bytes import cache_nbytes
+from lab.engine.decode import Generation, sample_next, warped_probs
 from lab.engine.ragged import RaggedBatch, left_padded
-
-
-def warped_probs(logits: torch.Tensor, settings) -> torch.Tensor:
-    """The distribution sampling draws from: softmax(logits / temperature), cut to the top_p nucleus."""
-    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
-    if settings.top_p < 1.0:
-        # nucleus: keep the smallest prefix of tokens (by probability) whose mass reaches top_p
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        mass_before = sorted_p.cumsum(dim=-1) - sorted_p
-        sorted_p = sorted_p.masked_fill(mass_before >= settings.top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
 
 
 @dataclass
@@ -108,6 +96,17 @@ class SequenceRun:
     stopped_by: str = ""
     prefill_s: float = 0.0
 
+    def generation(self, kv_per_token: float, draft_prefill_s: float) -> Generation:
+        rounds = [r.as_dict() for r in self.rounds]
+        extra = {"spec_rounds": rounds, "draft_prefill_s": draft_prefill_s, "target_forwards": len(rounds),
+                 "drafted": sum(len(r.proposed) for r in self.rounds), "accepted": sum(r.accepted for r in self.rounds),
+                 "draft_s": sum(r.draft_s for r in self.rounds) + draft_prefill_s,
+                 "verify_s": sum(r.verify_s for r in self.rounds)}
+        # KV bytes: the target's cache for this sequence's own tokens (holes in a batch cost extra)
+        kv_bytes = int(kv_per_token * (len(self.prompt) + len(self.tokens) - 1))
+        return Generation(prompt_len=len(self.prompt), token_ids=self.tokens, token_times=self.times,
+                          kv_bytes=kv_bytes, stopped_by=self.stopped_by, extra=extra)
+
     def add(self, token: int, t: float, eos_ids: set[int]) -> bool:
         """Append one token; True when this sequence is finished."""
         self.tokens.append(token)
@@ -137,8 +136,6 @@ class AdaptiveK:
 
 def speculative_generate(engine, drafter, prompts: list[list[int]], settings, schedule: AdaptiveK) -> list:
     """Generate after each prompt with draft/verify rounds; returns one Generation per prompt."""
-    from lab.engine.decode import Generation
-
     device = engine.device
     generator = None if settings.greedy else torch.Generator(device=device).manual_seed(settings.seed)
     seqs = [SequenceRun(list(p), settings.max_new_tokens) for p in prompts]
@@ -146,7 +143,7 @@ def speculative_generate(engine, drafter, prompts: list[list[int]], settings, sc
     with engine._prepared():
         start = time.perf_counter()
         tokens, valid = left_padded(prompts, device)
-        first = _pick(target.feed(tokens, valid)[:, -1], settings, generator)  # prefill: the target's own token
+        first = sample_next(target.feed(tokens, valid)[:, -1], settings, generator)  # prefill: the target's own token
         kv_per_token = cache_nbytes(target.cache) / target.mask.numel()
         now = time.perf_counter() - start
         for s, t in zip(seqs, first.tolist()):
@@ -158,7 +155,7 @@ def speculative_generate(engine, drafter, prompts: list[list[int]], settings, sc
         active = [i for i, s in enumerate(seqs) if not s.stopped_by]
         newest = first
         if len(active) < len(seqs):
-            newest = _select(active, seqs, target, drafter, newest, device, list(range(len(seqs))))
+            newest = _select(active, target, drafter, newest)
         while active:
             t0 = time.perf_counter()
             histories = [seqs[i].prompt + seqs[i].tokens for i in active]
@@ -186,31 +183,14 @@ def speculative_generate(engine, drafter, prompts: list[list[int]], settings, sc
             still = [row for row, i in enumerate(active) if not seqs[i].stopped_by]
             newest = own
             if len(still) < len(active):
-                newest = _select(still, seqs, target, drafter, own, device, active)
+                newest = _select(still, target, drafter, own)
             active = [active[row] for row in still]
-    # KV bytes are the target's logical cache per sequence (its own tokens); holes in a batch cost extra
-    out = []
-    for s in seqs:
-        rounds = [r.as_dict() for r in s.rounds]
-        extra = {"spec_rounds": rounds, "draft_prefill_s": draft_prefill,
-                 "target_forwards": len(rounds), "drafted": sum(len(r.proposed) for r in s.rounds),
-                 "accepted": sum(r.accepted for r in s.rounds),
-                 "draft_s": sum(r.draft_s for r in s.rounds) + draft_prefill,
-                 "verify_s": sum(r.verify_s for r in s.rounds)}
-        out.append(Generation(prompt_len=len(s.prompt), token_ids=s.tokens, token_times=s.times,
-                              kv_bytes=int(kv_per_token * (len(s.prompt) + len(s.tokens) - 1)), stopped_by=s.stopped_by, extra=extra))
-    return out
+    return [s.generation(kv_per_token, draft_prefill) for s in seqs]
 
 
-def _pick(logits: torch.Tensor, settings, generator) -> torch.Tensor:
-    if settings.greedy:
-        return logits.argmax(dim=-1)
-    return torch.multinomial(warped_probs(logits, settings), 1, generator=generator)[:, 0]
-
-
-def _select(rows: list[int], seqs, target, drafter, newest, device, active) -> torch.Tensor:
+def _select(rows: list[int], target, drafter, newest) -> torch.Tensor:
     """Drop finished sequences from the batch: they would otherwise cost a forward row every round."""
-    index = torch.tensor(rows, dtype=torch.long, device=device)
+    index = torch.tensor(rows, dtype=torch.long, device=newest.device)
     if rows:
         target.select(index)
         drafter.select(index)

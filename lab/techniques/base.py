@@ -39,6 +39,10 @@ class KnobInfo:
     def allowed(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.type is bool:
+            return "true or false"
+        if self.type is str:
+            return "a string"
         lo = "-inf" if self.min is None else self.min
         hi = "inf" if self.max is None else self.max
         return f"a {self.type.__name__} in [{lo}, {hi}]"

@@ -26,7 +26,7 @@ class LayerSkip(DraftVerify):
              "(arXiv:2309.08168); Elhoushi et al., LayerSkip, ACL 2024 (arXiv:2404.16710)")
 
     k: int = knob(3, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward.")
-    draft_layers: int = knob(15, min=1, max=256, unit="layers", help="Decoder layers the draft runs.")
+    draft_layers: int = knob(24, min=1, max=256, unit="layers", help="Decoder layers the draft runs.")
     pattern: str = knob("spread", choices=("spread", "first"),
                         help="spread: evenly spaced, first and last kept; first: the first draft_layers (early exit).")
 
