@@ -102,6 +102,21 @@ def build_draft(target, layer_ids=INIT_LAYERS, vocab_ids: list[int] | None = Non
     return draft, vocab
 
 
+def with_new_head(draft, old_vocab: torch.Tensor, target, vocab_ids: list[int]):
+    """Swap the draft's head for one over `vocab_ids`: rows of tokens the old head had keep their trained
+    values, new tokens start from the target's output embedding."""
+    vocab = torch.tensor(vocab_ids, dtype=torch.long)
+    weight = target.get_output_embeddings().weight.data[vocab].clone()
+    old_row = {int(t): i for i, t in enumerate(old_vocab.tolist())}
+    for i, t in enumerate(vocab_ids):
+        if t in old_row:
+            weight[i] = draft.lm_head.weight.data[old_row[t]]
+    head = torch.nn.Linear(weight.shape[1], len(vocab_ids), bias=False, dtype=weight.dtype)
+    head.weight.data.copy_(weight)
+    draft.lm_head = head
+    return draft, vocab
+
+
 def trained_state(draft) -> dict:
     return {k: v for k, v in draft.state_dict().items() if not k.startswith("model.embed_tokens")}
 
@@ -140,6 +155,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue training the shipped draft")
+    parser.add_argument("--revocab", action="store_true", help="with --resume: choose the head's vocabulary anew "
+                        "from the training text (rows of tokens kept from the old head keep their training)")
     parser.add_argument("--gen-minutes", type=float, default=12.0,
                         help="time for generating SmolLM2's own answers as training text (0: prose only)")
     args = parser.parse_args(argv)
@@ -155,17 +172,19 @@ def main(argv=None) -> None:
     windows = perplexity_windows(tokenizer, 200_000, args.window)
     # the first windows are the perplexity workload's; train on the rest, evaluate on a held-out tail
     train, heldout = windows[40:-16], windows[-16:]
+    special = sorted({tokenizer.eos_token_id, *tokenizer.all_special_ids})
     if args.gen_minutes > 0:
         own = stream_windows(self_generated_texts(loaded, args.gen_minutes, seed=args.seed), args.window)
         # held-out agreement is measured on the target's own answers too: that is what drafting meets
         train, heldout = train + own[:-8] * 3, heldout[:8] + own[-8:]
-    special = sorted({tokenizer.eos_token_id, *tokenizer.all_special_ids})
     previous = {"steps": 0, "tokens": 0, "history": [], "sessions": []}
+    vocab_ids = frequent_tokens(train, special, DRAFT_VOCAB)
     if args.resume:
         draft, vocab, previous = load_shipped_draft(target)
-        vocab_ids = previous["vocab_ids"]
+        if args.revocab:
+            draft, vocab = with_new_head(draft, vocab, target, vocab_ids)
+        vocab_ids = vocab.tolist()
     else:
-        vocab_ids = frequent_tokens(train, special, DRAFT_VOCAB)
         draft, vocab = build_draft(target, INIT_LAYERS, vocab_ids)
     params = [p for n, p in draft.named_parameters() if not n.startswith("model.embed_tokens")]
     for p in draft.model.embed_tokens.parameters():
