@@ -27,10 +27,12 @@ def show_spec_views(exp) -> None:
     st.html(spec_views.legend_html())
     st.html(spec_views.spans_html(spec_views.token_spans(out.extra, len(out.token_ids))))
     frame = pd.DataFrame(spec_views.timeline_rows(out.extra))
-    chart = alt.Chart(frame).mark_bar().encode(
+    phases = alt.Scale(domain=["prefill", "draft", "verify"], range=["#9ca3af", "#16a34a", "#2563eb"])
+    # a white edge between bars keeps back-to-back rounds apart
+    chart = alt.Chart(frame).mark_bar(stroke="white", strokeWidth=1).encode(
         x=alt.X("start", title="Time since the start of the generation (s)"), x2="end",
         y=alt.Y("phase", title=None, sort=["prefill", "draft", "verify"]),
-        color=alt.Color("phase", title="Phase"),
+        color=alt.Color("phase", title="Phase", scale=phases),
         tooltip=["round", "phase", "proposed", "accepted", alt.Tooltip("start", format=".3f"),
                  alt.Tooltip("end", format=".3f")],
     ).properties(height=160)
