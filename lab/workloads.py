@@ -55,11 +55,20 @@ def check_workload(name: str) -> None:
         raise SpecError(f"unknown workload '{name}'; allowed: {', '.join(WORKLOADS)}")
 
 
-def chat_prompts(limit: int | None = None) -> list[Item]:
-    with open(SHIPPED_DATA / "prompts" / "chat.toml", "rb") as f:
+def _prompt_file(stem: str, text_of, limit: int | None) -> list[Item]:
+    """The [[prompts]] of data/prompts/<stem>.toml as Items; text_of makes the user message of one entry."""
+    with open(SHIPPED_DATA / "prompts" / f"{stem}.toml", "rb") as f:
         prompts = tomllib.load(f)["prompts"]
-    items = [Item(i, p["key"], p["text"]) for i, p in enumerate(prompts)]
+    items = [Item(i, p["key"], text_of(p)) for i, p in enumerate(prompts)]
     return items[:limit] if limit else items
+
+
+def _as_chat(tokenizer, prompts: list[Item]) -> list[GenerationItem]:
+    return [GenerationItem(i.index, i.key, i.text, chat_input_ids(tokenizer, i.text)) for i in prompts]
+
+
+def chat_prompts(limit: int | None = None) -> list[Item]:
+    return _prompt_file("chat", lambda p: p["text"], limit)
 
 
 def heldout_text() -> str:
@@ -130,19 +139,16 @@ def _split_needle(context: str, question: str) -> tuple[str, str]:
 
 
 def chat_items(tokenizer, limit: int) -> list[GenerationItem]:
-    return [GenerationItem(i.index, i.key, i.text, chat_input_ids(tokenizer, i.text)) for i in chat_prompts(limit)]
+    return _as_chat(tokenizer, chat_prompts(limit))
 
 
 def grounded_prompts(limit: int | None = None) -> list[Item]:
     """Task + passage, as one user message."""
-    with open(SHIPPED_DATA / "prompts" / "grounded.toml", "rb") as f:
-        prompts = tomllib.load(f)["prompts"]
-    items = [Item(i, p["key"], f"{p['task']}\n\n{p['passage']}") for i, p in enumerate(prompts)]
-    return items[:limit] if limit else items
+    return _prompt_file("grounded", lambda p: f"{p['task']}\n\n{p['passage']}", limit)
 
 
 def grounded_items(tokenizer, limit: int) -> list[GenerationItem]:
-    return [GenerationItem(i.index, i.key, i.text, chat_input_ids(tokenizer, i.text)) for i in grounded_prompts(limit)]
+    return _as_chat(tokenizer, grounded_prompts(limit))
 
 
 # (topic of CPython's pydoc_data.topics, question): the topic's text is the context the question is about.
