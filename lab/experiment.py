@@ -19,7 +19,8 @@ FIELDS = {
     "description": (str, "", None, None, "Free text."),
     "model": (str, "smollm2-135m-instruct", None, None, "Built-in name, local folder, or cached hub id."),
     "device": (str, "auto", None, None, "auto, cpu or cuda."),
-    "workload": (str, "chat", None, None, "chat, grounded, perplexity, needle or context_qa."),
+    "workload": (str, "chat", None, None, "chat, grounded, perplexity, needle or context_qa (LLM); digits "
+                                          "(diffusion, the default for a diffusion model)."),
     "prompts": (int, 4, 1, 1000, "How many workload items (prompts or text windows) to use."),
     "max_new_tokens": (int, 32, 1, 4096, "Tokens to generate per prompt (chat)."),
     "batch_size": (int, 1, 1, 64, "Sequences generated together (generation workloads); above 1 the prompts are "
@@ -34,9 +35,15 @@ FIELDS = {
     "perplexity_window": (int, 256, 16, 8192, "Window length for perplexity scoring."),
     "needle_lengths": (list, [1024, 2048, 4096], 64, 32768, "needle workload: context lengths in tokens."),
     "needle_depths": (list, [0, 25, 50, 75, 100], 0, 100, "needle workload: pass-key depths in % of the context."),
+    "classes": (list, list(range(10)), 0, 9, "diffusion: the digit classes to generate."),
+    "images_per_class": (int, 1, 1, 100, "diffusion: images generated per class (each with its own seed)."),
+    "steps": (int, 50, 1, 1000, "diffusion: sampler steps of the baseline."),
+    "guidance": (float, 3.0, 1.0, 20.0, "diffusion: classifier-free guidance scale (1 = no guidance)."),
+    "sampler": (str, "ddim", None, None, "diffusion: ddim or dpmsolver++."),
     "variants": (list, None, None, None, "The variants; a baseline (no technique) is added when missing."),
 }
-CHOICES = {"device": ("auto", "cpu", "cuda"), "workload": tuple(WORKLOADS)}
+CHOICES = {"device": ("auto", "cpu", "cuda"), "workload": tuple(WORKLOADS), "sampler": ("ddim", "dpmsolver++")}
+DIFFUSION_WORKLOADS = ("digits",)
 VARIANT_FIELDS = ("name", "techniques", "engine")
 
 
@@ -61,7 +68,7 @@ def _check_field(key: str, value):
     return value
 
 
-def _normalize_variant(i: int, variant, model_kind: str) -> dict:
+def _normalize_variant(i: int, variant, model_kind: str, spec: dict) -> dict:
     if not isinstance(variant, dict):
         raise SpecError(f"variants[{i}]: expected a table with name and techniques, got {variant!r}")
     unknown = sorted(set(variant) - set(VARIANT_FIELDS))
@@ -72,6 +79,7 @@ def _normalize_variant(i: int, variant, model_kind: str) -> dict:
         raise SpecError(f"variants[{i}].techniques: expected a list of tables, got {techniques!r}")
     try:
         built = build(techniques, model_kind=model_kind)
+        _check_against_spec(built, spec)
     except SpecError as e:
         raise SpecError(f"variants[{i}] ({variant.get('name', 'unnamed')}): {e}") from None
     engine = variant.get("engine", "lab")
@@ -88,6 +96,28 @@ def _normalize_variant(i: int, variant, model_kind: str) -> dict:
             "techniques": [{"name": t.name, **t.params()} for t in built]}
 
 
+def _check_against_spec(built: list, spec: dict) -> None:
+    from lab.diffusion.models import DIFFUSION_MODELS
+    shipped = DIFFUSION_MODELS.get(spec["model"])
+    for t in built:
+        if shipped and t.denoisers and shipped.architecture not in t.denoisers:
+            raise SpecError(f"technique '{t.name}' works on {' or '.join(t.denoisers)} denoisers; model "
+                            f"'{spec['model']}' is a {shipped.architecture}")
+        t.check_spec(spec)
+
+
+def _check_workload_kind(spec: dict, raw: dict, model_kind: str) -> None:
+    """A diffusion model takes the digits workload (its default); an LLM takes the others."""
+    if model_kind == "diffusion" and "workload" not in raw:
+        spec["workload"] = "digits"
+    diffusion_workload = spec["workload"] in DIFFUSION_WORKLOADS
+    if diffusion_workload != (model_kind == "diffusion"):
+        allowed = DIFFUSION_WORKLOADS if model_kind == "diffusion" else tuple(w for w in WORKLOADS
+                                                                             if w not in DIFFUSION_WORKLOADS)
+        raise SpecError(f"field 'workload': {spec['workload']!r} does not fit the {model_kind} model "
+                        f"'{spec['model']}'; allowed: {', '.join(allowed)}")
+
+
 def validate(raw: dict, check_model_exists: bool = True) -> dict:
     """Return the normalized spec (defaults filled, baseline first) or raise SpecError."""
     if not isinstance(raw, dict):
@@ -99,14 +129,16 @@ def validate(raw: dict, check_model_exists: bool = True) -> dict:
     for key in spec:
         spec[key] = _check_field(key, spec[key])
     check_workload(spec["workload"])
-    model_kind = "llm"
+    from lab.diffusion.models import DIFFUSION_MODELS
+    model_kind = "diffusion" if spec["model"] in DIFFUSION_MODELS else "llm"
     if check_model_exists:
         from lab.models import check_model
         model_kind = check_model(spec["model"])
+    _check_workload_kind(spec, raw, model_kind)
     variants = raw.get("variants", [])
     if not isinstance(variants, list):
         raise SpecError(f"field 'variants': expected a list of tables, got {variants!r}")
-    normalized = [_normalize_variant(i, v, model_kind) for i, v in enumerate(variants)]
+    normalized = [_normalize_variant(i, v, model_kind, spec) for i, v in enumerate(variants)]
     baselines = [v for v in normalized if not v["techniques"] and v["engine"] == "lab"]
     if not baselines:
         normalized.insert(0, {"name": "baseline", "engine": "lab", "techniques": []})
@@ -124,7 +156,7 @@ def validate(raw: dict, check_model_exists: bool = True) -> dict:
         if spec["prompts"] > available:
             raise SpecError(f"field 'prompts': {spec['prompts']} is more than the {spec['workload']} workload has; "
                             f"allowed: 1 to {available}")
-    if spec["batch_size"] > 1:
+    if spec["batch_size"] > 1 and model_kind == "llm":
         _check_batchable(spec["batch_size"], normalized)
     spec["variants"] = normalized
     return spec

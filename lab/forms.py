@@ -12,16 +12,26 @@ from lab.techniques import KnobInfo
 EXPERIMENTS_DIR = ROOT / "experiments"
 
 
-def presets() -> dict[str, dict]:
+def presets(kind: str | None = None) -> dict[str, dict]:
     """Raw (unvalidated) specs of experiments/*.toml, by file stem (a file with [[runs]] gives one per run,
-    named by its workload); quickstart first."""
+    named by its workload); quickstart first. `kind` ('llm' or 'diffusion') keeps the specs for that model kind."""
+    from lab.diffusion.models import DIFFUSION_MODELS
     out = {}
     for path in sorted(EXPERIMENTS_DIR.glob("*.toml"), key=lambda p: (p.stem != "quickstart", p.stem)):
         with open(path, "rb") as f:
             raws = expand_runs(tomllib.load(f))
         for raw in raws:
+            if kind is not None and (raw.get("model") in DIFFUSION_MODELS) != (kind == "diffusion"):
+                continue
             out[path.stem if len(raws) == 1 else f"{path.stem} ({raw.get('workload', 'chat')})"] = raw
     return out
+
+
+def techniques_for(kind: str, architecture: str | None = None) -> dict[str, type]:
+    """The registered techniques that apply to a model kind (and, for diffusion, to its denoiser)."""
+    from lab.techniques import all_techniques
+    return {name: cls for name, cls in all_techniques().items() if kind in cls.applies_to
+            and (architecture is None or not cls.denoisers or architecture in cls.denoisers)}
 
 
 def preset_path(stem: str) -> Path:

@@ -18,8 +18,9 @@ class MetricDef:
 
 
 _DEFS = [
-    MetricDef("speedup", "Speedup", "x", "Variant tokens/s divided by baseline tokens/s, paired per prompt and "
-              "repeat in the same process (baseline interleaved); median of the ratios.", True),
+    MetricDef("speedup", "Speedup", "x", "Variant tokens/s (diffusion: images/s) divided by the baseline's, paired "
+              "per prompt or image batch and repeat in the same process (baseline interleaved); median of the "
+              "ratios.", True),
     MetricDef("tokens_per_s", "Tokens/s", "tok/s", "New tokens divided by end-to-end latency of one generation.",
               True),
     MetricDef("ttft_s", "TTFT", "s", "Time to first token: from the start of prefill until the first new token "
@@ -62,6 +63,25 @@ _DEFS = [
               "forwards per generation (prefill excluded), in ms.", False),
     MetricDef("batch_tokens_per_s", "Batch tokens/s", "tok/s", "All new tokens of a batch divided by the time "
               "until its last sequence finished (batch_size > 1).", True),
+    MetricDef("s_per_image", "Time per image", "s", "Diffusion: sampling time of a batch divided by its images.",
+              False),
+    MetricDef("s_per_step", "Time per step", "s", "Diffusion: sampling time of a batch divided by the sampler steps "
+              "it ran (all images of the batch denoised together).", False),
+    MetricDef("images_per_s", "Images/s", "img/s", "Diffusion: images of a batch divided by its sampling time.",
+              True),
+    MetricDef("blocks_computed", "Blocks computed", "%", "Diffusion: denoiser work actually computed, as a share "
+              "of the baseline's (its steps x every block): DiT attention and MLP, UNet resnets and attentions, "
+              "counted per image row by forward hooks (deterministic). Fewer steps count as less work.", False),
+    MetricDef("psnr_db", "PSNR", "dB", "Diffusion: peak signal-to-noise ratio of each image against the baseline's "
+              "image from the same seed (range [-1, 1]); identical images (inf) are left out of the median.",
+              True, "quality"),
+    MetricDef("ssim", "SSIM", "", "Diffusion: structural similarity (7x7 window) of each image against the "
+              "baseline's image from the same seed; 1 = identical.", True, "quality"),
+    MetricDef("class_accuracy", "Class accuracy", "%", "Diffusion: share of images a digit classifier (a small CNN "
+              "trained on the real digits, 99.7% on held-out digits) labels as the requested class.", True,
+              "quality"),
+    MetricDef("image_exact", "Identical images", "%", "Diffusion: share of images equal to the baseline's bit for "
+              "bit (float32, before quantising to pixels).", True, "quality"),
     MetricDef("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", "Tokens scored per second in one forward "
               "over a window of held-out text.", True),
 ]

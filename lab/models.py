@@ -58,7 +58,11 @@ def _hub_cached(model_id: str) -> bool:
 
 
 def check_model(name: str) -> str:
-    """Return the model's kind ('llm') if `name` can be loaded here, else raise SpecError naming it."""
+    """Return the model's kind ('llm' or 'diffusion') if `name` can be loaded here, else raise SpecError."""
+    from lab.diffusion.models import DIFFUSION_MODELS, check_denoiser
+    if name in DIFFUSION_MODELS:
+        check_denoiser(name)
+        return "diffusion"
     if name in BUILTIN_MODELS:
         builtin = BUILTIN_MODELS[name]
         folder = _package_folder(builtin.package)
@@ -70,7 +74,8 @@ def check_model(name: str) -> str:
         return "llm"
     if "/" in name and _hub_cached(name):
         return "llm"
-    raise SpecError(f"unknown model '{name}': not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder "
+    raise SpecError(f"unknown model '{name}': not a built-in ({', '.join([*BUILTIN_MODELS, *DIFFUSION_MODELS])}), "
+                    f"not a local folder "
                     f"with a config.json, and not a hub id in the local Hugging Face cache (the lab never "
                     f"downloads weights)")
 
@@ -133,6 +138,9 @@ def load(name: str, device: str | None = None, trust_remote_code: bool = False) 
             _loaded[(name, device)] = _loaded.pop((name, device))
             return _loaded[(name, device)]
         kind = check_model(name)
+        if kind == "diffusion":
+            from lab.diffusion.models import load_denoiser
+            return _keep(name, device, load_denoiser(name, device))
         source = str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
         kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -141,10 +149,14 @@ def load(name: str, device: str | None = None, trust_remote_code: bool = False) 
         model.requires_grad_(False)
         loaded = LoadedModel(name=name, kind=kind, model=model, tokenizer=tokenizer, device=device,
                              dtype=str(model.dtype).replace("torch.", ""), source=source)
-        _loaded[(name, device)] = loaded
-        while len(_loaded) > KEEP_LOADED:
-            _loaded.pop(next(iter(_loaded)))
-        return loaded
+        return _keep(name, device, loaded)
+
+
+def _keep(name: str, device: str, loaded):
+    _loaded[(name, device)] = loaded
+    while len(_loaded) > KEEP_LOADED:
+        _loaded.pop(next(iter(_loaded)))
+    return loaded
 
 
 def list_models() -> list[dict]:
@@ -154,4 +166,9 @@ def list_models() -> list[dict]:
         rows.append({"name": m.name, "kind": m.kind, "installed": bool(folder and (folder / m.gguf_file).exists()),
                      "prepared": (model_cache_dir() / m.name / "model.safetensors").exists(),
                      "description": m.description})
+    from lab.diffusion.models import DIFFUSION_MODELS, MODELS_DIR
+    for d in DIFFUSION_MODELS.values():
+        shipped = (MODELS_DIR / d.folder / "config.json").exists()
+        rows.append({"name": d.name, "kind": "diffusion", "installed": shipped, "prepared": shipped,
+                     "description": d.description})
     return rows

@@ -11,7 +11,8 @@ from lab.metrics import METRICS, ORDER, definition
 from lab.store import Experiment, Run
 
 # The summary table shows these, in this order, when present.
-SUMMARY_METRICS = ["speedup", "tokens_per_s", "batch_tokens_per_s", "ttft_s", "tpot_ms", "latency_s",
+SUMMARY_METRICS = ["speedup", "s_per_image", "s_per_step", "blocks_computed", "class_accuracy", "psnr_db", "ssim",
+                   "image_exact", "tokens_per_s", "batch_tokens_per_s", "ttft_s", "tpot_ms", "latency_s",
                    "acceptance_rate", "mean_accepted", "tokens_per_forward", "draft_ms", "verify_ms",
                    "peak_mem_mb", "mem_rise_mb", "weight_mb", "kv_cache_mb", "kv_compression", "answer_accuracy",
                    "agreement", "exact_match", "first_divergence", "perplexity", "prefill_tokens_per_s"]
@@ -53,7 +54,8 @@ def summary_rows(exp: Experiment) -> list[dict]:
     for run in exp.runs:
         metrics = {m.name: m for m in run.metrics}
         row = {"Variant": run.variant}
-        n = max((m.n for name, m in metrics.items() if name in ("tokens_per_s", "prefill_tokens_per_s")), default=0)
+        n = max((m.n for name, m in metrics.items() if name in ("tokens_per_s", "prefill_tokens_per_s",
+                                                                 "s_per_image")), default=0)
         for name in SUMMARY_METRICS:
             m = metrics.get(name)
             if m is None:

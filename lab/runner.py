@@ -56,6 +56,8 @@ def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[
         raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available here; use 'auto' or 'cpu'")
     progress(0.0, f"loading {spec['model']}")
     loaded = load(spec["model"], device=device)
+    if loaded.kind == "diffusion":
+        return _execute_diffusion(spec, loaded, device, progress)
     engines, results = [], []
     for v in spec["variants"]:
         progress(0.02, f"preparing {v['name']}")
@@ -74,6 +76,23 @@ def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[
             _score_perplexity(spec, loaded, engines, results, progress)
     _score_agreement(results)
     _score_answers(results)
+    progress(1.0, "done")
+    return results
+
+
+def _execute_diffusion(spec, loaded, device, progress) -> list[VariantResult]:
+    from lab.diffusion.runner import run_diffusion
+    from lab.experiment import spec_hash
+    from lab.techniques import build
+
+    techniques, results = [], []
+    weight_mb = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / MB
+    for v in spec["variants"]:
+        techniques.append(build(v["techniques"], model_kind="diffusion"))
+        results.append(VariantResult(v["name"], v["engine"], v["techniques"],
+                                     environment(device, loaded.dtype, spec_hash(spec))))
+        results[-1].samples["weight_mb"].append(weight_mb)
+    run_diffusion(spec, loaded, techniques, results, progress)
     progress(1.0, "done")
     return results
 

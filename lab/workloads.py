@@ -28,6 +28,9 @@ WORKLOADS = {
     "context_qa": "Long-context QA in kvpress's protocol: a section of the Python language reference is the "
                   "context (compressed by a KV technique), then a question about it is asked; scored by agreement "
                   "with the uncompressed model's answer.",
+    "digits": "Diffusion: generate the requested digit classes (images_per_class each, one seed per batch, the "
+              "same for every variant); scored by PSNR/SSIM against the baseline's image of the same seed and by "
+              "a digit classifier trained on the real digits.",
 }
 
 

@@ -1,34 +1,15 @@
 """LLM Lab: build an experiment from the technique declarations, run it in the worker, read the results."""
-import os
-
 import streamlit as st
 
-from lab import forms, jobs, results
-from lab.experiment import validate
+from lab import forms
 from lab.models import BUILTIN_MODELS, DEFAULT_LLM
-from lab.techniques import SpecError, all_techniques
-from ui.results_view import show_experiment, show_job_failure
+from ui.experiment_panel import show_current_experiment, submit
+from ui.variant_form import variant_editor
 
 st.set_page_config(page_title="LLM Lab · Efficiency Lab", layout="wide")
 st.title("LLM Lab")
 st.write("Run a language model with efficiency techniques switched on, against a baseline measured in the same "
          "run. Start with the quick start, or build your own experiment below.")
-
-AUTOSTART = os.environ.get("LAB_WORKER_AUTOSTART", "1") != "0"
-
-
-def submit(raw: dict) -> None:
-    try:
-        spec = validate(raw)
-    except SpecError as e:
-        st.error(f"Cannot run this experiment: {e}")
-        return
-    exp_id, job_id = jobs.submit(spec)
-    if AUTOSTART:
-        jobs.ensure_worker()
-    st.session_state["job_id"] = job_id
-    st.query_params["experiment"] = str(exp_id)
-
 
 # --- quick start -------------------------------------------------------------------------------------
 quick = st.container(border=True)
@@ -39,9 +20,9 @@ if quick.button("Run quickstart", type="primary"):
 
 # --- build an experiment -----------------------------------------------------------------------------
 with st.expander("Build an experiment", expanded=False):
-    preset_names = list(forms.presets())
-    preset = st.selectbox("Start from preset", preset_names, help="Specs in experiments/*.toml")
-    base = forms.presets()[preset]
+    presets = forms.presets("llm")
+    preset = st.selectbox("Start from preset", list(presets), help="Specs in experiments/*.toml")
+    base = presets[preset]
     c1, c2, c3 = st.columns(3)
     exp_name = c1.text_input("Experiment name", value=base.get("name", preset))
     model_choice = c1.selectbox("Model", [*BUILTIN_MODELS, "other (local folder or cached hub id)"],
@@ -72,38 +53,8 @@ with st.expander("Build an experiment", expanded=False):
                             help=forms.field_help("top_p"))
 
     st.markdown("**Variants** — the baseline (no technique) always runs first.")
-    techniques = all_techniques()
-    preset_variants = [v for v in base.get("variants", []) if v.get("techniques")]
-    n_variants = st.number_input("Variants besides the baseline", 0, 6, value=max(1, len(preset_variants)))
-    variants = [{"name": "baseline", "techniques": []}]
-    for i in range(int(n_variants)):
-        pv = preset_variants[i] if i < len(preset_variants) else {}
-        box = st.container(border=True)
-        vname = box.text_input("Variant name", value=pv.get("name", f"variant-{i + 1}"), key=f"v{i}_name")
-        chosen = box.multiselect("Techniques", list(techniques), key=f"v{i}_tech",
-                                 default=[t["name"] for t in pv.get("techniques", []) if t["name"] in techniques],
-                                 format_func=lambda n: f"{techniques[n].title} ({techniques[n].slot})")
-        entries = []
-        for tname in chosen:
-            cls = techniques[tname]
-            box.caption(f"{cls.title}: {cls.summary} Paper: {cls.paper}")
-            preset_knobs = next((t for t in pv.get("techniques", []) if t["name"] == tname), {})
-            entry = {"name": tname}
-            for k in cls.knobs():
-                w, key, value = forms.widget_for(k), f"v{i}_{tname}_{k.name}", preset_knobs.get(k.name, k.default)
-                label, help_ = forms.knob_label(k), f"{k.help} Allowed: {k.allowed()}."
-                if w["widget"] == "select":
-                    entry[k.name] = box.selectbox(label, w["options"], index=w["options"].index(value),
-                                                  key=key, help=help_)
-                elif w["widget"] == "checkbox":
-                    entry[k.name] = box.checkbox(label, value=bool(value), key=key, help=help_)
-                elif w["widget"] == "number":
-                    entry[k.name] = box.number_input(label, value=k.type(value), step=k.type(w["step"]), key=key,
-                                                     help=help_)
-                else:
-                    entry[k.name] = box.text_input(label, value=str(value), key=key, help=help_)
-            entries.append(entry)
-        variants.append({"name": vname, "techniques": entries})
+    techniques = forms.techniques_for("llm")
+    variants = variant_editor(techniques, [v for v in base.get("variants", []) if v.get("techniques")])
     if st.button("Run experiment"):
         raw = {"name": exp_name, "model": model, "workload": workload,
                "temperature": temperature, "top_p": top_p, "variants": variants,
@@ -113,47 +64,4 @@ with st.expander("Build an experiment", expanded=False):
 
 
 # --- progress and results ----------------------------------------------------------------------------
-def current_experiment_id() -> int | None:
-    value = st.query_params.get("experiment")
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
-
-
-@st.fragment(run_every=2.0)
-def progress_panel(exp_id: int) -> None:
-    job = jobs.job_for_experiment(exp_id)
-    if job is None:
-        return
-    if job.status in ("queued", "running"):
-        jobs.reap_dead()
-        if AUTOSTART and job.status == "queued" and not jobs.worker_alive():
-            jobs.ensure_worker()
-        st.progress(min(1.0, job.progress), text=f"Experiment {exp_id} {job.status}: {job.message}")
-        if st.button("Cancel run", key="cancel"):
-            jobs.cancel(job.id)
-        st.session_state["was_running"] = exp_id
-    elif st.session_state.get("was_running") == exp_id:
-        st.session_state.pop("was_running")
-        st.rerun()  # the run just ended: redraw the whole page with its results
-
-
-exp_id = current_experiment_id()
-if exp_id is None:
-    recent = results.recent_experiments(1)
-    if recent:
-        st.caption(f"Latest experiment: #{recent[0]['ID']} {recent[0]['Name']} ({recent[0]['Status']}). "
-                   f"Open it with ?experiment={recent[0]['ID']} or from the Compare page.")
-else:
-    exp = results.load_experiment(exp_id)
-    if exp is None:
-        st.warning(f"There is no experiment {exp_id} in the store.")
-    else:
-        job = jobs.job_for_experiment(exp_id)
-        if job is not None and job.status in ("queued", "running"):
-            progress_panel(exp_id)
-        elif job is not None and job.status in ("failed", "cancelled"):
-            show_job_failure(job)
-        else:
-            show_experiment(exp)
+show_current_experiment()

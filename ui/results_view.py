@@ -5,6 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from lab import results
+from lab.diffusion_views import is_diffusion
+from ui.diffusion_view import show_diffusion_views
 from ui.kv_view import show_kv_views
 from ui.spec_view import show_spec_views
 
@@ -20,9 +22,7 @@ def show_job_failure(job) -> None:
 def show_experiment(exp) -> None:
     spec = exp.spec
     st.subheader(f"Experiment {exp.id}: {exp.name}")
-    st.caption(f"model {spec['model']} · workload {spec['workload']} · {spec['prompts']} items · "
-               f"max_new_tokens {spec['max_new_tokens']} · {spec['repeats']} repeats after {spec['warmup']} "
-               f"warm-up · seed {spec['seed']}")
+    st.caption(_describe(spec))
     if not exp.runs:
         st.info("No results stored for this experiment.")
         return
@@ -37,9 +37,22 @@ def show_experiment(exp) -> None:
     with st.expander("Environment"):
         env = exp.runs[0].environment
         st.table(pd.DataFrame([{"Field": k, "Value": str(v)} for k, v in env.items()]).set_index("Field"))
+    if is_diffusion(exp):
+        show_diffusion_views(exp)
+        return
     show_kv_views(exp)
     show_spec_views(exp)
     _outputs_side_by_side(exp)
+
+
+def _describe(spec: dict) -> str:
+    if spec["workload"] == "digits":
+        what = (f"classes {', '.join(map(str, spec['classes']))} × {spec['images_per_class']} · {spec['sampler']} "
+                f"{spec['steps']} steps · guidance {spec['guidance']:g} · batch {spec['batch_size']}")
+    else:
+        what = f"{spec['prompts']} items · max_new_tokens {spec['max_new_tokens']}"
+    return (f"model {spec['model']} · workload {spec['workload']} · {what} · {spec['repeats']} repeats after "
+            f"{spec['warmup']} warm-up · seed {spec['seed']}")
 
 
 def _outputs_side_by_side(exp) -> None:

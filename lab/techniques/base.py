@@ -86,6 +86,7 @@ class Technique:
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     applies_to: ClassVar[tuple[str, ...]] = ("llm",)
+    denoisers: ClassVar[tuple[str, ...]] = ()  # diffusion: denoiser architectures it works on ("dit", "unet"); () = any
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -126,6 +127,9 @@ class Technique:
     def check(self) -> None:
         """Checks beyond each knob's own range (e.g. that a named model exists); raise SpecError."""
 
+    def check_spec(self, spec: dict) -> None:
+        """Checks against the rest of the experiment (e.g. fewer steps than the baseline); raise SpecError."""
+
     def conflicts_with(self, other: "Technique") -> str | None:
         """Why this technique cannot run together with `other` (None when it can)."""
         return None
@@ -153,5 +157,11 @@ class Technique:
     def extra_weight_bytes(self, engine) -> int:  # weights a technique adds beside the model (a draft model)
         return 0
 
-    def wrap_denoiser(self, denoiser):  # denoiser slot: a context manager around one generation
+    def prepare_denoiser(self, call) -> None:  # denoiser slot: once per variant before warm-up (calibration)
+        return None
+
+    def wrap_denoiser(self, call):  # denoiser slot: a context manager around one generation (a DenoiserCall)
         raise NotImplementedError
+
+    def sampler_steps(self, steps: int) -> int:  # decoding slot, diffusion: the sampler steps this variant runs
+        return steps

@@ -1,0 +1,110 @@
+"""Runs a diffusion experiment: every batch of images through every variant, interleaved per repeat.
+
+Each batch has its own seed (spec seed + batch index), the same for every variant, so a variant's image is
+compared with the baseline's image from the same initial noise. Quality (PSNR, SSIM, classifier accuracy)
+is scored on the first repeat; timings and counts on every repeat.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from lab.diffusion.counting import BlockCounter
+from lab.diffusion.quality import psnr, ssim, to_pixels
+from lab.diffusion.sampler import DenoiserCall, sample
+from lab.measure import PeakMemory
+
+MB = 1024 * 1024
+
+
+def image_batches(spec: dict) -> list[list[int]]:
+    """The class label of every image, in batches of batch_size (classes cycle within a batch)."""
+    labels = [c for _ in range(spec["images_per_class"]) for c in spec["classes"]]
+    size = spec["batch_size"]
+    return [labels[i:i + size] for i in range(0, len(labels), size)]
+
+
+class DiffusionVariant:
+    """One variant's techniques bound to the loaded denoiser."""
+
+    def __init__(self, spec: dict, loaded, techniques: list):
+        by_slot = {t.slot: t for t in techniques}
+        self.cache = by_slot.get("denoiser")
+        steps = by_slot["decoding"].sampler_steps(spec["steps"]) if "decoding" in by_slot else spec["steps"]
+        self.call = DenoiserCall(loaded.model, steps, spec["guidance"], spec["sampler"], model_name=loaded.name)
+        self.baseline_steps = spec["steps"]
+
+    def prepare(self) -> None:
+        if self.cache is not None:
+            self.cache.prepare_denoiser(self.call)
+
+    def generate(self, labels: list[int], seed: int, device: str):
+        counter = BlockCounter(self.call.model)
+        wrap = self.cache.wrap_denoiser(self.call) if self.cache else contextlib.nullcontext()
+        with PeakMemory(device) as mem, counter, wrap:
+            result = sample(self.call, torch.tensor(labels), seed, on_step=counter.next_step)
+        rows = len(labels) * (2 if self.call.uses_guidance else 1)
+        per_step = [c / counter.full_rows_per_step(rows) for c in counter.per_step]
+        # share of the *baseline's* work: fewer steps count as fewer blocks computed
+        computed = sum(per_step) / self.baseline_steps
+        return result, per_step, computed, mem
+
+
+def run_diffusion(spec, loaded, techniques_per_variant, results, progress) -> None:
+    variants = [DiffusionVariant(spec, loaded, ts) for ts in techniques_per_variant]
+    for k, v in enumerate(variants):
+        progress(0.03, f"preparing {results[k].name}")
+        v.prepare()
+        if "calibration" in v.call.info:
+            results[k].environment["calibration"] = v.call.info["calibration"]
+    batches = image_batches(spec)
+    n = len(variants)
+    total = (spec["warmup"] + spec["repeats"] * len(batches)) * n
+    done = 0
+    for w in range(spec["warmup"]):
+        for k in range(n):
+            progress(0.05 + 0.85 * done / total, f"warm-up {w + 1}: {results[k].name}")
+            variants[k].generate(batches[0], spec["seed"], loaded.device)
+            done += 1
+    for r in range(spec["repeats"]):
+        first_image = 0
+        for b, labels in enumerate(batches):
+            seconds, generated = {}, {}
+            for k in [(k + r + b) % n for k in range(n)]:  # rotate who goes first
+                progress(0.05 + 0.85 * done / total, f"repeat {r + 1}/{spec['repeats']}, batch {b + 1}/"
+                                                     f"{len(batches)}: {results[k].name}")
+                result, per_step, computed, mem = variants[k].generate(labels, spec["seed"] + b, loaded.device)
+                done += 1
+                seconds[k], generated[k] = result.seconds, (result.images, per_step)
+                s = results[k].samples
+                s["s_per_image"].append(result.seconds / len(labels))
+                s["s_per_step"].append(result.seconds / result.steps_run)
+                s["images_per_s"].append(len(labels) / result.seconds)
+                s["blocks_computed"].append(100.0 * computed)
+                s["peak_mem_mb"].append(mem.peak / MB)
+                s["mem_rise_mb"].append(mem.rise / MB)
+            for k in range(n):  # paired per batch and repeat, adjacent in time
+                results[k].samples["speedup"].append(seconds[0] / seconds[k])
+                if r == 0:
+                    _score_images(results[k], loaded.classifier, labels, *generated[k], generated[0][0],
+                                  first_image, spec["seed"] + b)
+            first_image += len(labels)
+
+
+def _score_images(res, classifier, labels, images, per_step, baseline, first_index, seed):
+    with torch.no_grad():
+        probs = classifier(images.to(next(classifier.parameters()).device)).softmax(-1).cpu()
+    predicted = probs.argmax(-1).tolist()
+    pixels = to_pixels(images)
+    for j, label in enumerate(labels):
+        index, reference = first_index + j, baseline[j]
+        res.samples["class_accuracy"].append(100.0 * (predicted[j] == label))
+        res.samples["image_exact"].append(100.0 * bool(torch.equal(images[j], reference)))
+        res.samples["psnr_db"].append(psnr(images[j], reference))
+        res.samples["ssim"].append(ssim(images[j], reference))
+        res.outputs.append(dict(
+            item_index=index, item_key=str(label), prompt=f"digit {label}", text=f"classified as {predicted[j]}",
+            token_ids=[], extra={"pixels": pixels[j], "label": label, "predicted": predicted[j],
+                                 "confidence": round(float(probs[j, predicted[j]]), 4), "seed": seed,
+                                 "step_compute": [round(x, 4) for x in per_step]}))

@@ -1,0 +1,1 @@
+"""Diffusion feature caching: reuse what the denoiser computed at earlier sampler steps."""

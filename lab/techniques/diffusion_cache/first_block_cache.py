@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import knob
+from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+
+
+@dataclass
+class FirstBlockCache(DiffusersCacheHook):
+    name = "first_block_cache"
+    title = "First-block cache"
+    summary = ("Always computes the first transformer block; when its residual changed by less than the "
+               "threshold (relative mean absolute change since the last fully computed step), the other "
+               "blocks are skipped and their cached residual is added instead.")
+    paper = "Liu et al. 2024, TeaCache (arXiv:2411.19108); First Block Cache in ParaAttention / diffusers"
+
+    threshold: float = knob(0.1, min=0.0, max=2.0, unit="rel. change",
+                            help="Skip the remaining blocks while the first block's residual changed less than "
+                                 "this (relative L1) since the last computed step; higher skips more.")
+
+    def cache_config(self, call):
+        from diffusers import FirstBlockCacheConfig
+        return FirstBlockCacheConfig(threshold=self.threshold)

@@ -1,0 +1,35 @@
+"""Shared plumbing of the techniques that are diffusers 0.42 cache hooks (model.enable_cache(config)).
+
+A subclass only says which diffusers config its knobs make. The hooks are enabled for one generation and
+removed after it, so no state crosses generations (the sampler also resets stateful hooks before each).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import ClassVar
+
+from lab.techniques.base import Technique
+
+
+class DenoiserCache(Technique):
+    """Base of the diffusion caching family: the denoiser slot, for the denoiser architectures named."""
+    family: ClassVar[str] = "diffusion_cache"
+    slot: ClassVar[str] = "denoiser"
+    applies_to: ClassVar[tuple[str, ...]] = ("diffusion",)
+    denoisers: ClassVar[tuple[str, ...]] = ("dit",)
+
+
+class DiffusersCacheHook(DenoiserCache):
+
+    def cache_config(self, call):
+        """The diffusers config for one generation; `call` is the sampler's DenoiserCall."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def wrap_denoiser(self, call):
+        model = call.model
+        model.enable_cache(self.cache_config(call))
+        try:
+            yield
+        finally:
+            model.disable_cache()

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from lab.techniques.base import knob
+from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+
+CALIBRATION_SEED = 1_000_003  # not a seed any measured run uses by default: calibrate on other images
+
+
+@dataclass
+class MagCache(DiffusersCacheHook):
+    name = "mag_cache"
+    title = "MagCache"
+    summary = ("Skips whole steps (all blocks) while the accumulated error predicted from the magnitude ratio of "
+               "successive residuals stays under a threshold. The ratios come from one calibration run per model, "
+               "sampler, steps and guidance, stored and reused.")
+    paper = "Ma et al. 2025, MagCache: Fast Video Generation with Magnitude-Aware Cache (arXiv:2506.09045)"
+
+    threshold: float = knob(0.06, min=0.0, max=2.0, unit="acc. error",
+                            help="Skip while the accumulated |1 - ratio| error stays below this; higher skips more.")
+    max_skip_steps: int = knob(3, min=1, max=20, unit="steps", help="At most this many consecutive skipped steps.")
+    retention_ratio: float = knob(0.2, min=0.0, max=1.0, unit="share",
+                                  help="This share of the first steps is always computed.")
+
+    def calibration_path(self, call):
+        from lab.paths import data_dir
+        folder = data_dir() / "cache" / "magcache"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{call.model_name}-{call.sampler}-{call.steps}steps-g{call.guidance:g}.json"
+
+    def prepare_denoiser(self, call) -> None:
+        """Load the stored magnitude ratios, or calibrate once (one uncached generation) and store them."""
+        path = self.calibration_path(call)
+        if path.exists():
+            call.info["mag_ratios"] = json.loads(path.read_text())["ratios"]
+            call.info["calibration"] = f"reused {path.name}"
+            return
+        ratios = calibrate(call)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps({"ratios": ratios, "seed": CALIBRATION_SEED, "labels": list(range(10))}))
+        tmp.replace(path)  # atomic: never a half-written calibration
+        call.info["mag_ratios"] = ratios
+        call.info["calibration"] = f"calibrated and stored {path.name}"
+
+    def cache_config(self, call):
+        from diffusers import MagCacheConfig
+        if "mag_ratios" not in call.info:
+            self.prepare_denoiser(call)
+        return MagCacheConfig(threshold=self.threshold, max_skip_steps=self.max_skip_steps,
+                              retention_ratio=self.retention_ratio, num_inference_steps=call.steps,
+                              mag_ratios=call.info["mag_ratios"])
+
+
+def calibrate(call) -> list[float]:
+    """Run one generation with MagCache in calibration mode and capture its per-step ratios.
+
+    diffusers only prints them and then clears its list, so the tail block's calibration step is wrapped to
+    copy each ratio as it is computed.
+    """
+    import contextlib
+    import dataclasses
+    import io
+
+    import torch
+    from diffusers import MagCacheConfig
+
+    from lab.diffusion.sampler import sample
+
+    model = call.model
+    model.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=call.steps))
+    ratios: list[float] = []
+    tail = model.transformer_blocks[-1]._diffusers_hook.get_hook("mag_cache_block_hook")
+    original = tail._perform_calibration_step
+
+    def capture(state, residual):
+        original(state, residual)
+        ratios.append(float(state.calibration_ratios[-1]))
+
+    tail._perform_calibration_step = capture
+    try:
+        plain = dataclasses.replace(call, forward=None, info={})
+        with contextlib.redirect_stdout(io.StringIO()):  # diffusers print()s the ratios; we store them instead
+            sample(plain, torch.arange(10), seed=CALIBRATION_SEED)
+    finally:
+        model.disable_cache()
+    return ratios

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import SpecError, knob
+from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+
+
+@dataclass
+class PyramidAttentionBroadcast(DiffusersCacheHook):
+    name = "pyramid_attention_broadcast"
+    title = "Pyramid Attention Broadcast"
+    summary = ("Inside a middle band of timesteps, each attention layer is recomputed only every few calls and "
+               "its last output is broadcast to the calls between; MLPs always run.")
+    paper = "Zhao et al. 2024, Real-Time Video Generation with Pyramid Attention Broadcast (arXiv:2408.12588)"
+
+    skip_range: int = knob(2, min=2, max=20, unit="steps",
+                           help="Recompute attention every this many steps inside the band.")
+    t_low: int = knob(100, min=0, max=1000, unit="timestep",
+                      help="Lower end of the band (training timesteps 0-1000; strictly inside is cached).")
+    t_high: int = knob(800, min=0, max=1000, unit="timestep",
+                       help="Upper end of the band: early, noisy steps above it are always computed.")
+
+    def check(self) -> None:
+        if self.t_low >= self.t_high:
+            raise SpecError(f"technique '{self.name}': t_low ({self.t_low}) must be below t_high ({self.t_high})")
+
+    def cache_config(self, call):
+        from diffusers import PyramidAttentionBroadcastConfig
+        return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=self.skip_range,
+                                               spatial_attention_timestep_skip_range=(self.t_low, self.t_high),
+                                               current_timestep_callback=lambda: call.timestep)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import knob
+from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+
+# diffusers' default identifiers must end in "attn" and match nothing in DiT (its modules are attn1).
+TARGETS = {"blocks": [r"transformer_blocks\.\d+"], "attention_mlp": [r"transformer_blocks\.\d+\.(attn1|ff)"]}
+
+
+@dataclass
+class TaylorSeer(DiffusersCacheHook):
+    name = "taylorseer"
+    title = "TaylorSeer"
+    summary = ("Computes the cached modules every few steps and, in between, forecasts their outputs with a "
+               "Taylor expansion over the step index (finite differences of the last computed outputs) instead "
+               "of reusing them unchanged.")
+    paper = "Liu et al. 2025, From Reusing to Forecasting: TaylorSeers (arXiv:2503.06923)"
+
+    interval: int = knob(4, min=1, max=50, unit="steps",
+                         help="Compute every this many steps after the warm-up; forecast the steps between.")
+    warmup_steps: int = knob(3, min=0, max=1000, unit="steps",
+                             help="The first steps are always computed (the forecast needs history).")
+    order: int = knob(1, min=1, max=3, help="Taylor order of the forecast (1 = linear extrapolation).")
+    target: str = knob("blocks", choices=tuple(TARGETS),
+                       help="Forecast whole transformer blocks, or each block's attention and MLP separately.")
+
+    def cache_config(self, call):
+        import torch
+        from diffusers import TaylorSeerCacheConfig
+        # fp32 factors: the bf16 default loses the small step-to-step differences on a CPU model
+        return TaylorSeerCacheConfig(cache_interval=self.interval, disable_cache_before_step=self.warmup_steps,
+                                     max_order=self.order, taylor_factors_dtype=torch.float32,
+                                     cache_identifiers=TARGETS[self.target])

@@ -1,0 +1,1 @@
+"""Sampler-level techniques for diffusion: changing the sampling schedule itself."""

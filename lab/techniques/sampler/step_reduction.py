@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import SpecError, Technique, knob
+
+
+@dataclass
+class StepReduction(Technique):
+    name = "step_reduction"
+    family = "sampler"
+    slot = "decoding"
+    applies_to = ("diffusion",)
+    title = "Fewer sampler steps"
+    summary = ("The simple alternative every cache must beat: run the same sampler with fewer steps. At equal "
+               "compute (steps / baseline steps = a cache's share of blocks computed) it shows whether reusing "
+               "features is better than just taking larger steps.")
+    paper = "Song et al. 2020, Denoising Diffusion Implicit Models (arXiv:2010.02502)"
+
+    steps: int = knob(25, min=1, max=1000, unit="steps", help="Sampler steps for this variant (the spec's "
+                                                             "`steps` is the baseline's).")
+
+    def check_spec(self, spec: dict) -> None:
+        if self.steps >= spec["steps"]:
+            raise SpecError(f"technique '{self.name}': steps {self.steps} is not fewer than the baseline's "
+                            f"{spec['steps']}; allowed: 1 to {spec['steps'] - 1}")
+
+    def sampler_steps(self, steps: int) -> int:
+        return self.steps

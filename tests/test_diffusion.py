@@ -1,0 +1,170 @@
+"""Diffusion lab on tiny randomly initialised denoisers (test data only): every caching technique computes
+fewer blocks than the baseline, its 'off' setting reproduces the baseline bit for bit, hooks leave no state
+behind, and the sampler, metrics and spec checks behave."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from lab.diffusion.runner import DiffusionVariant
+from lab.techniques import SpecError, all_techniques, build
+
+STEPS = 12
+
+
+def tiny_dit(seed: int = 0):
+    from lab.diffusion.nets import CachedDiT
+    torch.manual_seed(seed)
+    model = CachedDiT(num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=1, num_layers=3,
+                      sample_size=16, patch_size=4, num_embeds_ada_norm=10, norm_num_groups=1)
+    return model.eval().requires_grad_(False)
+
+
+def tiny_unet(seed: int = 0):
+    from diffusers import UNet2DModel
+    torch.manual_seed(seed)
+    model = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
+                        block_out_channels=(8, 16, 16), norm_num_groups=4,
+                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), num_class_embeds=11)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def denoisers():
+    return {"dit": tiny_dit(), "unet": tiny_unet()}
+
+
+@pytest.fixture(autouse=True)
+def isolated_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))  # MagCache calibrations land here
+
+
+def generate(model, techniques: list[dict], steps: int = STEPS, guidance: float = 3.0, sampler: str = "ddim"):
+    spec = {"steps": steps, "guidance": guidance, "sampler": sampler}
+    loaded = types.SimpleNamespace(model=model, name="tiny")
+    variant = DiffusionVariant(spec, loaded, build(techniques, model_kind="diffusion"))
+    variant.prepare()
+    result, per_step, computed, _mem = variant.generate([0, 3, 7], seed=5, device="cpu")
+    return result.images, per_step, computed
+
+
+def denoiser_techniques():
+    return {n: c for n, c in all_techniques().items() if c.slot == "denoiser"}
+
+
+def architecture_for(cls) -> str:
+    return cls.denoisers[0] if cls.denoisers else "dit"
+
+
+# Knobs that make each technique skip within 12 steps of a random model; a new technique is tested with
+# its defaults unless it needs an entry here.
+SKIPPING = {"first_block_cache": {"threshold": 2.0}, "mag_cache": {"threshold": 2.0, "retention_ratio": 0.1},
+            "taylorseer": {"interval": 3, "warmup_steps": 2}}
+# The setting at which a technique never reuses anything, so it must reproduce the baseline exactly.
+OFF = {"first_block_cache": {"threshold": 0.0}, "mag_cache": {"threshold": 0.0}, "taylorseer": {"interval": 1},
+       "block_cache": {"interval": 1}, "deep_cache": {"interval": 1},
+       "pyramid_attention_broadcast": {"t_low": 0, "t_high": 1}}
+
+
+@pytest.mark.parametrize("name", sorted(denoiser_techniques()))
+def test_every_cache_computes_fewer_blocks_than_the_baseline(name, denoisers):
+    model = denoisers[architecture_for(all_techniques()[name])]
+    base_images, base_steps, base_computed = generate(model, [])
+    images, per_step, computed = generate(model, [{"name": name, **SKIPPING.get(name, {})}])
+    assert base_computed == pytest.approx(1.0) and all(s == pytest.approx(1.0) for s in base_steps)
+    assert computed < 0.95, f"{name} computed {computed:.0%} of the blocks"
+    assert any(s < 1 for s in per_step) and per_step[0] == pytest.approx(1.0)  # the first step always computes
+    assert not torch.equal(images, base_images)  # reuse changes the result a little
+    assert images.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(denoiser_techniques()))
+def test_after_a_cached_generation_the_plain_model_is_the_baseline_bit_for_bit(name, denoisers):
+    model = denoisers[architecture_for(all_techniques()[name])]
+    base_images, _, _ = generate(model, [])
+    generate(model, [{"name": name, **SKIPPING.get(name, {})}])
+    again, per_step, computed = generate(model, [])
+    assert torch.equal(again, base_images) and computed == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", sorted(OFF))
+def test_caching_switched_off_equals_the_baseline_bit_for_bit(name, denoisers):
+    model = denoisers[architecture_for(all_techniques()[name])]
+    base_images, _, _ = generate(model, [])
+    images, _, computed = generate(model, [{"name": name, **OFF[name]}])
+    assert computed == pytest.approx(1.0)
+    assert torch.equal(images, base_images)
+
+
+def test_every_cache_but_one_has_an_off_setting_in_the_matrix():
+    # FasterCache cannot be told never to skip (its range always holds t=0); the test above covers it instead
+    assert set(denoiser_techniques()) - set(OFF) == {"faster_cache"}
+
+
+def test_faster_cache_skips_the_unconditional_half_only_with_guidance(denoisers):
+    _, per_step, _ = generate(denoisers["dit"], [{"name": "faster_cache"}])
+    assert min(per_step) == pytest.approx(0.25)  # half the rows and only the MLPs of those: 0.5 * 0.5
+    _, per_step_nocfg, computed = generate(denoisers["dit"], [{"name": "faster_cache"}], guidance=1.0)
+    assert min(per_step_nocfg) == pytest.approx(0.5) and computed < 1  # attention skipped, whole batch kept
+
+
+def test_step_reduction_counts_as_less_work_and_must_reduce():
+    model = tiny_dit()
+    _, per_step, computed = generate(model, [{"name": "step_reduction", "steps": 3}])
+    assert len(per_step) == 3 and computed == pytest.approx(3 / STEPS)
+    from lab.experiment import validate
+    with pytest.raises(SpecError, match="not fewer than the baseline's 50"):
+        validate({"model": "digits-dit", "steps": 50,
+                  "variants": [{"techniques": [{"name": "step_reduction", "steps": 50}]}]}, check_model_exists=False)
+
+
+def test_dpm_solver_runs_and_differs_from_ddim(denoisers):
+    ddim, _, _ = generate(denoisers["dit"], [], sampler="ddim")
+    dpm, _, _ = generate(denoisers["dit"], [], sampler="dpmsolver++")
+    assert dpm.shape == ddim.shape and not torch.equal(dpm, ddim) and dpm.abs().max() <= 1.0
+
+
+def test_mag_cache_calibrates_once_then_reuses_the_stored_ratios(denoisers):
+    from lab.diffusion.sampler import DenoiserCall
+    technique = build([{"name": "mag_cache"}], model_kind="diffusion")[0]
+    first = DenoiserCall(denoisers["dit"], STEPS, 3.0, "ddim", model_name="tiny")
+    technique.prepare_denoiser(first)
+    assert first.info["calibration"].startswith("calibrated")
+    assert len(first.info["mag_ratios"]) == STEPS and first.info["mag_ratios"][0] == 1.0
+    second = DenoiserCall(denoisers["dit"], STEPS, 3.0, "ddim", model_name="tiny")
+    technique.prepare_denoiser(second)
+    assert second.info["calibration"].startswith("reused") and second.info["mag_ratios"] == first.info["mag_ratios"]
+
+
+def test_deep_cache_refuses_a_branch_deeper_than_the_unet(denoisers):
+    with pytest.raises(SpecError, match="branch 5 is too deep.*allowed: 0 to 1"):
+        generate(denoisers["unet"], [{"name": "deep_cache", "branch": 5}])
+
+
+def test_spec_checks_name_the_model_the_denoiser_and_the_workload():
+    from lab.experiment import validate
+    with pytest.raises(SpecError, match="'deep_cache' works on unet denoisers; model 'digits-dit' is a dit"):
+        validate({"model": "digits-dit", "variants": [{"techniques": [{"name": "deep_cache"}]}]},
+                 check_model_exists=False)
+    with pytest.raises(SpecError, match="applies to diffusion models, not to a llm model"):
+        validate({"variants": [{"techniques": [{"name": "block_cache"}]}]}, check_model_exists=False)
+    with pytest.raises(SpecError, match="'chat' does not fit the diffusion model 'digits-dit'; allowed: digits"):
+        validate({"model": "digits-dit", "workload": "chat"}, check_model_exists=False)
+    with pytest.raises(SpecError, match="field 'sampler'.*allowed: ddim, dpmsolver\\+\\+"):
+        validate({"model": "digits-dit", "sampler": "euler"}, check_model_exists=False)
+    spec = validate({"model": "digits-dit"}, check_model_exists=False)
+    assert spec["workload"] == "digits"
+
+
+def test_ssim_matches_scikit_image_and_psnr_is_infinite_for_identical_images():
+    from lab.diffusion.quality import psnr, ssim
+    torch.manual_seed(1)
+    a = torch.rand(1, 16, 16) * 2 - 1
+    b = (a + 0.3 * torch.randn_like(a)).clamp(-1, 1)
+    # skimage.metrics.structural_similarity(a[0], b[0], data_range=2) on these arrays (scikit-image 0.26)
+    assert ssim(a, b) == pytest.approx(0.8092455148722663, abs=1e-12)
+    assert ssim(a, a) == 1.0 and psnr(a, a) == float("inf")
+    assert psnr(a, b) < psnr(a, (a + 0.01 * (b - a)))

@@ -1,0 +1,74 @@
+"""Submitting an experiment from a page and showing the one in the URL: progress while it runs, then results.
+Shared by the LLM and diffusion pages."""
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from lab import jobs, results
+from lab.experiment import validate
+from lab.techniques import SpecError
+from ui.results_view import show_experiment, show_job_failure
+
+AUTOSTART = os.environ.get("LAB_WORKER_AUTOSTART", "1") != "0"
+
+
+def submit(raw: dict) -> None:
+    try:
+        spec = validate(raw)
+    except SpecError as e:
+        st.error(f"Cannot run this experiment: {e}")
+        return
+    exp_id, job_id = jobs.submit(spec)
+    if AUTOSTART:
+        jobs.ensure_worker()
+    st.session_state["job_id"] = job_id
+    st.query_params["experiment"] = str(exp_id)
+
+
+def current_experiment_id() -> int | None:
+    value = st.query_params.get("experiment")
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+@st.fragment(run_every=2.0)
+def progress_panel(exp_id: int) -> None:
+    job = jobs.job_for_experiment(exp_id)
+    if job is None:
+        return
+    if job.status in ("queued", "running"):
+        jobs.reap_dead()
+        if AUTOSTART and job.status == "queued" and not jobs.worker_alive():
+            jobs.ensure_worker()
+        st.progress(min(1.0, job.progress), text=f"Experiment {exp_id} {job.status}: {job.message}")
+        if st.button("Cancel run", key="cancel"):
+            jobs.cancel(job.id)
+        st.session_state["was_running"] = exp_id
+    elif st.session_state.get("was_running") == exp_id:
+        st.session_state.pop("was_running")
+        st.rerun()  # the run just ended: redraw the whole page with its results
+
+
+def show_current_experiment() -> None:
+    exp_id = current_experiment_id()
+    if exp_id is None:
+        recent = results.recent_experiments(1)
+        if recent:
+            st.caption(f"Latest experiment: #{recent[0]['ID']} {recent[0]['Name']} ({recent[0]['Status']}). "
+                       f"Open it with ?experiment={recent[0]['ID']} or from the Compare page.")
+        return
+    exp = results.load_experiment(exp_id)
+    if exp is None:
+        st.warning(f"There is no experiment {exp_id} in the store.")
+        return
+    job = jobs.job_for_experiment(exp_id)
+    if job is not None and job.status in ("queued", "running"):
+        progress_panel(exp_id)
+    elif job is not None and job.status in ("failed", "cancelled"):
+        show_job_failure(job)
+    else:
+        show_experiment(exp)
