@@ -63,3 +63,60 @@ def step_strip(exp) -> list[dict]:
             rows.append({"variant": run.variant, "step": step + 1, "computed": round(100 * share, 1),
                          "state": state})
     return rows
+
+
+def _interpolate(points: list[tuple[float, float]], x: float) -> tuple[float, bool]:
+    """Linear interpolation through (x, y) points sorted by x; outside their range the nearest end is used
+    (the second value says whether x was inside)."""
+    if x <= points[0][0]:
+        return points[0][1], x == points[0][0]
+    if x >= points[-1][0]:
+        return points[-1][1], x == points[-1][0]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0), True
+    raise AssertionError("unreachable")
+
+
+def equal_compute_rows(exp) -> list[dict]:
+    """Each caching variant against fewer steps at the same share of blocks computed.
+
+    The step-reduction variants of the experiment (plus the baseline at 100%) form a curve of quality and
+    speed over compute; it is interpolated at each caching variant's compute. A variant beats step reduction
+    when its PSNR and SSIM are both higher than the curve's at equal compute.
+    """
+    from lab.results import metric_values
+
+    runs = [(run, metric_values(run)) for run in exp.runs]
+    steps = [(m, run) for run, m in runs if _is_step_reduction(run) or run is exp.runs[0]]
+    if len(steps) < 2:
+        return []
+    curves = {}
+    for name in ("psnr_db", "ssim", "class_accuracy", "speedup"):
+        pts = sorted((m["blocks_computed"], m.get(name)) for m, _ in steps)
+        # the baseline's PSNR is infinite (stored as none): cap the curve's top at the best finite value
+        finite = [y for _, y in pts if y is not None]
+        curves[name] = [(x, y if y is not None else max(finite, default=0.0)) for x, y in pts]
+    rows = []
+    for run, m in runs[1:]:
+        if _is_step_reduction(run) or m.get("blocks_computed") is None:
+            continue
+        c = m["blocks_computed"]
+        ref = {name: _interpolate(curve, c) for name, curve in curves.items()}
+        better = [m.get(n) is not None and m[n] > ref[n][0] for n in ("psnr_db", "ssim")]
+        verdict = "beats fewer steps" if all(better) else ("loses to fewer steps" if not any(better) else "mixed")
+        rows.append({"Variant": run.variant, "Blocks computed [%]": round(c, 1),
+                     "PSNR [dB]": _r(m.get("psnr_db")), "fewer steps: PSNR": _r(ref["psnr_db"][0]),
+                     "SSIM": _r(m.get("ssim"), 3), "fewer steps: SSIM": _r(ref["ssim"][0], 3),
+                     "Accuracy [%]": _r(m.get("class_accuracy")), "fewer steps: accuracy": _r(ref["class_accuracy"][0]),
+                     "Speedup [x]": _r(m.get("speedup"), 2), "fewer steps: speedup": _r(ref["speedup"][0], 2),
+                     "Verdict": verdict + ("" if ref["psnr_db"][1] else " (outside the step curve)")})
+    return rows
+
+
+def _is_step_reduction(run) -> bool:
+    return any(t["name"] == "step_reduction" for t in run.params.get("techniques", []))
+
+
+def _r(x, digits: int = 1):
+    return None if x is None else round(x, digits)
