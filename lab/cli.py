@@ -79,7 +79,8 @@ def _cmd_list(_args) -> int:
 def _cmd_techniques(_args) -> int:
     from lab.techniques import all_techniques
     for name, cls in all_techniques().items():
-        print(f"{name}  [{cls.family} / slot: {cls.slot}]  {cls.title}")
+        fits = f" / {' or '.join(cls.applies_to)} models" + (f" ({', '.join(cls.denoisers)})" if cls.denoisers else "")
+        print(f"{name}  [{cls.family} / slot: {cls.slot}{fits}]  {cls.title}")
         print(f"    {cls.summary}")
         print(f"    paper: {cls.paper}")
         for k in cls.knobs():

@@ -86,12 +86,10 @@ def _execute_diffusion(spec, loaded, device, progress) -> list[VariantResult]:
     from lab.techniques import build
 
     techniques, results = [], []
-    weight_mb = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / MB
     for v in spec["variants"]:
         techniques.append(build(v["techniques"], model_kind="diffusion"))
         results.append(VariantResult(v["name"], v["engine"], v["techniques"],
                                      environment(device, loaded.dtype, spec_hash(spec))))
-        results[-1].samples["weight_mb"].append(weight_mb)
     run_diffusion(spec, loaded, techniques, results, progress)
     progress(1.0, "done")
     return results

@@ -168,3 +168,16 @@ def test_ssim_matches_scikit_image_and_psnr_is_infinite_for_identical_images():
     assert ssim(a, b) == pytest.approx(0.8092455148722663, abs=1e-12)
     assert ssim(a, a) == 1.0 and psnr(a, a) == float("inf")
     assert psnr(a, b) < psnr(a, (a + 0.01 * (b - a)))
+
+
+def test_bf16_weights_run_the_denoiser_in_bf16_and_halve_its_bytes(denoisers):
+    spec = {"steps": 4, "guidance": 3.0, "sampler": "ddim"}
+    loaded = types.SimpleNamespace(model=denoisers["dit"], name="tiny")
+    plain = DiffusionVariant(spec, loaded, [])
+    bf16 = DiffusionVariant(spec, loaded, build([{"name": "weight_dtype", "dtype": "bf16"}], model_kind="diffusion"))
+    assert bf16.weight_bytes * 2 == plain.weight_bytes
+    assert next(denoisers["dit"].parameters()).dtype == torch.float32  # the shared model is untouched
+    a, _, _, _ = plain.generate([1, 2], seed=0, device="cpu")
+    b, _, _, _ = bf16.generate([1, 2], seed=0, device="cpu")
+    assert b.images.dtype == torch.float32 and not torch.equal(a.images, b.images)
+    assert (a.images - b.images).abs().mean() < 0.2

@@ -32,7 +32,10 @@ class DiffusionVariant:
         by_slot = {t.slot: t for t in techniques}
         self.cache = by_slot.get("denoiser")
         steps = by_slot["decoding"].sampler_steps(spec["steps"]) if "decoding" in by_slot else spec["steps"]
-        self.call = DenoiserCall(loaded.model, steps, spec["guidance"], spec["sampler"], model_name=loaded.name)
+        # a weights technique (e.g. bf16) gets its own transformed copy; the loaded model is shared
+        model = by_slot["weights"].transform_weights(loaded.model) if "weights" in by_slot else loaded.model
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.call = DenoiserCall(model, steps, spec["guidance"], spec["sampler"], model_name=loaded.name)
         self.baseline_steps = spec["steps"]
 
     def prepare(self) -> None:
@@ -56,6 +59,7 @@ def run_diffusion(spec, loaded, techniques_per_variant, results, progress) -> No
     for k, v in enumerate(variants):
         progress(0.03, f"preparing {results[k].name}")
         v.prepare()
+        results[k].samples["weight_mb"].append(v.weight_bytes / MB)
         if "calibration" in v.call.info:
             results[k].environment["calibration"] = v.call.info["calibration"]
     batches = image_batches(spec)

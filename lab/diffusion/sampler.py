@@ -93,7 +93,8 @@ def sample(call: DenoiserCall, labels: torch.Tensor, seed: int, on_step=None) ->
     """Generate one image per label. `on_step(i)` runs after each step (the block counter uses it)."""
     scheduler = make_scheduler(call.sampler)
     scheduler.set_timesteps(call.steps)  # also resets DPM-Solver's multistep history
-    device = next(call.model.parameters()).device
+    first = next(call.model.parameters())
+    device, dtype = first.device, first.dtype
     x = initial_noise(len(labels), seed).to(device)
     labels = labels.to(device)
     if call.uses_guidance:
@@ -109,7 +110,8 @@ def sample(call: DenoiserCall, labels: torch.Tensor, seed: int, on_step=None) ->
         x_in = torch.cat([x, x]) if call.uses_guidance else x
         t_in = t.to(device).expand(len(x_in))  # 1-D: FasterCache halves it with the batch
         with context("cfg") if context else contextlib.nullcontext():
-            eps = call.forward(x_in, t_in, labels_in)
+            # the sampler's state stays fp32 whatever the denoiser's dtype (a bf16 weights variant)
+            eps = call.forward(x_in.to(dtype), t_in, labels_in).float()
         if call.uses_guidance:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + call.guidance * (eps_cond - eps_uncond)
