@@ -79,16 +79,19 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> tuple[float, bo
 
 
 def equal_compute_rows(exp) -> list[dict]:
-    """Each caching variant against fewer steps at the same share of blocks computed.
+    """Each caching variant (and fewer steps with another solver) against fewer steps at the same share of
+    blocks computed.
 
-    The step-reduction variants of the experiment (plus the baseline at 100%) form a curve of quality and
+    The step-reduction variants of the experiment with the baseline's solver (plus the baseline at 100%) form a
+    curve of quality and
     speed over compute; it is interpolated at each caching variant's compute. A variant beats step reduction
     when its PSNR and SSIM are both higher than the curve's at equal compute.
     """
     from lab.results import metric_values
 
     runs = [(run, metric_values(run)) for run in exp.runs]
-    steps = [(m, run) for run, m in runs if _is_step_reduction(run) or run is exp.runs[0]]
+    sampler = exp.spec.get("sampler", "ddim")
+    steps = [(m, run) for run, m in runs if _same_solver_step_reduction(run, sampler) or run is exp.runs[0]]
     if len(steps) < 2:
         return []
     curves = {}
@@ -99,7 +102,7 @@ def equal_compute_rows(exp) -> list[dict]:
         curves[name] = [(x, y if y is not None else max(finite, default=0.0)) for x, y in pts]
     rows = []
     for run, m in runs[1:]:
-        if _is_step_reduction(run) or m.get("blocks_computed") is None:
+        if _same_solver_step_reduction(run, sampler) or m.get("blocks_computed") is None:
             continue
         c = m["blocks_computed"]
         ref = {name: _interpolate(curve, c) for name, curve in curves.items()}
@@ -114,8 +117,10 @@ def equal_compute_rows(exp) -> list[dict]:
     return rows
 
 
-def _is_step_reduction(run) -> bool:
-    return any(t["name"] == "step_reduction" for t in run.params.get("techniques", []))
+def _same_solver_step_reduction(run, sampler: str) -> bool:
+    # only fewer steps of the baseline's own solver make the curve; another solver is a method of its own
+    return any(t["name"] == "step_reduction" and t.get("sampler", "same") in ("same", sampler)
+               for t in run.params.get("techniques", []))
 
 
 def _r(x, digits: int = 1):

@@ -181,3 +181,35 @@ def test_bf16_weights_run_the_denoiser_in_bf16_and_halve_its_bytes(denoisers):
     b, _, _, _ = bf16.generate([1, 2], seed=0, device="cpu")
     assert b.images.dtype == torch.float32 and not torch.equal(a.images, b.images)
     assert (a.images - b.images).abs().mean() < 0.2
+
+
+def test_step_reduction_can_switch_to_dpm_solver(denoisers):
+    ddim, _, _ = generate(denoisers["dit"], [{"name": "step_reduction", "steps": 4}])
+    dpm, per_step, computed = generate(denoisers["dit"], [{"name": "step_reduction", "steps": 4,
+                                                           "sampler": "dpmsolver++"}])
+    assert len(per_step) == 4 and computed == pytest.approx(4 / STEPS) and not torch.equal(ddim, dpm)
+
+
+def _run(variant: str, techniques: list, metrics: dict):
+    return types.SimpleNamespace(variant=variant, params={"techniques": techniques},
+                                 metrics=[types.SimpleNamespace(name=k, value=v) for k, v in metrics.items()])
+
+
+def test_equal_compute_reads_each_cache_against_the_fewer_steps_curve():
+    from lab.diffusion_views import equal_compute_rows
+    runs = [_run("baseline", [], {"blocks_computed": 100.0, "psnr_db": None, "ssim": 1.0, "speedup": 1.0}),
+            _run("25 steps", [{"name": "step_reduction", "steps": 25, "sampler": "same"}],
+                 {"blocks_computed": 50.0, "psnr_db": 20.0, "ssim": 0.80, "speedup": 2.0}),
+            _run("10 steps", [{"name": "step_reduction", "steps": 10, "sampler": "same"}],
+                 {"blocks_computed": 20.0, "psnr_db": 14.0, "ssim": 0.60, "speedup": 5.0}),
+            _run("good cache", [{"name": "block_cache"}], {"blocks_computed": 35.0, "psnr_db": 25.0, "ssim": 0.9}),
+            _run("bad cache", [{"name": "block_cache"}], {"blocks_computed": 50.0, "psnr_db": 18.0, "ssim": 0.7}),
+            _run("dpm 10", [{"name": "step_reduction", "steps": 10, "sampler": "dpmsolver++"}],
+                 {"blocks_computed": 20.0, "psnr_db": 16.0, "ssim": 0.5})]
+    exp = types.SimpleNamespace(runs=runs, spec={"sampler": "ddim"})
+    rows = {r["Variant"]: r for r in equal_compute_rows(exp)}
+    assert set(rows) == {"good cache", "bad cache", "dpm 10"}
+    assert rows["good cache"]["fewer steps: PSNR"] == 17.0  # halfway between 14 (20%) and 20 (50%)
+    assert rows["good cache"]["Verdict"] == "beats fewer steps"
+    assert rows["bad cache"]["Verdict"] == "loses to fewer steps"
+    assert rows["dpm 10"]["Verdict"] == "mixed"

@@ -31,11 +31,13 @@ class DiffusionVariant:
     def __init__(self, spec: dict, loaded, techniques: list):
         by_slot = {t.slot: t for t in techniques}
         self.cache = by_slot.get("denoiser")
-        steps = by_slot["decoding"].sampler_steps(spec["steps"]) if "decoding" in by_slot else spec["steps"]
+        steps, sampler = spec["steps"], spec["sampler"]
+        if "decoding" in by_slot:
+            steps, sampler = by_slot["decoding"].sampler_steps(steps), by_slot["decoding"].sampler_name(sampler)
         # a weights technique (e.g. bf16) gets its own transformed copy; the loaded model is shared
         model = by_slot["weights"].transform_weights(loaded.model) if "weights" in by_slot else loaded.model
         self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        self.call = DenoiserCall(model, steps, spec["guidance"], spec["sampler"], model_name=loaded.name)
+        self.call = DenoiserCall(model, steps, spec["guidance"], sampler, model_name=loaded.name)
         self.baseline_steps = spec["steps"]
 
     def prepare(self) -> None:

@@ -165,3 +165,6 @@ class Technique:
 
     def sampler_steps(self, steps: int) -> int:  # decoding slot, diffusion: the sampler steps this variant runs
         return steps
+
+    def sampler_name(self, sampler: str) -> str:  # decoding slot, diffusion: the solver this variant runs
+        return sampler
