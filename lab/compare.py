@@ -10,8 +10,8 @@ from lab.results import column_label, fmt, load_runs, ordered_metric_names
 from lab.store import Experiment, Run
 
 SPEED_METRICS = ["tokens_per_s", "speedup", "tpot_ms", "ttft_s", "latency_s", "prefill_tokens_per_s",
-                 "weight_mb", "kv_cache_mb", "peak_mem_mb"]
-QUALITY_METRICS = ["perplexity", "agreement", "first_divergence"]
+                 "s_per_image", "blocks_computed", "weight_mb", "kv_cache_mb", "peak_mem_mb"]
+QUALITY_METRICS = ["perplexity", "agreement", "first_divergence", "psnr_db", "ssim", "class_accuracy"]
 ENV_FIELDS = ["device", "device_name", "threads", "dtype", "torch", "transformers", "lab_commit", "spec_hash"]
 
 
@@ -51,7 +51,10 @@ def comparison_table(run_ids: list[int]) -> pd.DataFrame:
         col["experiment"] = f"#{run.experiment.id} {run.experiment.name}"
         col["variant"] = run.variant
         col["techniques"] = _technique_text(run)
-        for key in ("model", "workload", "prompts", "max_new_tokens", "repeats", "temperature"):
+        keys = (("model", "workload", "classes", "images_per_class", "sampler", "steps", "guidance", "repeats")
+                if spec.get("workload") == "digits" else
+                ("model", "workload", "prompts", "max_new_tokens", "repeats", "temperature"))
+        for key in keys:
             col[key] = str(spec.get(key))
         for key in ENV_FIELDS:
             col[f"env.{key}"] = str(run.environment.get(key))

@@ -57,14 +57,18 @@ def server(isolated_db):
                 pass
 
 
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
 def test_quickstart_from_the_llm_lab_page(server):
     from playwright.sync_api import expect, sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.goto(server + "/LLM_Lab")
         page.get_by_role("button", name="Run quickstart").click()
@@ -75,4 +79,26 @@ def test_quickstart_from_the_llm_lab_page(server):
         page.screenshot(path=str(ARTIFACTS / "llm_lab_quickstart.png"), full_page=True)
         browser.close()
     for column in ("TTFT", "TPOT", "Tokens/s", "Peak memory", "Agreement", "Perplexity", "baseline"):
+        assert column in text
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
+def test_diffusion_quickstart_draws_the_images(server):
+    from playwright.sync_api import expect, sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(server + "/Diffusion_Lab")
+        page.get_by_role("button", name="Run diffusion quickstart").click()
+        expect(page.get_by_text("Experiment 1: diffusion quickstart")).to_be_visible(timeout=420_000)
+        expect(page.get_by_text("Against fewer steps at equal compute")).to_be_visible()
+        images = page.locator("[data-testid='stImage'] img")
+        expect(images.first).to_be_visible()
+        loaded = images.evaluate_all("els => els.filter(e => e.complete && e.naturalWidth > 0).length")
+        text = page.locator("[data-testid='stTable']").first.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "diffusion_lab_quickstart.png"), full_page=True)
+        browser.close()
+    assert loaded >= 3  # the first variant's expander is open: baseline, variant, difference
+    for column in ("Blocks computed", "PSNR", "SSIM", "Class accuracy", "25 steps"):
         assert column in text

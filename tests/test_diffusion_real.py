@@ -143,3 +143,13 @@ def test_every_method_runs_from_the_cli(tmp_path):
     for label in ("block_cache", "first_block_cache", "taylorseer", "mag_cache", "faster_cache",
                   "pyramid_attention_broadcast", "step_reduction", "deep_cache", "Blocks computed [%]"):
         assert label in out.stdout
+
+
+def test_compare_page_puts_diffusion_runs_side_by_side(dit_experiment, monkeypatch):
+    db, _ = dit_experiment
+    _use(db, monkeypatch)
+    at = page("pages/3_Compare.py")
+    assert not at.exception
+    table = at.table[0].value
+    assert {"steps", "guidance", "PSNR [dB]", "Blocks computed [%]"} <= set(table.index)
+    assert table.shape[1] == len(DIT_TECHNIQUES) + 1
