@@ -153,3 +153,16 @@ def test_compare_page_puts_diffusion_runs_side_by_side(dit_experiment, monkeypat
     table = at.table[0].value
     assert {"steps", "guidance", "PSNR [dB]", "Blocks computed [%]"} <= set(table.index)
     assert table.shape[1] == len(DIT_TECHNIQUES) + 1
+
+
+def test_shipped_classifier_scores_real_digits_and_rejects_wrong_labels():
+    import torch
+
+    from lab.diffusion.data import load_digits_16
+    from lab.diffusion.models import load_classifier
+    classifier = load_classifier()
+    x, y = load_digits_16("test")
+    with torch.no_grad():
+        predicted = classifier(x).argmax(-1)
+    assert (predicted == y).float().mean() >= 0.99  # held-out real digits
+    assert (predicted == (y + 1) % 10).float().mean() <= 0.02  # the metric falls when the class is wrong
