@@ -62,6 +62,11 @@ def _show(exp_id: int) -> int:
         print()
         print(results.text_table(results.summary_rows(exp)))
         print("\nmedian (p10–p90) over n samples; speedup is paired against the baseline in the same process")
+        from lab.diffusion_views import equal_compute_rows
+        if exp.spec.get("workload") == "digits" and (rows := equal_compute_rows(exp)):
+            print("\nagainst fewer steps at equal compute (the step-reduction curve interpolated at each "
+                  "variant's blocks computed):")
+            print(results.text_table(rows))
     else:
         from lab import jobs
         job = jobs.job_for_experiment(exp_id)

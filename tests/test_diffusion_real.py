@@ -141,7 +141,8 @@ def test_every_method_runs_from_the_cli(tmp_path):
                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     for label in ("block_cache", "first_block_cache", "taylorseer", "mag_cache", "faster_cache",
-                  "pyramid_attention_broadcast", "step_reduction", "deep_cache", "Blocks computed [%]"):
+                  "pyramid_attention_broadcast", "step_reduction", "deep_cache", "Blocks computed [%]",
+                  "against fewer steps at equal compute"):
         assert label in out.stdout
 
 
