@@ -1,6 +1,6 @@
 """Score a shipped denoiser: classifier accuracy of generated digits per guidance scale.
 
-`python -m lab.diffusion.evaluate digits-dit --per-class 20 --guidance 1 2 3 4`
+`python -m lab.diffusion.evaluate digits-dit --per-class 20 --guidance 1 2 3`
 Images come from seeds 10_000 + batch index (not the seeds experiments use by default); 50 DDIM steps.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=("digits-dit", "digits-unet"))
     parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--guidance", type=float, nargs="+", default=[3.0])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--sampler", default="ddim")
     parser.add_argument("--threads", type=int, default=2)

@@ -34,12 +34,14 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_denoiser(kind: str, steps: int, batch: int, lr: float, seed: int, out: Path) -> dict:
+def train_denoiser(kind: str, steps: int, batch: int, lr: float, seed: int, out: Path, resume: bool = False) -> dict:
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_dit() if kind == "dit" else build_unet()
+    if resume:  # continue from the shipped (EMA) weights, e.g. a second session with a lower learning rate
+        model.load_state_dict({k: v.float() for k, v in type(model).from_pretrained(out).state_dict().items()})
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     x_all, y_all = load_digits_16("all")
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--resume", action="store_true", help="start from the weights already in --out (dit, unet)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out or MODELS_DIR / f"digits-{args.what}"
@@ -129,13 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         used = {"epochs": args.epochs, "batch": CLASSIFIER_BATCH, "lr": CLASSIFIER_LR,
                 "augment": "shift <= 1 px, gaussian noise 0.1", "split": "80/20 seeded"}
     else:
-        scores = train_denoiser(args.what, args.steps, args.batch, args.lr, args.seed, out)
+        previous = json.loads((out / "recipe.json").read_text()) if args.resume else None
+        scores = train_denoiser(args.what, args.steps, args.batch, args.lr, args.seed, out, args.resume)
         used = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "warmup": min(500, args.steps // 10),
                 "schedule": "cosine", "ema": 0.999, "label_drop": LABEL_DROP, "augment": "shift <= 1 px",
                 "noise": "DDPM linear betas 1e-4..0.02, 1000 steps, epsilon prediction"}
     recipe = {"what": args.what, "seed": args.seed, "threads": args.threads, **used, "torch": torch.__version__,
               "command": f"python -m lab.diffusion.train {args.what} " + " ".join(
-                  f"--{k} {v}" for k, v in vars(args).items() if k not in ("what", "out")), **scores}
+                  f"--{k} {v}" for k, v in vars(args).items()
+                  if k in (("epochs", "seed", "threads") if args.what == "classifier"
+                           else ("steps", "batch", "lr", "seed", "threads"))), **scores}
+    if args.what != "classifier" and args.resume:
+        recipe["command"] += " --resume"
+        recipe["resumed_from"] = previous
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(json.dumps(recipe, indent=2))
     return 0
