@@ -202,14 +202,21 @@ def test_equal_compute_reads_each_cache_against_the_fewer_steps_curve():
                  {"blocks_computed": 50.0, "psnr_db": 20.0, "ssim": 0.80, "speedup": 2.0}),
             _run("10 steps", [{"name": "step_reduction", "steps": 10, "sampler": "same"}],
                  {"blocks_computed": 20.0, "psnr_db": 14.0, "ssim": 0.60, "speedup": 5.0}),
-            _run("good cache", [{"name": "block_cache"}], {"blocks_computed": 35.0, "psnr_db": 25.0, "ssim": 0.9}),
-            _run("bad cache", [{"name": "block_cache"}], {"blocks_computed": 50.0, "psnr_db": 18.0, "ssim": 0.7}),
+            _run("good cache", [{"name": "block_cache"}], {"blocks_computed": 35.0, "psnr_db": 25.0, "ssim": 0.9,
+                                                           "speedup": 2.0}),
+            _run("bad cache", [{"name": "block_cache"}], {"blocks_computed": 50.0, "psnr_db": 18.0, "ssim": 0.7,
+                                                          "speedup": 1.5}),
             _run("dpm 10", [{"name": "step_reduction", "steps": 10, "sampler": "dpmsolver++"}],
-                 {"blocks_computed": 20.0, "psnr_db": 16.0, "ssim": 0.5})]
+                 {"blocks_computed": 20.0, "psnr_db": 16.0, "ssim": 0.5, "speedup": 4.0})]
     exp = types.SimpleNamespace(runs=runs, spec={"sampler": "ddim"})
     rows = {r["Variant"]: r for r in equal_compute_rows(exp)}
     assert set(rows) == {"good cache", "bad cache", "dpm 10"}
     assert rows["good cache"]["fewer steps: PSNR"] == 17.0  # halfway between 14 (20%) and 20 (50%)
-    assert rows["good cache"]["Verdict"] == "beats fewer steps"
-    assert rows["bad cache"]["Verdict"] == "loses to fewer steps"
-    assert rows["dpm 10"]["Verdict"] == "mixed"
+    assert rows["good cache"]["At equal compute"] == "beats fewer steps"
+    assert rows["bad cache"]["At equal compute"] == "loses to fewer steps"
+    assert rows["dpm 10"]["At equal compute"] == "mixed"
+    # by speed the good cache (2.0x) meets the 25-step point (2.0x, 20 dB): 25 dB still beats it
+    assert rows["good cache"]["fewer steps at this speedup: PSNR"] == 20.0
+    assert rows["good cache"]["At equal speed"] == "beats fewer steps"
+    # 1.5x lies between the baseline (1.0x, capped at 20 dB) and 25 steps (2.0x, 20 dB): 18 dB loses
+    assert rows["bad cache"]["At equal speed"] == "loses to fewer steps"
