@@ -38,8 +38,8 @@ FIELDS = {
     "classes": (list, list(range(10)), 0, 9, "diffusion: the digit classes to generate."),
     "images_per_class": (int, 1, 1, 100, "diffusion: images generated per class (each with its own seed)."),
     "steps": (int, 50, 1, 1000, "diffusion: sampler steps of the baseline."),
-    "guidance": (float, 2.0, 1.0, 20.0, "diffusion: classifier-free guidance scale (1 = no guidance; the digits "
-                                          "models score best at 1.5-2)."),
+    "guidance": (float, 1.5, 1.0, 20.0, "diffusion: classifier-free guidance scale (1 = no guidance; the digits "
+                                          "models score best at 1.5)."),
     "sampler": (str, "ddim", None, None, "diffusion: ddim or dpmsolver++."),
     "variants": (list, None, None, None, "The variants; a baseline (no technique) is added when missing."),
 }

@@ -34,7 +34,7 @@ with st.expander("Build an experiment", expanded=False):
     sampler = c3.selectbox("Sampler", samplers, index=samplers.index(base.get("sampler", "ddim")),
                            help=forms.field_help("sampler"))
     guidance = c3.number_input("guidance", min_value=1.0, max_value=20.0, step=0.5,
-                               value=float(base.get("guidance", 2.0)), help=forms.field_help("guidance"))
+                               value=float(base.get("guidance", 1.5)), help=forms.field_help("guidance"))
     numbers = {}
     for i, name in enumerate(["steps", "images_per_class", "batch_size", "seed", "repeats", "warmup", "threads"]):
         default, lo, hi = forms.field_range(name)

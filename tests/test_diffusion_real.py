@@ -28,7 +28,7 @@ def dit_experiment(tmp_path_factory):
     os.environ["LAB_DATABASE_URL"] = f"sqlite:///{folder / 'lab.db'}"
     os.environ["LAB_DATA_DIR"] = str(folder / "data")
     store.reset_engines()
-    exp_id = run_and_store({"name": "dit all methods", "model": "digits-dit", "steps": 50, "guidance": 2.0,
+    exp_id = run_and_store({"name": "dit all methods", "model": "digits-dit", "steps": 50, "guidance": 1.5,
                             "batch_size": 10, "repeats": 1, "warmup": 0, "threads": 2,
                             "variants": [{"techniques": [t]} for t in DIT_TECHNIQUES]})
     yield folder / "lab.db", exp_id

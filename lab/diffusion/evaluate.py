@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=("digits-dit", "digits-unet"))
     parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.5])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--sampler", default="ddim")
     parser.add_argument("--threads", type=int, default=2)

@@ -25,7 +25,7 @@ SAMPLERS = ("ddim", "dpmsolver++")
 @dataclass(frozen=True)
 class SamplerSettings:
     steps: int = 50
-    guidance: float = 2.0
+    guidance: float = 1.5
     sampler: str = "ddim"
     seed: int = 0
 
