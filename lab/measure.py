@@ -30,8 +30,12 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def summarize(values: list[float]) -> Summary:
+def summarize(values: list[float], share: bool = False) -> Summary:
+    """Median with p10/p90; for a share (a 0/100 score per item) the mean, with no spread."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
+    if share:
+        mean = sum(finite) / len(finite) if finite else float("nan")
+        return Summary(mean, mean, mean, len(finite))
     return Summary(percentile(finite, 50), percentile(finite, 10), percentile(finite, 90), len(finite))
 
 

@@ -15,6 +15,7 @@ class MetricDef:
     definition: str
     higher_is_better: bool | None  # None: neither (a descriptive count)
     kind: str = "measured"  # "measured" (timed or counted here) or "quality" (scored against the baseline)
+    share: bool = False  # a 0/100 score per item: summarised by its mean (a median of 0s and 100s says nothing)
 
 
 _DEFS = [
@@ -48,9 +49,9 @@ _DEFS = [
     MetricDef("kv_compression", "KV compression", "x", "Baseline KV bytes divided by the variant's, for the same "
               "item (read from the cache tensors at the end of generation).", True),
     MetricDef("answer_accuracy", "Answer accuracy", "%", "Share of items whose expected answer (the needle's "
-              "pass key) appears in the generated text.", True, "quality"),
+              "pass key) appears in the generated text.", True, "quality", share=True),
     MetricDef("exact_match", "Exact match", "%", "Share of items whose whole output equals the baseline's token "
-              "for token. Speculative decoding with greedy verification must score 100%.", True, "quality"),
+              "for token. Speculative decoding with greedy verification must score 100%.", True, "quality", share=True),
     MetricDef("acceptance_rate", "Acceptance", "%", "Speculative decoding: accepted draft tokens divided by "
               "proposed draft tokens.", True),
     MetricDef("mean_accepted", "Accepted per round", "tok", "Speculative decoding: draft tokens accepted per "
@@ -79,9 +80,9 @@ _DEFS = [
               "baseline's image from the same seed; 1 = identical.", True, "quality"),
     MetricDef("class_accuracy", "Class accuracy", "%", "Diffusion: share of images a digit classifier (a small CNN "
               "trained on the real digits, 99.7% on held-out digits) labels as the requested class.", True,
-              "quality"),
+              "quality", share=True),
     MetricDef("image_exact", "Identical images", "%", "Diffusion: share of images equal to the baseline's bit for "
-              "bit (float32, before quantising to pixels).", True, "quality"),
+              "bit (float32, before quantising to pixels).", True, "quality", share=True),
     MetricDef("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", "Tokens scored per second in one forward "
               "over a window of held-out text.", True),
 ]

@@ -284,7 +284,7 @@ def save(experiment_id: int, results: list[VariantResult]) -> None:
                             params={"techniques": res.techniques, "engine": res.engine},
                             environment=res.environment)
             for name, values in res.samples.items():
-                summary = summarize(values)
+                summary = summarize(values, share=definition(name).share)
                 run.metrics.append(store.Metric(
                     name=name, value=_finite(summary.median), p10=_finite(summary.p10), p90=_finite(summary.p90),
                     n=summary.n, unit=definition(name).unit, samples=[_finite(v) for v in values]))

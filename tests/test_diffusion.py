@@ -220,3 +220,12 @@ def test_equal_compute_reads_each_cache_against_the_fewer_steps_curve():
     assert rows["good cache"]["At equal speed"] == "beats fewer steps"
     # 1.5x lies between the baseline (1.0x, capped at 20 dB) and 25 steps (2.0x, 20 dB): 18 dB loses
     assert rows["bad cache"]["At equal speed"] == "loses to fewer steps"
+
+
+def test_per_item_scores_are_summarised_by_their_mean():
+    from lab.measure import summarize
+    from lab.metrics import definition
+    assert definition("class_accuracy").share and definition("image_exact").share
+    assert not definition("psnr_db").share
+    summary = summarize([100.0, 100.0, 0.0, 100.0], share=definition("class_accuracy").share)
+    assert summary.median == 75.0 and summary.p10 == summary.p90 == 75.0  # a median would say 100
