@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 SIDE = 16
-ZOOM = 4  # 16x16 pixels drawn as 64x64
+ZOOM = 6  # 16x16 pixels drawn as 96x96
 GAP = 2
 
 

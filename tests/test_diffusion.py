@@ -229,3 +229,16 @@ def test_per_item_scores_are_summarised_by_their_mean():
     assert not definition("psnr_db").share
     summary = summarize([100.0, 100.0, 0.0, 100.0], share=definition("class_accuracy").share)
     assert summary.median == 75.0 and summary.p10 == summary.p90 == 75.0  # a median would say 100
+
+
+def test_image_grid_and_difference_for_the_page():
+    import numpy as np
+
+    from lab.diffusion_views import SIDE, ZOOM, difference, grid
+    a = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    b = a.copy()
+    b[3, 4] = 50
+    assert difference(a, a).min() == 255  # identical: all white
+    assert difference(a, b)[3, 4] == 255 - 200  # 50 grey levels apart, amplified 4x
+    row = grid([a, b, a])
+    assert row.shape == (SIDE * ZOOM, 3 * SIDE * ZOOM + 2 * 2)

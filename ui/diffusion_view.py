@@ -18,14 +18,17 @@ def show_diffusion_views(exp) -> None:
                     "this experiment (baseline and its fewer-step variants), interpolated at the same share of "
                     "blocks computed, and at the same measured speedup. It beats fewer steps when both PSNR and "
                     "SSIM are higher.")
-        st.table(pd.DataFrame(rows).set_index("Variant"))
+        cells = pd.DataFrame(rows).set_index("Variant").map(
+            lambda v: "–" if v is None else (f"{v:g}" if isinstance(v, float) else v))
+        st.table(cells)
     st.markdown("**Images** — the baseline, each variant from the same seed, and their difference (amplified "
                 "4x; white = identical). Captions: requested → classified digit.")
     for run in exp.runs[1:]:
         rows = diffusion_views.comparison_rows(exp, run.variant)
         with st.expander(run.variant, expanded=run is exp.runs[1]):
             st.caption("   ".join(rows["captions"]))
-            st.image(rows["baseline"], caption=f"baseline ({exp.runs[0].variant})")
+            base = exp.runs[0].variant
+            st.image(rows["baseline"], caption=base if base == "baseline" else f"baseline ({base})")
             st.image(rows["variant"], caption=run.variant)
             st.image(rows["difference"], caption="difference")
     if len(exp.runs) == 1:
