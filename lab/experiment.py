@@ -8,6 +8,7 @@ import json
 import tomllib
 from pathlib import Path
 
+from lab.diffusion import SAMPLERS
 from lab.techniques import SpecError, build
 from lab.workloads import WORKLOADS, check_workload
 
@@ -43,7 +44,7 @@ FIELDS = {
     "sampler": (str, "ddim", None, None, "diffusion: ddim or dpmsolver++."),
     "variants": (list, None, None, None, "The variants; a baseline (no technique) is added when missing."),
 }
-CHOICES = {"device": ("auto", "cpu", "cuda"), "workload": tuple(WORKLOADS), "sampler": ("ddim", "dpmsolver++")}
+CHOICES = {"device": ("auto", "cpu", "cuda"), "workload": tuple(WORKLOADS), "sampler": SAMPLERS}
 DIFFUSION_WORKLOADS = ("digits",)
 VARIANT_FIELDS = ("name", "techniques", "engine")
 

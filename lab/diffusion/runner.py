@@ -13,9 +13,9 @@ import torch
 from lab.diffusion.counting import BlockCounter
 from lab.diffusion.quality import psnr, ssim, to_pixels
 from lab.diffusion.sampler import DenoiserCall, sample
+from lab.engine.decode import model_bytes
 from lab.measure import PeakMemory
-
-MB = 1024 * 1024
+from lab.runner import MB
 
 
 def image_batches(spec: dict) -> list[list[int]]:
@@ -36,7 +36,7 @@ class DiffusionVariant:
             steps, sampler = by_slot["decoding"].sampler_steps(steps), by_slot["decoding"].sampler_name(sampler)
         # a weights technique (e.g. bf16) gets its own transformed copy; the loaded model is shared
         model = by_slot["weights"].transform_weights(loaded.model) if "weights" in by_slot else loaded.model
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.weight_bytes = model_bytes(model)
         self.call = DenoiserCall(model, steps, spec["guidance"], sampler, model_name=loaded.name)
         self.baseline_steps = spec["steps"]
 

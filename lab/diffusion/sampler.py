@@ -16,18 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lab.diffusion import SAMPLERS
 from lab.diffusion.data import IMAGE_SIZE
 from lab.diffusion.nets import NULL_CLASS
-
-SAMPLERS = ("ddim", "dpmsolver++")
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    steps: int = 50
-    guidance: float = 1.5
-    sampler: str = "ddim"
-    seed: int = 0
 
 
 def make_scheduler(name: str):

@@ -76,6 +76,16 @@ def sample_next(logits: torch.Tensor, settings: GenerationSettings, generator: t
     return torch.multinomial(warped_probs(logits, settings), 1, generator=generator).squeeze(-1)
 
 
+
+def model_bytes(model) -> int:
+    """Bytes of a model's parameters and buffers as held in memory; tied tensors (embedding == LM head) once."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
 class Engine:
     """A model prepared for one variant, plus the loop that generates with it."""
 
@@ -132,13 +142,7 @@ class Engine:
         return out.logits
 
     def weight_bytes(self) -> int:
-        tensors = list(self.model.parameters()) + list(self.model.buffers())
-        seen, total = set(), 0
-        for t in tensors:  # tied weights (embedding == LM head) count once
-            if t.data_ptr() not in seen:
-                seen.add(t.data_ptr())
-                total += t.numel() * t.element_size()
-        return total + sum(t.extra_weight_bytes(self) for t in self.techniques)
+        return model_bytes(self.model) + sum(t.extra_weight_bytes(self) for t in self.techniques)
 
     # --- the loop ------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab.diffusion import SAMPLERS
 from lab.techniques.base import SpecError, Technique, knob
 
 
@@ -21,7 +22,7 @@ class StepReduction(Technique):
     steps: int = knob(25, min=1, max=1000, unit="steps", help="Sampler steps for this variant (the spec's "
                                                              "`steps` is the baseline's).")
 
-    sampler: str = knob("same", choices=("same", "ddim", "dpmsolver++"),
+    sampler: str = knob("same", choices=("same", *SAMPLERS),
                         help="Solver for this variant: 'same' keeps the spec's sampler (the equal-compute curve "
                              "uses these); another one shows what a better solver buys at fewer steps.")
 
