@@ -21,8 +21,9 @@ FIELDS = {
     "model": (str, "smollm2-135m-instruct", None, None, "Built-in name, local folder, or cached hub id."),
     "device": (str, "auto", None, None, "auto, cpu or cuda."),
     "workload": (str, "chat", None, None, "chat, grounded, perplexity, needle or context_qa (LLM); digits "
-                                          "(diffusion, the default for a diffusion model)."),
-    "prompts": (int, 4, 1, 1000, "How many workload items (prompts or text windows) to use."),
+                                          "(the shipped diffusion models' default); image_prompts (a diffusers "
+                                          "pipeline's default)."),
+    "prompts": (int, 4, 1, 1000, "How many workload items (prompts, text windows or image prompts) to use."),
     "max_new_tokens": (int, 32, 1, 4096, "Tokens to generate per prompt (chat)."),
     "batch_size": (int, 1, 1, 64, "Sequences generated together (generation workloads); above 1 the prompts are "
                                   "left-padded into one batch and each sequence stops on its own."),
@@ -41,11 +42,14 @@ FIELDS = {
     "steps": (int, 50, 1, 1000, "diffusion: sampler steps of the baseline."),
     "guidance": (float, 1.5, 1.0, 20.0, "diffusion: classifier-free guidance scale (1 = no guidance; the digits "
                                           "models score best at 1.5)."),
-    "sampler": (str, "ddim", None, None, "diffusion: ddim or dpmsolver++."),
+    "sampler": (str, "ddim", None, None, "diffusion: ddim or dpmsolver++ (shipped models); pipeline (a diffusers "
+                                         "pipeline's own scheduler, its default)."),
+    "image_size": (int, 0, 0, 4096, "pipeline: image height and width in pixels (0: the pipeline's default)."),
     "variants": (list, None, None, None, "The variants; a baseline (no technique) is added when missing."),
 }
-CHOICES = {"device": ("auto", "cpu", "cuda"), "workload": tuple(WORKLOADS), "sampler": SAMPLERS}
-DIFFUSION_WORKLOADS = ("digits",)
+PIPELINE_SAMPLER = "pipeline"  # a diffusers pipeline runs its own scheduler
+CHOICES = {"device": ("auto", "cpu", "cuda"), "workload": tuple(WORKLOADS), "sampler": (*SAMPLERS, PIPELINE_SAMPLER)}
+DIFFUSION_WORKLOADS = ("digits", "image_prompts")
 VARIANT_FIELDS = ("name", "techniques", "engine")
 
 
@@ -99,25 +103,49 @@ def _normalize_variant(i: int, variant, model_kind: str, spec: dict) -> dict:
 
 
 def _check_against_spec(built: list, spec: dict) -> None:
-    from lab.diffusion.models import DIFFUSION_MODELS
-    shipped = DIFFUSION_MODELS.get(spec["model"])
+    architecture = _denoiser_architecture(spec["model"])
     for t in built:
-        if shipped and t.denoisers and shipped.architecture not in t.denoisers:
+        if architecture and t.denoisers and architecture not in t.denoisers:
             raise SpecError(f"technique '{t.name}' works on {' or '.join(t.denoisers)} denoisers; model "
-                            f"'{spec['model']}' is a {shipped.architecture}")
+                            f"'{spec['model']}' is a {architecture}")
         t.check_spec(spec)
 
 
+def _denoiser_architecture(model: str) -> str | None:
+    from lab.diffusion.models import DIFFUSION_MODELS
+    from lab.diffusion.pipelines import pipeline_folder, pipeline_info
+    if model in DIFFUSION_MODELS:
+        return DIFFUSION_MODELS[model].architecture
+    return pipeline_info(model).architecture if pipeline_folder(model) else None
+
+
+def _is_pipeline(model: str) -> bool:
+    from lab.diffusion.models import DIFFUSION_MODELS
+    from lab.diffusion.pipelines import pipeline_folder
+    return model not in DIFFUSION_MODELS and pipeline_folder(model) is not None
+
+
 def _check_workload_kind(spec: dict, raw: dict, model_kind: str) -> None:
-    """A diffusion model takes the digits workload (its default); an LLM takes the others."""
+    """A shipped diffusion model takes digits, a pipeline image_prompts (their defaults, with their samplers);
+    an LLM takes the others."""
+    pipeline = model_kind == "diffusion" and _is_pipeline(spec["model"])
     if model_kind == "diffusion" and "workload" not in raw:
-        spec["workload"] = "digits"
-    diffusion_workload = spec["workload"] in DIFFUSION_WORKLOADS
-    if diffusion_workload != (model_kind == "diffusion"):
-        allowed = DIFFUSION_WORKLOADS if model_kind == "diffusion" else tuple(w for w in WORKLOADS
-                                                                             if w not in DIFFUSION_WORKLOADS)
-        raise SpecError(f"field 'workload': {spec['workload']!r} does not fit the {model_kind} model "
-                        f"'{spec['model']}'; allowed: {', '.join(allowed)}")
+        spec["workload"] = "image_prompts" if pipeline else "digits"
+    if pipeline and "sampler" not in raw:
+        spec["sampler"] = PIPELINE_SAMPLER
+    if model_kind == "diffusion":
+        allowed = ("image_prompts",) if pipeline else ("digits",)
+    else:
+        allowed = tuple(w for w in WORKLOADS if w not in DIFFUSION_WORKLOADS)
+    if spec["workload"] not in allowed:
+        what = "diffusers pipeline" if pipeline else f"{model_kind} model"
+        raise SpecError(f"field 'workload': {spec['workload']!r} does not fit the {what} '{spec['model']}'; "
+                        f"allowed: {', '.join(allowed)}")
+    if model_kind == "diffusion" and (spec["sampler"] == PIPELINE_SAMPLER) != pipeline:
+        allowed = (PIPELINE_SAMPLER,) if pipeline else SAMPLERS
+        raise SpecError(f"field 'sampler': {spec['sampler']!r} does not fit model '{spec['model']}'"
+                        f"{' (a diffusers pipeline runs its own scheduler)' if pipeline else ''}; "
+                        f"allowed: {', '.join(allowed)}")
 
 
 def validate(raw: dict, check_model_exists: bool = True) -> dict:
@@ -132,7 +160,7 @@ def validate(raw: dict, check_model_exists: bool = True) -> dict:
         spec[key] = _check_field(key, spec[key])
     check_workload(spec["workload"])
     from lab.diffusion.models import DIFFUSION_MODELS
-    model_kind = "diffusion" if spec["model"] in DIFFUSION_MODELS else "llm"
+    model_kind = "diffusion" if spec["model"] in DIFFUSION_MODELS or _is_pipeline(spec["model"]) else "llm"
     if check_model_exists:
         from lab.models import check_model
         model_kind = check_model(spec["model"])
@@ -151,10 +179,11 @@ def validate(raw: dict, check_model_exists: bool = True) -> dict:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"variant name(s) used twice: {', '.join(dupes)}; give each variant its own name")
-    if spec["workload"] in ("chat", "grounded", "context_qa"):
-        from lab.workloads import QA, chat_prompts, grounded_prompts
+    if spec["workload"] in ("chat", "grounded", "context_qa", "image_prompts"):
+        from lab.workloads import QA, chat_prompts, grounded_prompts, image_prompts
         available = {"chat": lambda: len(chat_prompts()), "grounded": lambda: len(grounded_prompts()),
-                     "context_qa": lambda: len(QA)}[spec["workload"]]()
+                     "context_qa": lambda: len(QA), "image_prompts": lambda: len(image_prompts())
+                     }[spec["workload"]]()
         if spec["prompts"] > available:
             raise SpecError(f"field 'prompts': {spec['prompts']} is more than the {spec['workload']} workload has; "
                             f"allowed: 1 to {available}")

@@ -60,7 +60,8 @@ def _hub_cached(model_id: str) -> bool:
 def check_model(name: str) -> str:
     """Return the model's kind ('llm' or 'diffusion') if `name` can be loaded here, else raise SpecError."""
     from lab.diffusion.models import DIFFUSION_MODELS, check_denoiser
-    if name in DIFFUSION_MODELS:
+    from lab.diffusion.pipelines import pipeline_folder
+    if name in DIFFUSION_MODELS or pipeline_folder(name) is not None:
         check_denoiser(name)
         return "diffusion"
     if name in BUILTIN_MODELS:
@@ -75,8 +76,8 @@ def check_model(name: str) -> str:
     if "/" in name and _hub_cached(name):
         return "llm"
     raise SpecError(f"unknown model '{name}': not a built-in ({', '.join([*BUILTIN_MODELS, *DIFFUSION_MODELS])}), "
-                    f"not a local folder "
-                    f"with a config.json, and not a hub id in the local Hugging Face cache (the lab never "
+                    f"not a local folder with a config.json (a transformers LLM) or a model_index.json (a "
+                    f"diffusers pipeline), and not a hub id in the local Hugging Face cache (the lab never "
                     f"downloads weights)")
 
 

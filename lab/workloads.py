@@ -31,6 +31,9 @@ WORKLOADS = {
     "digits": "Diffusion: generate the requested digit classes (images_per_class each, one seed per batch, the "
               "same for every variant); scored by PSNR/SSIM against the baseline's image of the same seed and by "
               "a digit classifier trained on the real digits.",
+    "image_prompts": "Diffusion pipelines (a diffusers folder the user points the lab at): text-to-image from the "
+                     "prompts in data/prompts/images.toml (one seed per batch, the same for every variant); scored "
+                     "by PSNR/SSIM against the baseline's image of the same seed.",
 }
 
 
@@ -72,6 +75,10 @@ def _as_chat(tokenizer, prompts: list[Item]) -> list[GenerationItem]:
 
 def chat_prompts(limit: int | None = None) -> list[Item]:
     return _prompt_file("chat", lambda p: p["text"], limit)
+
+
+def image_prompts(limit: int | None = None) -> list[Item]:
+    return _prompt_file("images", lambda p: p["text"], limit)
 
 
 def heldout_text() -> str:

@@ -44,7 +44,7 @@ def isolated_data(tmp_path, monkeypatch):
 
 def generate(model, techniques: list[dict], steps: int = STEPS, guidance: float = 3.0, sampler: str = "ddim"):
     spec = {"steps": steps, "guidance": guidance, "sampler": sampler}
-    loaded = types.SimpleNamespace(model=model, name="tiny")
+    loaded = types.SimpleNamespace(model=model, name="tiny", pipeline=None)
     variant = DiffusionVariant(spec, loaded, build(techniques, model_kind="diffusion"))
     variant.prepare()
     result, per_step, computed, _mem = variant.generate([0, 3, 7], seed=5, device="cpu")
@@ -172,7 +172,7 @@ def test_ssim_matches_scikit_image_and_psnr_is_infinite_for_identical_images():
 
 def test_bf16_weights_run_the_denoiser_in_bf16_and_halve_its_bytes(denoisers):
     spec = {"steps": 4, "guidance": 3.0, "sampler": "ddim"}
-    loaded = types.SimpleNamespace(model=denoisers["dit"], name="tiny")
+    loaded = types.SimpleNamespace(model=denoisers["dit"], name="tiny", pipeline=None)
     plain = DiffusionVariant(spec, loaded, [])
     bf16 = DiffusionVariant(spec, loaded, build([{"name": "weight_dtype", "dtype": "bf16"}], model_kind="diffusion"))
     assert bf16.weight_bytes * 2 == plain.weight_bytes

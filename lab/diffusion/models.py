@@ -31,7 +31,10 @@ CLASSIFIER_FOLDER = "digits-classifier"
 
 
 def check_denoiser(name: str) -> str:
-    """The architecture of a shipped diffusion model, or SpecError when its weights are missing."""
+    """The architecture of a shipped diffusion model or a pipeline folder, or SpecError when it cannot load."""
+    if name not in DIFFUSION_MODELS:
+        from lab.diffusion.pipelines import pipeline_info
+        return pipeline_info(name).architecture
     shipped = DIFFUSION_MODELS[name]
     if not (MODELS_DIR / shipped.folder / "config.json").exists():
         raise SpecError(f"diffusion model '{name}' has no weights in {MODELS_DIR / shipped.folder}; they ship with "
@@ -50,9 +53,13 @@ class LoadedDenoiser:
     dtype: str
     source: str
     tokenizer: object = None
+    pipeline: object = None  # a diffusers pipeline the user pointed at (then `model` is its denoiser)
 
 
 def load_denoiser(name: str, device: str) -> LoadedDenoiser:
+    if name not in DIFFUSION_MODELS:
+        from lab.diffusion.pipelines import load_pipeline
+        return load_pipeline(name, device)
     import torch
     from diffusers import UNet2DModel
 

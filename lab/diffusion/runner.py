@@ -1,8 +1,9 @@
 """Runs a diffusion experiment: every batch of images through every variant, interleaved per repeat.
 
 Each batch has its own seed (spec seed + batch index), the same for every variant, so a variant's image is
-compared with the baseline's image from the same initial noise. Quality (PSNR, SSIM, classifier accuracy)
-is scored on the first repeat; timings and counts on every repeat.
+compared with the baseline's image from the same initial noise. Quality (PSNR, SSIM, and classifier accuracy
+for the digits) is scored on the first repeat; timings and counts on every repeat. A shipped digits model
+runs through the lab's sampler, a diffusers pipeline through its own loop (lab/diffusion/pipelines.py).
 """
 from __future__ import annotations
 
@@ -18,11 +19,16 @@ from lab.measure import PeakMemory
 from lab.runner import MB
 
 
-def image_batches(spec: dict) -> list[list[int]]:
-    """The class label of every image, in batches of batch_size (classes cycle within a batch)."""
-    labels = [c for _ in range(spec["images_per_class"]) for c in spec["classes"]]
+def image_batches(spec: dict) -> list[list]:
+    """What each image is asked for, in batches of batch_size: digit labels (classes cycle within a batch),
+    or, for a pipeline, the workload's prompts."""
+    if spec["workload"] == "image_prompts":
+        from lab.workloads import image_prompts
+        wanted = list(image_prompts(spec["prompts"]))
+    else:
+        wanted = [c for _ in range(spec["images_per_class"]) for c in spec["classes"]]
     size = spec["batch_size"]
-    return [labels[i:i + size] for i in range(0, len(labels), size)]
+    return [wanted[i:i + size] for i in range(0, len(wanted), size)]
 
 
 class DiffusionVariant:
@@ -39,18 +45,36 @@ class DiffusionVariant:
         self.weight_bytes = model_bytes(model)
         self.call = DenoiserCall(model, steps, spec["guidance"], sampler, model_name=loaded.name)
         self.baseline_steps = spec["steps"]
+        self.pipeline, self.image_size = loaded.pipeline, spec.get("image_size", 0)
+        if self.pipeline is not None:
+            from lab.diffusion.pipelines import guidance_in_batch
+            self.call.guidance_batch = guidance_in_batch(self.pipeline, spec["guidance"])
+            first = [item.text for item in image_batches(spec)[0]]
+            self.call.run_uncached = lambda seed: self._pipeline_images(first, seed)
 
     def prepare(self) -> None:
         if self.cache is not None:
             self.cache.prepare_denoiser(self.call)
 
-    def generate(self, labels: list[int], seed: int, device: str):
+    def _pipeline_images(self, prompts: list[str], seed: int, on_step=None):
+        from lab.diffusion.pipelines import generate, swapped_denoiser
+        # a weights technique made this variant its own denoiser copy: the pipeline runs it for this batch
+        with swapped_denoiser(self.pipeline, self.call.model):
+            return generate(self.pipeline, self.call, prompts, seed, self.image_size, on_step)
+
+    def generate(self, wanted: list, seed: int, device: str):
         counter = BlockCounter(self.call.model)
         wrap = self.cache.wrap_denoiser(self.call) if self.cache else contextlib.nullcontext()
         with PeakMemory(device) as mem, counter, wrap:
-            result = sample(self.call, torch.tensor(labels), seed, on_step=counter.next_step)
-        rows = len(labels) * (2 if self.call.uses_guidance else 1)
-        per_step = [c / counter.full_rows_per_step(rows) for c in counter.per_step]
+            if self.pipeline is not None:
+                result = self._pipeline_images([item.text for item in wanted], seed, counter.next_step)
+            else:
+                result = sample(self.call, torch.tensor(wanted), seed, on_step=counter.next_step)
+        if self.pipeline is not None:  # the pipeline decides how it batches guidance: read what entered
+            per_step = counter.shares_of_entering_rows()
+        else:
+            rows = len(wanted) * (2 if self.call.uses_guidance else 1)
+            per_step = [c / counter.full_rows_per_step(rows) for c in counter.per_step]
         # share of the *baseline's* work: fewer steps count as fewer blocks computed
         computed = sum(per_step) / self.baseline_steps
         return result, per_step, computed, mem
@@ -93,8 +117,9 @@ def run_diffusion(spec, loaded, techniques_per_variant, results, progress) -> No
             for k in range(n):  # paired per batch and repeat, adjacent in time
                 results[k].samples["speedup"].append(seconds[0] / seconds[k])
                 if r == 0:
-                    _score_images(results[k], loaded.classifier, labels, *generated[k], generated[0][0],
-                                  first_image, spec["seed"] + b)
+                    score = _score_prompt_images if loaded.pipeline is not None else _score_images
+                    score(results[k], loaded.classifier, labels, *generated[k], generated[0][0], first_image,
+                          spec["seed"] + b)
             first_image += len(labels)
 
 
@@ -114,3 +139,16 @@ def _score_images(res, classifier, labels, images, per_step, baseline, first_ind
             token_ids=[], extra={"pixels": pixels[j], "label": label, "predicted": predicted[j],
                                  "confidence": round(float(probs[j, predicted[j]]), 4), "seed": seed,
                                  "step_compute": [round(x, 4) for x in per_step]}))
+
+
+def _score_prompt_images(res, _classifier, items, images, per_step, baseline, first_index, seed):
+    from lab.diffusion.pipelines import thumbnail_png
+    for j, item in enumerate(items):
+        reference = baseline[j]
+        res.samples["image_exact"].append(100.0 * bool(torch.equal(images[j], reference)))
+        res.samples["psnr_db"].append(psnr(images[j], reference))
+        res.samples["ssim"].append(ssim(images[j], reference))
+        res.outputs.append(dict(
+            item_index=first_index + j, item_key=item.key, prompt=item.text,
+            text=f"{images.shape[-1]}x{images.shape[-2]} image", token_ids=[],
+            extra={"png": thumbnail_png(images[j]), "seed": seed, "step_compute": [round(x, 4) for x in per_step]}))

@@ -36,7 +36,7 @@ def make_scheduler(name: str):
 
 
 def architecture_of(model) -> str:
-    return "unet" if type(model).__name__ == "UNet2DModel" else "dit"
+    return "unet" if "UNet" in type(model).__name__ else "dit"  # UNet2DModel, (Cached)UNet2DConditionModel
 
 
 @dataclass
@@ -51,6 +51,8 @@ class DenoiserCall:
     timestep: int = 999
     forward: object = None  # (x, t, labels) -> eps; techniques may replace it
     info: dict = field(default_factory=dict)  # what a technique reports about the run (e.g. calibration)
+    run_uncached: object = None  # (seed) -> None: one plain generation (a pipeline's; MagCache calibrates on it)
+    guidance_batch: bool | None = None  # a pipeline's [uncond; cond] batching, when it differs from ours
 
     def __post_init__(self):
         self.architecture = architecture_of(self.model)
@@ -60,6 +62,11 @@ class DenoiserCall:
     @property
     def uses_guidance(self) -> bool:
         return self.guidance != 1.0
+
+    @property
+    def guidance_batched(self) -> bool:
+        """Whether each denoiser call carries [uncond; cond] halves (what FasterCache splits)."""
+        return self.uses_guidance if self.guidance_batch is None else self.guidance_batch
 
     def plain_forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.architecture == "unet":

@@ -24,9 +24,11 @@ class BlockCache(DenoiserCache):
 
         from diffusers.hooks import HookRegistry
 
+        from lab.diffusion.blocks import transformer_blocks
+
         @contextlib.contextmanager
         def hooked():
-            blocks = list(call.model.transformer_blocks)
+            blocks = transformer_blocks(call.model)
             for block in blocks:
                 HookRegistry.check_if_exists_or_initialize(block).register_hook(_reuse_hook(call, self.interval),
                                                                                HOOK_NAME)
@@ -46,13 +48,33 @@ def _reuse_hook(call, interval: int):
     class ResidualReuseHook(ModelHook):
         def __init__(self):
             super().__init__()
-            self.residual = None
+            self.residuals = None  # per returned tensor: output minus the input it updates
 
-        def new_forward(self, module, hidden_states, *args, **kwargs):
-            if call.step_index % interval == 0 or self.residual is None:
-                out = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
-                self.residual = out - hidden_states
+        def new_forward(self, module, *args, **kwargs):
+            inputs = _updated_inputs(module, args, kwargs)
+            if call.step_index % interval == 0 or self.residuals is None:
+                out = self.fn_ref.original_forward(*args, **kwargs)
+                outs = out if isinstance(out, tuple) else (out,)
+                self.residuals = [o - i for o, i in zip(outs, inputs)]
                 return out
-            return hidden_states + self.residual
+            reused = tuple(i + r for i, r in zip(inputs, self.residuals))
+            return reused if len(reused) > 1 else reused[0]
 
     return ResidualReuseHook()
+
+
+def _updated_inputs(block, args, kwargs) -> list:
+    """The inputs a block's outputs update, in output order: hidden states alone, or, for a block that
+    returns a tuple (Flux: encoder and image streams), what diffusers' block registry says each slot holds."""
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    try:
+        meta = TransformerBlockRegistry.get(type(block))
+    except ValueError:  # not a registered block: a DiT-style block taking and returning hidden states
+        return [args[0] if args else kwargs["hidden_states"]]
+    hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
+    if meta.return_encoder_hidden_states_index is None:
+        return [hidden]
+    encoder = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+    slots = {meta.return_hidden_states_index: hidden, meta.return_encoder_hidden_states_index: encoder}
+    return [slots[i] for i in sorted(slots)]

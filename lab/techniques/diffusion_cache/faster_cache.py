@@ -24,6 +24,7 @@ class FasterCache(DiffusersCacheHook):
 
     def cache_config(self, call):
         from diffusers import FasterCacheConfig
+        from diffusers.hooks.faster_cache import _UNCOND_COND_INPUT_KWARGS_IDENTIFIERS
         return FasterCacheConfig(
             spatial_attention_block_skip_range=self.attention_skip_range,
             spatial_attention_timestep_skip_range=(-1, self.t_high),
@@ -32,7 +33,9 @@ class FasterCache(DiffusersCacheHook):
             attention_weight_callback=lambda _module: 0.5,  # the paper's default, said aloud to avoid a warning
             tensor_format="BCHW",  # our images; the default describes video (B, C, F, H, W)
             # without guidance there is no unconditional half to skip: the hook must not split the batch
-            is_guidance_distilled=not call.uses_guidance,
+            is_guidance_distilled=not call.guidance_batched,
             current_timestep_callback=lambda: call.timestep,
-            # the sampler passes [uncond; cond] by keyword; class_labels must be split with the batch
-            _unconditional_conditional_input_kwargs_identifiers=["hidden_states", "timestep", "class_labels"])
+            # the sampler passes [uncond; cond] by keyword; class_labels (digits) must be split with the batch, as
+            # must what a pipeline passes (diffusers' defaults); only the names a call carries are split
+            _unconditional_conditional_input_kwargs_identifiers=[*_UNCOND_COND_INPUT_KWARGS_IDENTIFIERS,
+                                                                 "class_labels"])

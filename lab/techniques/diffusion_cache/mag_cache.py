@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
@@ -28,7 +29,8 @@ class MagCache(DiffusersCacheHook):
         from lab.paths import data_dir
         folder = data_dir() / "cache" / "magcache"
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{call.model_name}-{call.sampler}-{call.steps}steps-g{call.guidance:g}.json"
+        model = re.sub(r"[^\w.-]+", "_", call.model_name).strip("_")  # a pipeline's name is its folder path
+        return folder / f"{model}-{call.sampler}-{call.steps}steps-g{call.guidance:g}.json"
 
     def prepare_denoiser(self, call) -> None:
         """Load the stored magnitude ratios, or calibrate once (one uncached generation) and store them."""
@@ -57,7 +59,8 @@ def calibrate(call) -> list[float]:
     """Run one generation with MagCache in calibration mode and capture its per-step ratios.
 
     diffusers only prints them and then clears its list, so the tail block's calibration step is wrapped to
-    copy each ratio as it is computed.
+    copy each ratio as it is computed. The generation is the call's own uncached run when it has one (a
+    pipeline: its first prompts), else the digits sampler on one image per class.
     """
     import contextlib
     import dataclasses
@@ -66,12 +69,13 @@ def calibrate(call) -> list[float]:
     import torch
     from diffusers import MagCacheConfig
 
+    from lab.diffusion.blocks import transformer_blocks
     from lab.diffusion.sampler import sample
 
     model = call.model
     model.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=call.steps))
     ratios: list[float] = []
-    tail = model.transformer_blocks[-1]._diffusers_hook.get_hook("mag_cache_block_hook")
+    tail = transformer_blocks(model)[-1]._diffusers_hook.get_hook("mag_cache_block_hook")
     original = tail._perform_calibration_step
 
     def capture(state, residual):
@@ -80,9 +84,11 @@ def calibrate(call) -> list[float]:
 
     tail._perform_calibration_step = capture
     try:
-        plain = dataclasses.replace(call, forward=None, info={})
         with contextlib.redirect_stdout(io.StringIO()):  # diffusers print()s the ratios; we store them instead
-            sample(plain, torch.arange(10), seed=CALIBRATION_SEED)
+            if call.run_uncached is not None:
+                call.run_uncached(CALIBRATION_SEED)
+            else:
+                sample(dataclasses.replace(call, forward=None, info={}), torch.arange(10), seed=CALIBRATION_SEED)
     finally:
         model.disable_cache()
     return ratios

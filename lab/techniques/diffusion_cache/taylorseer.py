@@ -6,7 +6,9 @@ from lab.techniques.base import knob
 from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
 
 # diffusers' default identifiers must end in "attn" and match nothing in DiT (its modules are attn1).
-TARGETS = {"blocks": [r"transformer_blocks\.\d+"], "attention_mlp": [r"transformer_blocks\.\d+\.(attn1|ff)"]}
+# module names, matched whole (re.fullmatch); Flux adds single_transformer_blocks, its MLP is ff/ff_context
+TARGETS = {"blocks": [r"(single_)?transformer_blocks\.\d+"],
+           "attention_mlp": [r"(single_)?transformer_blocks\.\d+\.(attn1?|ff|ff_context)"]}
 
 
 @dataclass

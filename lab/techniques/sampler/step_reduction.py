@@ -27,6 +27,9 @@ class StepReduction(Technique):
                              "uses these); another one shows what a better solver buys at fewer steps.")
 
     def check_spec(self, spec: dict) -> None:
+        if spec["sampler"] not in SAMPLERS and self.sampler != "same":  # a pipeline keeps its own scheduler
+            raise SpecError(f"technique '{self.name}': sampler {self.sampler!r} cannot replace the scheduler of "
+                            f"a diffusers pipeline; allowed: same")
         if self.steps >= spec["steps"]:
             raise SpecError(f"technique '{self.name}': steps {self.steps} is not fewer than the baseline's "
                             f"{spec['steps']}; allowed: 1 to {spec['steps'] - 1}")
