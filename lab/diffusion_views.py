@@ -2,28 +2,38 @@
 difference against the baseline, and the per-step computed/reused strip."""
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 
 SIDE = 16
 ZOOM = 6  # 16x16 pixels drawn as 96x96
+DRAWN = SIDE * ZOOM  # small images are zoomed up to about this side
 GAP = 2
 
 
 def is_diffusion(exp) -> bool:
-    return exp.spec.get("workload") == "digits"
+    return exp.spec.get("workload") in ("digits", "image_prompts")
 
 
-def _image(pixels: list[int]) -> np.ndarray:
-    return np.asarray(pixels, dtype=np.uint8).reshape(SIDE, SIDE)
+def _image(extra: dict) -> np.ndarray:
+    """A stored image: the digits' grey pixels (H x W), or a pipeline's PNG thumbnail (H x W x 3)."""
+    if "png" in extra:
+        from PIL import Image
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(extra["png"]))).convert("RGB"))
+    return np.asarray(extra["pixels"], dtype=np.uint8).reshape(SIDE, SIDE)
 
 
 def grid(images: list[np.ndarray]) -> np.ndarray:
-    """A row of images, zoomed with nearest-neighbour (each pixel stays a visible square), on a white gap."""
-    big = [np.kron(img, np.ones((ZOOM, ZOOM), dtype=np.uint8)) for img in images]
-    height = SIDE * ZOOM
-    row = np.full((height, len(big) * (height + GAP) - GAP), 255, dtype=np.uint8)
+    """A row of same-sized images, small ones zoomed with nearest-neighbour (each pixel stays a visible
+    square), on a white gap."""
+    zoom = max(1, DRAWN // images[0].shape[0])
+    big = [img.repeat(zoom, axis=0).repeat(zoom, axis=1) for img in images]
+    height, width = big[0].shape[:2]
+    row = np.full((height, len(big) * (width + GAP) - GAP, *big[0].shape[2:]), 255, dtype=np.uint8)
     for i, img in enumerate(big):
-        row[:, i * (height + GAP): i * (height + GAP) + height] = img
+        row[:, i * (width + GAP): i * (width + GAP) + width] = img
     return row
 
 
@@ -41,13 +51,14 @@ def comparison_rows(exp, variant: str, limit: int = 10) -> dict:
     """Images (baseline, variant, difference) of the first `limit` items, with their captions."""
     outputs = outputs_by_variant(exp)
     base, ours = outputs[exp.runs[0].variant][:limit], outputs[variant][:limit]
-    base_imgs = [_image(o.extra["pixels"]) for o in base]
-    our_imgs = [_image(o.extra["pixels"]) for o in ours]
+    base_imgs = [_image(o.extra) for o in base]
+    our_imgs = [_image(o.extra) for o in ours]
     return {
         "baseline": grid(base_imgs),
         "variant": grid(our_imgs),
         "difference": grid([difference(a, b) for a, b in zip(base_imgs, our_imgs)]),
-        "captions": [f"{o.extra['label']}→{o.extra['predicted']}" for o in ours],
+        "captions": [f"{o.extra['label']}→{o.extra['predicted']}" if "label" in o.extra else o.item_key
+                     for o in ours],
     }
 
 

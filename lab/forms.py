@@ -34,6 +34,18 @@ def techniques_for(kind: str, architecture: str | None = None) -> dict[str, type
             and (architecture is None or not cls.denoisers or architecture in cls.denoisers)}
 
 
+def pipeline_architecture(folder: str) -> tuple[str | None, str | None]:
+    """The denoiser architecture of a diffusers pipeline folder, or None and why it cannot be used (no torch)."""
+    from lab.diffusion.pipelines import pipeline_info
+    from lab.techniques import SpecError
+    if not folder.strip():
+        return None, None
+    try:
+        return pipeline_info(folder.strip()).architecture, None
+    except SpecError as e:
+        return None, str(e)
+
+
 def preset_path(stem: str) -> Path:
     return EXPERIMENTS_DIR / f"{stem}.toml"
 

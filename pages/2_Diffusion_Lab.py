@@ -1,4 +1,5 @@
-"""Diffusion Lab: generate digits with the shipped denoisers, switch feature caching on, see images and counts."""
+"""Diffusion Lab: generate digits with the shipped denoisers, or images from a diffusers pipeline the user
+points at; switch feature caching on, see images and counts."""
 import streamlit as st
 
 from lab import forms
@@ -10,7 +11,9 @@ st.set_page_config(page_title="Diffusion Lab · Efficiency Lab", layout="wide")
 st.title("Diffusion Lab")
 st.write("Generate handwritten digits with the lab's own class-conditional diffusion models and switch feature "
          "caching on: every variant starts from the same noise as the baseline, so each image is compared with "
-         "the baseline's, and a classifier checks the digit is still the one asked for.")
+         "the baseline's, and a classifier checks the digit is still the one asked for. On a GPU, point it at a "
+         "diffusers pipeline folder (Flux, PixArt, Stable Diffusion...) to apply the same techniques there.")
+PIPELINE = "a diffusers pipeline folder…"
 
 quick = st.container(border=True)
 quick.markdown("**Quick start** — the digits DiT, one image per digit, 50 DDIM steps: a block cache and a "
@@ -24,29 +27,43 @@ with st.expander("Build an experiment", expanded=False):
     base = presets[preset]
     c1, c2, c3 = st.columns(3)
     exp_name = c1.text_input("Experiment name", value=base.get("name", preset))
-    names = list(DIFFUSION_MODELS)
+    names = [*DIFFUSION_MODELS, PIPELINE]
     model = c1.selectbox("Model", names, index=names.index(base.get("model", DEFAULT_DIFFUSION)),
-                         format_func=lambda n: f"{n} ({DIFFUSION_MODELS[n].architecture})",
+                         format_func=lambda n: n if n == PIPELINE else f"{n} ({DIFFUSION_MODELS[n].architecture})",
                          help=DIFFUSION_MODELS[base.get("model", DEFAULT_DIFFUSION)].description)
-    classes = c2.multiselect("Digits", list(range(10)), default=base.get("classes", list(range(10))),
-                             help=forms.field_help("classes"))
-    samplers = forms.field_choices("sampler")
-    sampler = c3.selectbox("Sampler", samplers, index=samplers.index(base.get("sampler", "ddim")),
-                           help=forms.field_help("sampler"))
+    if model == PIPELINE:
+        model = c1.text_input("Pipeline folder", help="A folder with a model_index.json (saved with "
+                                                      "save_pretrained, or a snapshot in the Hugging Face cache), "
+                                                      "or a cached hub id. Nothing is downloaded.").strip()
+        architecture, problem = forms.pipeline_architecture(model)
+        if problem:
+            st.error(problem)
+        fields = {"workload": "image_prompts", "sampler": "pipeline"}
+        c2.caption("Prompts: data/prompts/images.toml, in order. The pipeline runs its own scheduler.")
+        wanted = ["prompts", "image_size"]
+    else:
+        architecture = DIFFUSION_MODELS[model].architecture
+        samplers = [s for s in forms.field_choices("sampler") if s != "pipeline"]
+        fields = {"workload": "digits",
+                  "classes": c2.multiselect("Digits", list(range(10)), default=base.get("classes", list(range(10))),
+                                            help=forms.field_help("classes")),
+                  "sampler": c3.selectbox("Sampler", samplers, index=samplers.index(base.get("sampler", "ddim")),
+                                          help=forms.field_help("sampler"))}
+        wanted = ["images_per_class"]
     guidance = c3.number_input("guidance", min_value=1.0, max_value=20.0, step=0.5,
                                value=float(base.get("guidance", 1.5)), help=forms.field_help("guidance"))
     numbers = {}
-    for i, name in enumerate(["steps", "images_per_class", "batch_size", "seed", "repeats", "warmup", "threads"]):
+    for i, name in enumerate(["steps", *wanted, "batch_size", "seed", "repeats", "warmup", "threads"]):
         default, lo, hi = forms.field_range(name)
         col = (c1, c2, c3)[i % 3]
         numbers[name] = col.number_input(name, min_value=lo, max_value=hi, value=int(base.get(name, default)),
                                          step=1, help=forms.field_help(name), key=f"d_{name}")
     st.markdown("**Variants** — the baseline (no technique) always runs first. Techniques that do not fit the "
                 "chosen model's denoiser are not offered.")
-    techniques = forms.techniques_for("diffusion", DIFFUSION_MODELS[model].architecture)
+    techniques = forms.techniques_for("diffusion", architecture)
     variants = variant_editor(techniques, [v for v in base.get("variants", []) if v.get("techniques")])
     if st.button("Run experiment"):
-        submit({"name": exp_name, "model": model, "workload": "digits", "classes": classes, "sampler": sampler,
-                "guidance": guidance, "variants": variants, **{k: int(v) for k, v in numbers.items()}})
+        submit({"name": exp_name, "model": model, **fields, "guidance": guidance, "variants": variants,
+                **{k: int(v) for k, v in numbers.items()}})
 
 show_current_experiment()

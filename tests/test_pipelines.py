@@ -92,3 +92,85 @@ def test_caching_switched_off_equals_the_pipeline_baseline_bit_for_bit(loaded, k
     images, _, computed = generate(loaded[kind], [{"name": name, **OFF[name]}])
     assert computed == pytest.approx(1.0)
     assert torch.equal(images, base)
+
+
+def test_a_pipeline_experiment_runs_stores_thumbnails_and_draws_the_comparison(folders, isolated_db):
+    from lab import diffusion_views, jobs, results
+
+    variants = [{"name": "fbc", "techniques": [{"name": "first_block_cache", "threshold": 2.0}]},
+                {"name": "bf16", "techniques": [{"name": "weight_dtype", "dtype": "bf16"}]},
+                {"name": "4 steps", "techniques": [{"name": "step_reduction", "steps": 4}]}]
+    spec = spec_for(folders["pixart"], repeats=2, warmup=0, prompts=3, variants=variants)
+    exp_id, job_id = jobs.submit(spec)
+    jobs.run_job(jobs.get_job(job_id))  # what the worker does: run, score, store in one transaction
+    exp = results.load_experiment(exp_id)
+    m = {run.variant: results.metric_values(run) for run in exp.runs}
+    assert next(x for x in exp.runs[0].metrics if x.name == "s_per_image").n == 2 * 2  # 2 batches, 2 repeats
+    assert m["baseline"]["blocks_computed"] == 100.0 and m["fbc"]["blocks_computed"] < 95
+    assert m["4 steps"]["blocks_computed"] == 50.0  # 4 of the baseline's 8 steps
+    assert m["bf16"]["weight_mb"] == pytest.approx(m["baseline"]["weight_mb"] / 2)
+    assert m["baseline"]["image_exact"] == 100.0 and m["baseline"].get("class_accuracy") is None
+    assert m["4 steps"]["psnr_db"] < 100  # fewer steps change the image
+    assert [o.item_key for o in exp.runs[1].outputs] == ["lighthouse", "cat-window", "city-rain"]
+    rows = diffusion_views.comparison_rows(exp, "fbc")
+    assert rows["baseline"].shape == (96, 3 * 96 + 2 * 2, 3)  # 32 px thumbnails zoomed 3x, RGB
+    assert rows["captions"] == ["lighthouse", "cat-window", "city-rain"]
+    assert rows["difference"].min() < 255  # the cache changed something visible
+    assert {r["variant"] for r in diffusion_views.step_strip(exp)} == {"baseline", "fbc", "bf16", "4 steps"}
+    at = page("pages/2_Diffusion_Lab.py", experiment=str(exp_id))
+    assert not at.exception
+    assert len(at.get("image")) == 3 * 3  # baseline, variant, difference per variant
+    assert "the prompts' keys" in " ".join(m.value for m in at.markdown)
+
+
+def test_a_pipeline_runs_from_the_cli(folders, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    spec = tmp_path / "pipeline.toml"
+    spec.write_text(f'name = "flux tiny"\nmodel = "{folders["flux"]}"\nsteps = 6\nimage_size = 32\nprompts = 2\n'
+                    'repeats = 1\nwarmup = 0\nthreads = 2\n[[variants]]\ntechniques = [{ name = "taylorseer", '
+                    'interval = 2, warmup_steps = 1 }]\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_DATA_DIR": str(tmp_path / "data")}
+    out = subprocess.run([sys.executable, "-m", "lab", "run", str(spec), "--wait"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "taylorseer" in out.stdout and "Blocks computed [%]" in out.stdout
+
+
+def page(path: str, **query):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+    at = AppTest.from_file(str(ROOT / path), default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def test_the_diffusion_page_queues_a_pipeline_with_the_techniques_that_fit_its_denoiser(folders, isolated_db):
+    from lab import jobs, results
+    at = page("pages/2_Diffusion_Lab.py")
+    next(s for s in at.selectbox if s.label == "Model").select("a diffusers pipeline folder…").run()
+    next(t for t in at.text_input if t.label == "Pipeline folder").input(folders["sd"]).run()
+    options = next(m for m in at.multiselect if m.label == "Techniques").options
+    assert any(o.startswith("DeepCache") for o in options) and not any(o.startswith("TaylorSeer") for o in options)
+    next(m for m in at.multiselect if m.label == "Techniques").select("deep_cache").run()
+    next(b for b in at.button if b.label == "Run experiment").click().run()
+    assert not at.exception and not at.error
+    exp_id = int(at.query_params["experiment"][0])
+    spec = results.load_experiment(exp_id).spec
+    assert (spec["model"], spec["workload"], spec["sampler"]) == (folders["sd"], "image_prompts", "pipeline")
+    assert spec["variants"][1]["techniques"][0]["name"] == "deep_cache"
+    assert jobs.job_for_experiment(exp_id).status == "queued"
+
+
+def test_the_diffusion_page_names_what_is_wrong_with_a_folder(tmp_path, isolated_db):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "SomePipeline", "vae": ["diffusers", "AutoencoderKL"]}')
+    at = page("pages/2_Diffusion_Lab.py")
+    next(s for s in at.selectbox if s.label == "Model").select("a diffusers pipeline folder…").run()
+    next(t for t in at.text_input if t.label == "Pipeline folder").input(str(tmp_path)).run()
+    assert not at.exception
+    assert "has no denoiser component; the lab hooks one of: transformer, unet" in at.error[0].value

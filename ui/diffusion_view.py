@@ -21,8 +21,10 @@ def show_diffusion_views(exp) -> None:
         cells = pd.DataFrame(rows).set_index("Variant").map(
             lambda v: "–" if v is None else (f"{v:g}" if isinstance(v, float) else v))
         st.table(cells)
+    captions = ("requested → classified digit" if exp.spec.get("workload") == "digits" else
+                "the prompts' keys (data/prompts/images.toml); stored as thumbnails, scored at full size")
     st.markdown("**Images** — the baseline, each variant from the same seed, and their difference (amplified "
-                "4x; white = identical). Captions: requested → classified digit.")
+                f"4x; white = identical). Captions: {captions}.")
     for run in exp.runs[1:]:
         rows = diffusion_views.comparison_rows(exp, run.variant)
         with st.expander(run.variant, expanded=run is exp.runs[1]):

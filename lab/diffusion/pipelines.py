@@ -112,10 +112,40 @@ def swapped_denoiser(pipe, denoiser):
         yield
         return
     setattr(pipe, slot, denoiser)
+    handles = _cast_at_boundary(denoiser, next(original.parameters()).dtype)
     try:
         yield
     finally:
+        for h in handles:
+            h.remove()
         setattr(pipe, slot, original)
+
+
+def _cast_at_boundary(denoiser, outer) -> list:
+    """Hooks that run a denoiser of another dtype (a bf16 weights variant) inside a pipeline: its inputs are
+    cast in and its outputs back, so the pipeline's own state keeps its dtype, as the lab's sampler does.
+    Timesteps (1-D) stay as given: bf16 cannot hold 999."""
+    import torch
+
+    inner = next(denoiser.parameters()).dtype
+    if inner == outer:
+        return []
+
+    def cast(value, dtype):
+        is_state = torch.is_tensor(value) and value.is_floating_point() and value.dim() >= 2
+        return value.to(dtype) if is_state else value
+
+    def cast_in(_module, args, kwargs):
+        return tuple(cast(a, inner) for a in args), {k: cast(v, inner) for k, v in kwargs.items()}
+
+    def cast_out(_module, _args, _kwargs, out):
+        if isinstance(out, tuple):
+            return tuple(cast(o, outer) for o in out)
+        out.sample = cast(out.sample, outer)
+        return out
+
+    return [denoiser.register_forward_pre_hook(cast_in, with_kwargs=True),
+            denoiser.register_forward_hook(cast_out, with_kwargs=True)]
 
 
 def _call_kwargs(pipe, call, prompts: list[str], seed: int, size: int, step_end) -> dict:
