@@ -41,7 +41,8 @@ class MagCache(DiffusersCacheHook):
             return
         ratios = calibrate(call)
         tmp = path.with_suffix(".partial")
-        tmp.write_text(json.dumps({"ratios": ratios, "seed": CALIBRATION_SEED, "labels": list(range(10))}))
+        inputs = "the spec's first prompts" if call.run_uncached else "digits 0-9"
+        tmp.write_text(json.dumps({"ratios": ratios, "seed": CALIBRATION_SEED, "inputs": inputs}))
         tmp.replace(path)  # atomic: never a half-written calibration
         call.info["mag_ratios"] = ratios
         call.info["calibration"] = f"calibrated and stored {path.name}"
