@@ -55,8 +55,10 @@ def denoiser_techniques():
     return {n: c for n, c in all_techniques().items() if c.slot == "denoiser"}
 
 
-def architecture_for(cls) -> str:
-    return cls.denoisers[0] if cls.denoisers else "dit"
+def cases(names) -> list[tuple[str, str]]:
+    """(technique, architecture) for every denoiser architecture each technique declares."""
+    techniques = all_techniques()
+    return [(n, a) for n in sorted(names) for a in (techniques[n].denoisers or ("dit", "unet"))]
 
 
 # Knobs that make each technique skip within 12 steps of a random model; a new technique is tested with
@@ -69,9 +71,9 @@ OFF = {"first_block_cache": {"threshold": 0.0}, "mag_cache": {"threshold": 0.0},
        "pyramid_attention_broadcast": {"t_low": 0, "t_high": 1}}
 
 
-@pytest.mark.parametrize("name", sorted(denoiser_techniques()))
-def test_every_cache_computes_fewer_blocks_than_the_baseline(name, denoisers):
-    model = denoisers[architecture_for(all_techniques()[name])]
+@pytest.mark.parametrize("name,architecture", cases(denoiser_techniques()))
+def test_every_cache_computes_fewer_blocks_than_the_baseline(name, architecture, denoisers):
+    model = denoisers[architecture]
     base_images, base_steps, base_computed = generate(model, [])
     images, per_step, computed = generate(model, [{"name": name, **SKIPPING.get(name, {})}])
     assert base_computed == pytest.approx(1.0) and all(s == pytest.approx(1.0) for s in base_steps)
@@ -81,18 +83,18 @@ def test_every_cache_computes_fewer_blocks_than_the_baseline(name, denoisers):
     assert images.abs().max() <= 1.0
 
 
-@pytest.mark.parametrize("name", sorted(denoiser_techniques()))
-def test_after_a_cached_generation_the_plain_model_is_the_baseline_bit_for_bit(name, denoisers):
-    model = denoisers[architecture_for(all_techniques()[name])]
+@pytest.mark.parametrize("name,architecture", cases(denoiser_techniques()))
+def test_after_a_cached_generation_the_plain_model_is_the_baseline_bit_for_bit(name, architecture, denoisers):
+    model = denoisers[architecture]
     base_images, _, _ = generate(model, [])
     generate(model, [{"name": name, **SKIPPING.get(name, {})}])
     again, per_step, computed = generate(model, [])
     assert torch.equal(again, base_images) and computed == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name", sorted(OFF))
-def test_caching_switched_off_equals_the_baseline_bit_for_bit(name, denoisers):
-    model = denoisers[architecture_for(all_techniques()[name])]
+@pytest.mark.parametrize("name,architecture", cases(OFF))
+def test_caching_switched_off_equals_the_baseline_bit_for_bit(name, architecture, denoisers):
+    model = denoisers[architecture]
     base_images, _, _ = generate(model, [])
     images, _, computed = generate(model, [{"name": name, **OFF[name]}])
     assert computed == pytest.approx(1.0)

@@ -43,15 +43,22 @@ def block_units(block: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def compute_units(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The modules whose calls are counted, one entry per unit of work."""
+    """The modules whose calls are counted, one entry per unit of work. A resnet is counted whole: no cache
+    here skips inside one."""
     blocks = transformer_blocks(model)
     if blocks:
         return [u for block in blocks for u in block_units(block)]
-    if hasattr(model, "down_blocks"):  # UNet: each resnet and attention of the down, mid and up blocks
+    if hasattr(model, "down_blocks"):  # UNet: each resnet and each attention of the down, mid and up blocks
         units = []
         for group in [*model.down_blocks, model.mid_block, *model.up_blocks]:
-            if group is not None:
-                units += list(group.resnets) + list(getattr(group, "attentions", None) or [])
+            if group is None:
+                continue
+            units += list(group.resnets)
+            for attention in getattr(group, "attentions", None) or []:
+                # SD's attentions are small transformers (attention, cross-attention, MLP); the digits UNet's
+                # are one attention layer (its to_q)
+                inner = getattr(attention, "transformer_blocks", [])
+                units += [u for b in inner for u in block_units(b)] if inner else block_units(attention)
         return units
     raise ValueError(f"{type(model).__name__} has neither transformer blocks ({', '.join(BLOCK_LIST_NAMES)}) nor "
                      f"UNet down/up blocks; the lab cannot count its work")

@@ -27,7 +27,8 @@ class DiffusersCacheHook(DenoiserCache):
 
     @contextlib.contextmanager
     def wrap_denoiser(self, call):
-        model = call.model
+        from lab.diffusion.pipelines import make_cacheable
+        model = make_cacheable(call.model)  # e.g. the digits UNet, which diffusers gives no CacheMixin
         model.enable_cache(self.cache_config(call))
         try:
             yield

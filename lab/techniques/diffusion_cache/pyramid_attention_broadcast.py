@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lab.techniques.base import SpecError, knob
 from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
@@ -13,6 +14,8 @@ class PyramidAttentionBroadcast(DiffusersCacheHook):
     summary = ("Inside a middle band of timesteps, each attention layer is recomputed only every few calls and "
                "its last output is broadcast to the calls between; MLPs always run.")
     paper = "Zhao et al. 2024, Real-Time Video Generation with Pyramid Attention Broadcast (arXiv:2408.12588)"
+    # diffusers finds attention layers by class and name (*blocks*), which UNets' attentions also match
+    denoisers: ClassVar[tuple[str, ...]] = ("dit", "unet")
 
     skip_range: int = knob(2, min=2, max=20, unit="steps",
                            help="Recompute attention every this many steps inside the band.")
