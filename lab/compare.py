@@ -51,9 +51,11 @@ def comparison_table(run_ids: list[int]) -> pd.DataFrame:
         col["experiment"] = f"#{run.experiment.id} {run.experiment.name}"
         col["variant"] = run.variant
         col["techniques"] = _technique_text(run)
-        keys = (("model", "workload", "classes", "images_per_class", "sampler", "steps", "guidance", "repeats")
-                if spec.get("workload") == "digits" else
-                ("model", "workload", "prompts", "max_new_tokens", "repeats", "temperature"))
+        keys = {"digits": ("model", "workload", "classes", "images_per_class", "sampler", "steps", "guidance",
+                           "repeats"),
+                "image_prompts": ("model", "workload", "prompts", "image_size", "steps", "guidance", "repeats")
+                }.get(spec.get("workload"), ("model", "workload", "prompts", "max_new_tokens", "repeats",
+                                             "temperature"))
         for key in keys:
             col[key] = str(spec.get(key))
         for key in ENV_FIELDS:

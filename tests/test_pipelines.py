@@ -117,6 +117,9 @@ def test_a_pipeline_experiment_runs_stores_thumbnails_and_draws_the_comparison(f
     assert rows["captions"] == ["lighthouse", "cat-window", "city-rain"]
     assert rows["difference"].min() < 255  # the cache changed something visible
     assert {r["variant"] for r in diffusion_views.step_strip(exp)} == {"baseline", "fbc", "bf16", "4 steps"}
+    from lab.compare import comparison_table
+    table = comparison_table([run.id for run in exp.runs])
+    assert table.loc["image_size"].tolist() == ["32"] * 4 and "classes" not in table.index
     at = page("pages/2_Diffusion_Lab.py", experiment=str(exp_id))
     assert not at.exception
     assert len(at.get("image")) == 3 * 3  # baseline, variant, difference per variant
