@@ -103,20 +103,27 @@ def _normalize_variant(i: int, variant, model_kind: str, spec: dict) -> dict:
 
 
 def _check_against_spec(built: list, spec: dict) -> None:
-    architecture = _denoiser_architecture(spec["model"])
+    architecture, denoiser_class = _denoiser(spec["model"])
     for t in built:
         if architecture and t.denoisers and architecture not in t.denoisers:
             raise SpecError(f"technique '{t.name}' works on {' or '.join(t.denoisers)} denoisers; model "
                             f"'{spec['model']}' is a {architecture}")
+        if denoiser_class in t.unsupported_denoisers:
+            raise SpecError(f"technique '{t.name}' does not work on {denoiser_class} (the denoiser of "
+                            f"'{spec['model']}'): {t.unsupported_denoisers[denoiser_class]}")
         t.check_spec(spec)
 
 
-def _denoiser_architecture(model: str) -> str | None:
+def _denoiser(model: str) -> tuple[str | None, str | None]:
+    """The denoiser architecture and class of a diffusion model (None, None for an LLM)."""
     from lab.diffusion.models import DIFFUSION_MODELS
     from lab.diffusion.pipelines import pipeline_folder, pipeline_info
     if model in DIFFUSION_MODELS:
-        return DIFFUSION_MODELS[model].architecture
-    return pipeline_info(model).architecture if pipeline_folder(model) else None
+        return DIFFUSION_MODELS[model].architecture, None
+    if pipeline_folder(model) is None:
+        return None, None
+    info = pipeline_info(model)
+    return info.architecture, info.denoiser_class
 
 
 def _is_pipeline(model: str) -> bool:

@@ -27,23 +27,26 @@ def presets(kind: str | None = None) -> dict[str, dict]:
     return out
 
 
-def techniques_for(kind: str, architecture: str | None = None) -> dict[str, type]:
+def techniques_for(kind: str, architecture: str | None = None, denoiser_class: str | None = None) -> dict[str, type]:
     """The registered techniques that apply to a model kind (and, for diffusion, to its denoiser)."""
     from lab.techniques import all_techniques
     return {name: cls for name, cls in all_techniques().items() if kind in cls.applies_to
-            and (architecture is None or not cls.denoisers or architecture in cls.denoisers)}
+            and (architecture is None or not cls.denoisers or architecture in cls.denoisers)
+            and denoiser_class not in cls.unsupported_denoisers}
 
 
-def pipeline_architecture(folder: str) -> tuple[str | None, str | None]:
-    """The denoiser architecture of a diffusers pipeline folder, or None and why it cannot be used (no torch)."""
+def pipeline_denoiser(folder: str) -> tuple[str | None, str | None, str | None]:
+    """The denoiser architecture and class of a diffusers pipeline folder, and why it cannot be used (if it
+    cannot), read without torch."""
     from lab.diffusion.pipelines import pipeline_info
     from lab.techniques import SpecError
     if not folder.strip():
-        return None, None
+        return None, None, None
     try:
-        return pipeline_info(folder.strip()).architecture, None
+        info = pipeline_info(folder.strip())
     except SpecError as e:
-        return None, str(e)
+        return None, None, str(e)
+    return info.architecture, info.denoiser_class, None
 
 
 def preset_path(stem: str) -> Path:

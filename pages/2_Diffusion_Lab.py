@@ -35,14 +35,14 @@ with st.expander("Build an experiment", expanded=False):
         model = c1.text_input("Pipeline folder", help="A folder with a model_index.json (saved with "
                                                       "save_pretrained, or a snapshot in the Hugging Face cache), "
                                                       "or a cached hub id. Nothing is downloaded.").strip()
-        architecture, problem = forms.pipeline_architecture(model)
+        architecture, denoiser_class, problem = forms.pipeline_denoiser(model)
         if problem:
             st.error(problem)
         fields = {"workload": "image_prompts", "sampler": "pipeline"}
         c2.caption("Prompts: data/prompts/images.toml, in order. The pipeline runs its own scheduler.")
         wanted = ["prompts", "image_size"]
     else:
-        architecture = DIFFUSION_MODELS[model].architecture
+        architecture, denoiser_class = DIFFUSION_MODELS[model].architecture, None
         samplers = [s for s in forms.field_choices("sampler") if s != "pipeline"]
         fields = {"workload": "digits",
                   "classes": c2.multiselect("Digits", list(range(10)), default=base.get("classes", list(range(10))),
@@ -60,7 +60,7 @@ with st.expander("Build an experiment", expanded=False):
                                          step=1, help=forms.field_help(name), key=f"d_{name}")
     st.markdown("**Variants** — the baseline (no technique) always runs first. Techniques that do not fit the "
                 "chosen model's denoiser are not offered.")
-    techniques = forms.techniques_for("diffusion", architecture)
+    techniques = forms.techniques_for("diffusion", architecture, denoiser_class)
     variants = variant_editor(techniques, [v for v in base.get("variants", []) if v.get("techniques")])
     if st.button("Run experiment"):
         submit({"name": exp_name, "model": model, **fields, "guidance": guidance, "variants": variants,

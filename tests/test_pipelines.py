@@ -1,5 +1,5 @@
-"""Diffusers pipelines the user points the lab at, on tiny randomly initialised Flux, PixArt and Stable
-Diffusion pipelines saved to folders (test data only; tests/tiny_pipelines.py): the spec accepts a folder
+"""Diffusers pipelines the user points the lab at, on tiny randomly initialised Flux, PixArt, Stable
+Diffusion and SD3 pipelines saved to folders (test data only; tests/tiny_pipelines.py): the spec accepts a folder
 with a model_index.json, every caching technique that fits the denoiser computes fewer blocks than the
 baseline through the pipeline's own loop, its 'off' setting reproduces the baseline bit for bit, and a whole
 experiment runs, stores images and scores them."""
@@ -17,7 +17,7 @@ from lab.experiment import validate
 from lab.techniques import SpecError, build
 
 STEPS = 8
-KINDS = ("flux", "pixart", "sd")
+KINDS = ("flux", "pixart", "sd", "sd3")
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +50,34 @@ def generate(pipeline, techniques: list[dict], **fields):
     return result.images, per_step, computed
 
 
-def fitting(kind: str) -> list[tuple[str, str]]:
-    architecture = "unet" if kind == "sd" else "dit"
+DENOISERS = {"flux": ("dit", "FluxTransformer2DModel"), "pixart": ("dit", "PixArtTransformer2DModel"),
+             "sd": ("unet", "UNet2DConditionModel"), "sd3": ("dit", "SD3Transformer2DModel")}
+
+
+def fitting(kind: str, supported: bool = True) -> list[tuple[str, str]]:
+    """(kind, technique) for each technique declared for the pipeline's denoiser architecture, and (or, with
+    supported=False, only) not declared unsupported on its class."""
+    architecture, denoiser_class = DENOISERS[kind]
     return [(kind, name) for name, cls in sorted(denoiser_techniques().items())
-            if not cls.denoisers or architecture in cls.denoisers]
+            if (not cls.denoisers or architecture in cls.denoisers)
+            and (denoiser_class not in cls.unsupported_denoisers) == supported]
 
 
 MATRIX = [case for kind in KINDS for case in fitting(kind)]
+REFUSED = [case for kind in KINDS for case in fitting(kind, supported=False)]
+
+
+def test_the_denoiser_classes_the_matrix_assumes_are_the_pipelines(folders):
+    from lab.diffusion.pipelines import pipeline_info
+    for kind, folder in folders.items():
+        info = pipeline_info(folder)
+        assert (info.architecture, info.denoiser_class) == DENOISERS[kind]
+
+
+@pytest.mark.parametrize("kind,name", REFUSED)
+def test_a_technique_declared_unsupported_on_a_denoiser_is_refused_before_the_run(folders, kind, name):
+    with pytest.raises(SpecError, match=f"'{name}' does not work on {DENOISERS[kind][1]}"):
+        spec_for(folders[kind], variants=[{"techniques": [{"name": name}]}])
 
 
 def test_a_pipeline_folder_is_a_diffusion_model_with_its_own_workload_and_scheduler(folders):
@@ -177,3 +198,13 @@ def test_the_diffusion_page_names_what_is_wrong_with_a_folder(tmp_path, isolated
     next(t for t in at.text_input if t.label == "Pipeline folder").input(str(tmp_path)).run()
     assert not at.exception
     assert "has no denoiser component; the lab hooks one of: transformer, unet" in at.error[0].value
+
+
+def test_an_image_to_image_pipeline_is_refused_with_the_reason(folders):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from lab.diffusion.pipelines import check_text_to_image
+    check_text_to_image(types.SimpleNamespace(__call__=lambda prompt=None, steps=50: None))
+    with pytest.raises(SpecError, match="StableDiffusionImg2ImgPipeline needs image besides a prompt; the lab "
+                                        "runs text-to-image pipelines"):
+        check_text_to_image(StableDiffusionImg2ImgPipeline.__new__(StableDiffusionImg2ImgPipeline))

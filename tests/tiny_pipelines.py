@@ -1,6 +1,6 @@
 """Tiny, randomly initialised diffusers pipelines built from configs, for tests of the pipeline path.
 
-They stand in for Flux, PixArt and Stable Diffusion checkpoints (which cannot be downloaded here): the same
+They stand in for Flux, PixArt, Stable Diffusion and SD3 checkpoints (which cannot be downloaded here): the same
 classes, a few thousand parameters each, tokenizers built offline. Their images are noise-like and never shown
 to a user as real; tests use them to check plumbing, counting and bit-exactness.
 """
@@ -29,12 +29,12 @@ def t5_tokenizer():
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=64)
 
 
-def clip_text_encoder(vocab_size: int, seed: int):
+def clip_text_encoder(vocab_size: int, seed: int, projection: bool = False):
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    return CLIPTextModel(CLIPTextConfig(hidden_size=CLIP_DIM, intermediate_size=37, num_attention_heads=4,
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(hidden_size=CLIP_DIM, intermediate_size=37, num_attention_heads=4,
                                         num_hidden_layers=2, vocab_size=vocab_size, projection_dim=CLIP_DIM,
                                         max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
                                         pad_token_id=1)).eval()
@@ -104,7 +104,27 @@ def build_sd(seed: int = 0):
                                    requires_safety_checker=False)
 
 
-BUILDERS = {"flux": build_flux, "pixart": build_pixart, "sd": build_sd}
+def build_sd3(seed: int = 0):
+    import torch
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=32, pooled_projection_dim=2 * CLIP_DIM, out_channels=4)
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    clip, t5 = clip_tokenizer(), t5_tokenizer()
+    return StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer,
+        text_encoder=clip_text_encoder(len(clip), seed + 1, projection=True), tokenizer=clip,
+        text_encoder_2=clip_text_encoder(len(clip), seed + 2, projection=True), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=t5_encoder(len(t5), seed + 3), tokenizer_3=t5)
+
+
+BUILDERS = {"flux": build_flux, "pixart": build_pixart, "sd": build_sd, "sd3": build_sd3}
 
 
 def save_tiny_pipeline(kind: str, folder: Path) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 from lab.techniques.base import SpecError
 
 DENOISER_COMPONENTS = ("transformer", "unet")
+IMAGE_INPUTS = ("image", "mask_image", "control_image", "video")  # what image-to-image pipelines take
 THUMBNAIL = 128  # stored image side in pixels: enough to see a difference, small enough for the store
 
 
@@ -92,6 +93,7 @@ def load_pipeline(name: str, device: str):
         pipe = DiffusionPipeline.from_pretrained(info.folder, torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError, ImportError) as e:
         raise SpecError(f"pipeline '{name}' could not be loaded from {info.folder}: {e}") from None
+    check_text_to_image(pipe)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for part in pipe.components.values():
@@ -101,6 +103,16 @@ def load_pipeline(name: str, device: str):
     return LoadedDenoiser(name=name, kind="diffusion", model=denoiser, classifier=None,
                           architecture=info.architecture, device=device, dtype=str(dtype).replace("torch.", ""),
                           source=f"{info.pipeline_class} from {info.folder}", pipeline=pipe)
+
+
+def check_text_to_image(pipe) -> None:
+    """The lab runs text-to-image pipelines: refuse one that needs more than a prompt (an image to edit)."""
+    params = inspect.signature(pipe.__call__).parameters.values()
+    required = [p.name for p in params if (p.default is inspect.Parameter.empty and p.kind not in
+                                           (p.VAR_POSITIONAL, p.VAR_KEYWORD)) or p.name in IMAGE_INPUTS]
+    if required:
+        raise SpecError(f"{type(pipe).__name__} needs {', '.join(required)} besides a prompt; the lab runs "
+                        f"text-to-image pipelines")
 
 
 @contextlib.contextmanager
@@ -196,7 +208,10 @@ def generate(pipe, call, prompts: list[str], seed: int, size: int = 0, on_step=N
         started = time.perf_counter()
         # pipelines that set no cache context of their own (PixArt, SD) run inside this one
         with model.cache_context("pipeline"), torch.no_grad():
-            images = pipe(**kwargs).images
+            images = getattr(pipe(**kwargs), "images", None)
+        if images is None:
+            raise SpecError(f"{type(pipe).__name__} returned no images (a video pipeline?); the lab runs "
+                            f"text-to-image pipelines")
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started

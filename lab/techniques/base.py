@@ -87,6 +87,8 @@ class Technique:
     paper: ClassVar[str] = ""
     applies_to: ClassVar[tuple[str, ...]] = ("llm",)
     denoisers: ClassVar[tuple[str, ...]] = ()  # diffusion: denoiser architectures it works on ("dit", "unet"); () = any
+    # diffusion: denoiser classes of that architecture it is known to fail on, each with the reason
+    unsupported_denoisers: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -55,9 +55,10 @@ def _reuse_hook(call, interval: int):
             if call.step_index % interval == 0 or self.residuals is None:
                 out = self.fn_ref.original_forward(*args, **kwargs)
                 outs = out if isinstance(out, tuple) else (out,)
-                self.residuals = [o - i for o, i in zip(outs, inputs)]
+                # None: a stream the block no longer returns (SD3's last block drops the text stream)
+                self.residuals = [None if o is None else o - i for o, i in zip(outs, inputs)]
                 return out
-            reused = tuple(i + r for i, r in zip(inputs, self.residuals))
+            reused = tuple(None if r is None else i + r for i, r in zip(inputs, self.residuals))
             return reused if len(reused) > 1 else reused[0]
 
     return ResidualReuseHook()

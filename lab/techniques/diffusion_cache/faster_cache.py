@@ -36,6 +36,7 @@ class FasterCache(DiffusersCacheHook):
             is_guidance_distilled=not call.guidance_batched,
             current_timestep_callback=lambda: call.timestep,
             # the sampler passes [uncond; cond] by keyword; class_labels (digits) must be split with the batch, as
-            # must what a pipeline passes (diffusers' defaults); only the names a call carries are split
+            # must what a pipeline passes (diffusers' defaults, and SD3's pooled text); only the names a call
+            # carries are split
             _unconditional_conditional_input_kwargs_identifiers=[*_UNCOND_COND_INPUT_KWARGS_IDENTIFIERS,
-                                                                 "class_labels"])
+                                                                 "class_labels", "pooled_projections"])

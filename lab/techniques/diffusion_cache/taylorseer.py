@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lab.techniques.base import knob
 from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
@@ -19,6 +20,9 @@ class TaylorSeer(DiffusersCacheHook):
                "Taylor expansion over the step index (finite differences of the last computed outputs) instead "
                "of reusing them unchanged.")
     paper = "Liu et al. 2025, From Reusing to Forecasting: TaylorSeers (arXiv:2503.06923)"
+    unsupported_denoisers: ClassVar[dict[str, str]] = {
+        "SD3Transformer2DModel": "its last block returns no text stream (None), which diffusers 0.42's hook "
+                                 "cannot cache"}
 
     interval: int = knob(4, min=1, max=50, unit="steps",
                          help="Compute every this many steps after the warm-up; forecast the steps between.")
