@@ -88,6 +88,8 @@ def _cmd_techniques(_args) -> int:
         print(f"{name}  [{cls.family} / slot: {cls.slot}{fits}]  {cls.title}")
         print(f"    {cls.summary}")
         print(f"    paper: {cls.paper}")
+        for denoiser, reason in cls.unsupported_denoisers.items():
+            print(f"    not on {denoiser}: {reason}")
         for k in cls.knobs():
             unit = f" {k.unit}" if k.unit else ""
             print(f"    --{k.name}: {k.allowed()}{unit}, default {k.default!r}. {k.help}")
