@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lab.techniques.base import knob
-from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+from lab.techniques.diffusion_cache.hooked import DROPS_A_STREAM, DiffusersCacheHook
 
 
 @dataclass
@@ -15,9 +15,7 @@ class FirstBlockCache(DiffusersCacheHook):
                "threshold (relative mean absolute change since the last fully computed step), the other "
                "blocks are skipped and their cached residual is added instead.")
     paper = "Liu et al. 2024, TeaCache (arXiv:2411.19108); First Block Cache in ParaAttention / diffusers"
-    unsupported_denoisers: ClassVar[dict[str, str]] = {
-        "SD3Transformer2DModel": "its last block returns no text stream (None), which diffusers 0.42's hook "
-                                 "cannot cache"}
+    unsupported_denoisers: ClassVar[dict[str, str]] = DROPS_A_STREAM
 
     threshold: float = knob(0.1, min=0.0, max=2.0, unit="rel. change",
                             help="Skip the remaining blocks while the first block's residual changed less than "

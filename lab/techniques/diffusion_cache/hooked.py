@@ -11,6 +11,12 @@ from typing import ClassVar
 from lab.techniques.base import Technique
 
 
+# Denoisers whose last block returns None for a stream it no longer updates, which the block-level hooks of
+# diffusers 0.42 (first-block cache, TaylorSeer) try to cache and fail on
+DROPS_A_STREAM = {"SD3Transformer2DModel": "its last block returns no text stream (None), which diffusers 0.42's "
+                                           "hook cannot cache"}
+
+
 class DenoiserCache(Technique):
     """Base of the diffusion caching family: the denoiser slot, for the denoiser architectures named."""
     family: ClassVar[str] = "diffusion_cache"

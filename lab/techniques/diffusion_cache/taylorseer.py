@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lab.techniques.base import knob
-from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+from lab.techniques.diffusion_cache.hooked import DROPS_A_STREAM, DiffusersCacheHook
 
 # diffusers' default identifiers must end in "attn" and match nothing in DiT (its modules are attn1).
 # module names, matched whole (re.fullmatch); Flux adds single_transformer_blocks, its MLP is ff/ff_context
@@ -20,9 +20,7 @@ class TaylorSeer(DiffusersCacheHook):
                "Taylor expansion over the step index (finite differences of the last computed outputs) instead "
                "of reusing them unchanged.")
     paper = "Liu et al. 2025, From Reusing to Forecasting: TaylorSeers (arXiv:2503.06923)"
-    unsupported_denoisers: ClassVar[dict[str, str]] = {
-        "SD3Transformer2DModel": "its last block returns no text stream (None), which diffusers 0.42's hook "
-                                 "cannot cache"}
+    unsupported_denoisers: ClassVar[dict[str, str]] = DROPS_A_STREAM
 
     interval: int = knob(4, min=1, max=50, unit="steps",
                          help="Compute every this many steps after the warm-up; forecast the steps between.")
