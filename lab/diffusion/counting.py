@@ -5,9 +5,10 @@ on a *child* of a cached module fires exactly when real work happens. The units 
 - transformers (DiT, PixArt, Flux): each attention's to_q projection and each feed-forward's output layer;
 - UNet: each resnet and attention module of the down, mid and up blocks.
 Each unit counts the rows it processed, so FasterCache dropping the unconditional half of the guidance
-batch counts as half a unit. The rows entering the denoiser are counted too (a pre-hook on the model, which
-fires even when a cache replaces its forward): a pipeline decides its own guidance batching. The share is
-deterministic: no timing is involved.
+batch counts as half a unit. The whole is what the rows entering the denoiser would cost in every unit (a
+pre-hook on the model counts them, and fires even when a cache replaces its forward), so the lab's sampler
+and a pipeline, which decides its own guidance batching, are counted alike. The share is deterministic: no
+timing is involved.
 """
 from __future__ import annotations
 
@@ -49,10 +50,6 @@ class BlockCounter:
         for h in self._handles:
             h.remove()
         return False
-
-    def full_rows_per_step(self, rows: int) -> float:
-        """What one step computes with nothing cached: every unit over all `rows` of the call."""
-        return float(len(self.units) * rows)
 
     def shares_of_entering_rows(self) -> list[float]:
         """Per step, the share computed of what the rows that entered the denoiser would have cost."""

@@ -70,11 +70,7 @@ class DiffusionVariant:
                 result = self._pipeline_images([item.text for item in wanted], seed, counter.next_step)
             else:
                 result = sample(self.call, torch.tensor(wanted), seed, on_step=counter.next_step)
-        if self.pipeline is not None:  # the pipeline decides how it batches guidance: read what entered
-            per_step = counter.shares_of_entering_rows()
-        else:
-            rows = len(wanted) * (2 if self.call.uses_guidance else 1)
-            per_step = [c / counter.full_rows_per_step(rows) for c in counter.per_step]
+        per_step = counter.shares_of_entering_rows()
         # share of the *baseline's* work: fewer steps count as fewer blocks computed
         computed = sum(per_step) / self.baseline_steps
         return result, per_step, computed, mem

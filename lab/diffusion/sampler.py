@@ -5,8 +5,9 @@ diffusers' FasterCache assumes), and mixes them as eps = eps_u + g * (eps_c - ep
 unconditional half, so the call carries the conditional rows only.
 
 Techniques see one `DenoiserCall` per generation: the model, the step being computed and its timestep
-(diffusers' PAB/FasterCache read it through a callback), and `forward`, which a technique such as DeepCache
-may replace. Every model call goes through `forward` inside the model's cache context when it has one.
+(diffusers' PAB/FasterCache read it through a callback). Techniques hook the model itself (DeepCache too),
+so a diffusers pipeline's own loop reaches them as this sampler does. Every model call runs inside the
+model's cache context when it has one.
 """
 from __future__ import annotations
 
@@ -49,15 +50,12 @@ class DenoiserCall:
     model_name: str = ""
     step_index: int = 0
     timestep: int = 999
-    forward: object = None  # (x, t, labels) -> eps; techniques may replace it
     info: dict = field(default_factory=dict)  # what a technique reports about the run (e.g. calibration)
     run_uncached: object = None  # (seed) -> None: one plain generation (a pipeline's; MagCache calibrates on it)
     guidance_batch: bool | None = None  # a pipeline's [uncond; cond] batching, when it differs from ours
 
     def __post_init__(self):
         self.architecture = architecture_of(self.model)
-        if self.forward is None:
-            self.forward = self.plain_forward
 
     @property
     def uses_guidance(self) -> bool:
@@ -68,7 +66,7 @@ class DenoiserCall:
         """Whether each denoiser call carries [uncond; cond] halves (what FasterCache splits)."""
         return self.uses_guidance if self.guidance_batch is None else self.guidance_batch
 
-    def plain_forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.architecture == "unet":
             return self.model(x, t, class_labels=labels).sample
         # keyword arguments only: FasterCache splits the guidance batch by argument name

@@ -89,7 +89,7 @@ def calibrate(call) -> list[float]:
             if call.run_uncached is not None:
                 call.run_uncached(CALIBRATION_SEED)
             else:
-                sample(dataclasses.replace(call, forward=None, info={}), torch.arange(10), seed=CALIBRATION_SEED)
+                sample(dataclasses.replace(call, info={}), torch.arange(10), seed=CALIBRATION_SEED)
     finally:
         model.disable_cache()
     return ratios
