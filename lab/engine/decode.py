@@ -95,6 +95,8 @@ class Engine:
         self.slots = {t.slot: t for t in self.techniques}
         if "denoiser" in self.slots:
             raise ValueError(f"technique '{self.slots['denoiser'].name}' is for diffusion models, not an LLM")
+        for t in self.techniques:  # refuse before the run what cannot attach to this model
+            t.check_model(model)
         if "weights" in self.slots:
             model = self.slots["weights"].transform_weights(model)
         self.model = model
@@ -202,17 +204,28 @@ class Engine:
     def continuation_nll(self, prefix_ids: list[int], continuation_ids: list[int]) -> tuple[float, int]:
         """Negative log-likelihood of a continuation given a prefix that the cache technique may compress.
 
-        The prefix is prefilled (and compressed, as a context would be); the continuation is then scored
-        teacher-forced in one forward that attends to what the cache kept.
+        The prefix is prefilled (and compressed, as a context would be). The continuation is then scored
+        teacher-forced: in one forward that attends to what the cache kept, or, when the cache technique also
+        compresses while decoding, one token at a time, so the score sees every decode-time prune.
         """
         cache = self.new_cache()
+        cont = torch.tensor([continuation_ids], device=self.device)
         with self._prepared(cache):
             last = self.forward(torch.tensor([prefix_ids], device=self.device), cache, 0)[:, -1]
-            cont = torch.tensor([continuation_ids], device=self.device)
-            rest = self.forward(cont[:, :-1], cache, len(prefix_ids), logits_to_keep=0)
+            if self.compresses_while_decoding:
+                start = len(prefix_ids)
+                steps = [self.forward(cont[:, i:i + 1], cache, start + i) for i in range(cont.shape[1] - 1)]
+                rest = torch.cat(steps, dim=1) if steps else last[:, None][:, :0]
+            else:
+                rest = self.forward(cont[:, :-1], cache, len(prefix_ids), logits_to_keep=0)
         logits = torch.cat([last[:, None], rest], dim=1)[0].float()
         nll = torch.nn.functional.cross_entropy(logits, cont[0], reduction="sum")
         return float(nll), len(continuation_ids)
+
+    @property
+    def compresses_while_decoding(self) -> bool:
+        cache = self.slots.get("cache")
+        return bool(cache is not None and getattr(cache, "compress_every", 0))
 
     @torch.inference_mode()
     def generate_hf(self, prompt_ids: list[int], settings: GenerationSettings) -> Generation:

@@ -132,6 +132,10 @@ class Technique:
     def check_spec(self, spec: dict) -> None:
         """Checks against the rest of the experiment (e.g. fewer steps than the baseline); raise SpecError."""
 
+    def check_model(self, model) -> None:
+        """Checks against the loaded model, before anything runs (e.g. that the hooks find what they attach to);
+        raise SpecError naming the reason. A technique that cannot attach must refuse, never silently do nothing."""
+
     def conflicts_with(self, other: "Technique") -> str | None:
         """Why this technique cannot run together with `other` (None when it can)."""
         return None

@@ -1,5 +1,10 @@
 """Post-attention hooks that apply a KVPress to a transformers DynamicCache, layer by layer.
 
+The cache is kept in text order: after a prune the kept tokens stay in the order they were written, so slot i
+always holds an older token than slot i+1. Methods that reason about position by slot (StreamingLLM's sinks,
+H2O's and Scissorhands' recent window, SnapKV's pooling over neighbours) stay right across decode-time
+prunes; attention itself is order-free over keys (RoPE is already in them), so the outputs do not depend on it.
+
 torch is imported inside the functions: every module under lab/techniques is imported to register the
 techniques, and pages do that without loading torch.
 """
@@ -14,7 +19,8 @@ class PressTracker:
     """Per-generation state: tokens seen per layer, and tensors aligned with the held tokens.
 
     `state[layer]["positions"]` holds the original position of every held token per KV head, so the lab can
-    show which tokens a method kept; any other aligned tensor a press adds is gathered along with it.
+    show which tokens a method kept; any other tensor a press adds whose last dimension is the held tokens
+    (accumulated attention, a history of importance flags) is gathered along with it.
     """
 
     def __init__(self):
@@ -26,10 +32,15 @@ class PressTracker:
         return {layer: s["positions"] for layer, s in self.state.items()}
 
 
-def _attention_modules(model):
-    for module in model.modules():
-        if hasattr(module, "layer_idx") and hasattr(module, "o_proj"):
-            yield module
+def attention_modules(model) -> list:
+    """The attention modules the hooks attach to: Llama-style, with a layer index and q/k/v/o projections."""
+    return [m for m in model.modules()
+            if hasattr(m, "layer_idx") and all(hasattr(m, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))]
+
+
+def keep_in_text_order(scores, budget: int):
+    """Indices [b, kv_heads, budget] of the `budget` best tokens per head, ascending (= text order)."""
+    return scores.topk(budget, dim=-1).indices.sort(dim=-1).values
 
 
 def _prune(layer, state: dict, indices) -> None:
@@ -39,8 +50,25 @@ def _prune(layer, state: dict, indices) -> None:
     layer.keys = layer.keys.gather(2, idx).contiguous()
     layer.values = layer.values.gather(2, idx).contiguous()
     for name, tensor in state.items():
-        if tensor.shape[-1] == held:  # aligned with the held tokens (positions, accumulated scores, ...)
-            state[name] = tensor.gather(2, indices)
+        if tensor.shape[-1] == held:  # aligned with the held tokens along its last dimension
+            extra = tensor.shape[2:-1]  # e.g. the rows of a history: [b, kv_heads, rows, held]
+            gather = indices.view(*indices.shape[:2], *(1,) * len(extra), -1).expand(*tensor.shape[:-1], -1)
+            state[name] = tensor.gather(-1, gather)
+
+
+def _budget(press, tracker: PressTracker, layer_idx: int, held: int, q_len: int, first: bool) -> int | None:
+    """How many tokens to keep now, or None when this forward does not compress."""
+    if press.compression_ratio == 0:
+        return None
+    if first:
+        return n_kept(held, press.compression_ratio)
+    if not press.compress_every or q_len != 1:
+        return None
+    tracker.decode_steps[layer_idx] = tracker.decode_steps.get(layer_idx, 0) + 1
+    if tracker.decode_steps[layer_idx] % press.compress_every:
+        return None
+    budget = n_kept(tracker.seen[layer_idx], press.compression_ratio)
+    return budget if held > budget else None
 
 
 def _hook(press, tracker: PressTracker):
@@ -61,21 +89,11 @@ def _hook(press, tracker: PressTracker):
         state["positions"] = new_pos if first else torch.cat([state["positions"], new_pos], dim=-1)
         attentions = output[1] if isinstance(output, tuple) and len(output) > 1 else None
         press.observe(state, module, attentions)
-        if press.compression_ratio == 0:
-            return output
-        if first:
-            budget = n_kept(held, press.compression_ratio)
-        elif press.compress_every and q_len == 1:
-            tracker.decode_steps[layer_idx] = tracker.decode_steps.get(layer_idx, 0) + 1
-            if tracker.decode_steps[layer_idx] % press.compress_every:
-                return output
-            budget = n_kept(tracker.seen[layer_idx], press.compression_ratio)
-            if held <= budget:
-                return output
-        else:
+        budget = _budget(press, tracker, layer_idx, held, q_len, first)
+        if budget is None:
             return output
         scores = press.score(module, hidden, layer.keys, layer.values, attentions, {**kwargs, "state": state})
-        indices = scores.topk(budget, dim=-1).indices  # kvpress keeps the top-k in score order
+        indices = keep_in_text_order(scores, budget)
         press.evict(layer, state, indices)
         _prune(layer, state, indices)
         return output
@@ -85,7 +103,7 @@ def _hook(press, tracker: PressTracker):
 @contextlib.contextmanager
 def attach_press(press, model, cache):
     tracker = PressTracker()
-    modules = list(_attention_modules(model))
+    modules = attention_modules(model)
     handles = [m.register_forward_hook(_hook(press, tracker), with_kwargs=True) for m in modules]
     for m in modules:
         m.lab_want_weights = press.needs_decode_weights

@@ -14,7 +14,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lab.techniques.base import Technique, knob
+from lab.techniques.base import SpecError, Technique, knob
 
 
 def n_kept(n: int, ratio: float) -> int:
@@ -36,6 +36,7 @@ class KVPress(Technique):
     family = "kv_cache"
     slot = "cache"
     needs_attention_weights: ClassVar[bool] = False  # attention weights (the eager-with-weights path)
+    recomputes_queries: ClassVar[bool] = False  # scores from queries rebuilt from q_proj + RoPE (SnapKV, TOVA)
 
     compression_ratio: float = knob(0.5, min=0.0, max=0.95, unit="fraction",
                                     help="Share of the KV pairs to evict per head (0 keeps everything).")
@@ -59,6 +60,12 @@ class KVPress(Technique):
         """Called with the kept indices just before the other tokens are dropped (MiKV demotes them)."""
 
     # --- slot protocol -----------------------------------------------------------------------------
+    def check_model(self, model) -> None:
+        from lab.techniques.kv_cache.hooks import attention_modules
+        reason = unsupported_attention(model, attention_modules(model), self)
+        if reason:
+            raise SpecError(f"technique '{self.name}' cannot run on {type(model).__name__}: {reason}")
+
     def make_cache(self, model):
         from transformers import DynamicCache
         return DynamicCache(config=model.config)
@@ -75,3 +82,31 @@ class KVPress(Technique):
         from lab.techniques.kv_cache.hooks import attach_press
         with attach_press(self, model, cache) as tracker:
             yield tracker
+
+
+def unsupported_attention(model, modules: list, press: KVPress) -> str | None:
+    """Why the hooks cannot apply `press` faithfully to this model's attention (None when they can).
+
+    The hooks and the weight-returning path reproduce Llama-style full attention; anything else would either
+    leave the cache untouched (no module found: the variant would silently be the baseline) or score tokens
+    with an attention the model does not compute.
+    """
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = getattr(config, "num_hidden_layers", None)
+    if not modules or (layers is not None and len(modules) != layers):
+        return (f"the KV hooks attach to Llama-style attention modules (layer_idx and q_proj/k_proj/v_proj/o_proj) "
+                f"and found {len(modules)} for {layers} layers; supported: Llama-style models (SmolLM2, Llama, "
+                f"Qwen2, Mistral without sliding window)")
+    sliding = "sliding_attention" in (getattr(config, "layer_types", None) or []) or (
+        getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
+    if sliding:
+        return ("its sliding-window attention layers already drop old tokens from their cache, so eviction "
+                "positions would not match; supported: full-attention models")
+    scores_attention = press.needs_attention_weights or press.recomputes_queries
+    if scores_attention and getattr(config, "attn_logit_softcapping", None):
+        return ("it caps attention logits (attn_logit_softcapping), which the lab's weight-returning attention "
+                "does not reproduce; use knorm or streaming_llm")
+    if press.recomputes_queries and any(hasattr(m, "q_norm") for m in modules):
+        return ("its attention normalises queries (q_norm), which the lab's query recomputation does not "
+                "reproduce; use knorm or streaming_llm")
+    return None

@@ -8,12 +8,27 @@ from lab.techniques.base import knob
 from lab.techniques.kv_cache.press import KVPress, protect_recent
 
 
+def importance_rows(attentions, kv_heads: int, k_len: int):
+    """For each query of this forward, which held keys it found important: [b, kv_heads, q, k_len] counts.
+
+    A key is important for a query when it gets more than the uniform share 1/visible of that query's
+    attention (the paper's "attended above average"); query heads are summed into their KV head (GQA).
+    """
+    import torch
+    b, heads, q_len, _ = attentions.shape
+    rows = torch.arange(q_len, device=attentions.device)
+    visible = (k_len - q_len + rows + 1).float()[None, None, :, None]  # a causal query sees the keys up to itself
+    important = (attentions.float() * visible > 1.0).float()
+    return important.view(b, kv_heads, heads // kv_heads, q_len, k_len).sum(2)
+
+
 @dataclass
 class Scissorhands(KVPress):
     name = "scissorhands"
     title = "Scissorhands (persistence of importance)"
-    summary = ("Counts, over the last `history` queries, how often each token got more than the average "
-               "attention; keeps the most often important tokens and always the recent window.")
+    summary = ("Counts, over the last `history` queries (prompt and generated tokens alike), how often each "
+               "token got more than the average attention; keeps the most often important tokens and always "
+               "the recent window.")
     paper = ("Liu et al., Scissorhands: Exploiting the Persistence of Importance Hypothesis for LLM KV Cache "
              "Compression at Test Time, NeurIPS 2023 (arXiv:2305.17118)")
     needs_attention_weights = True
@@ -21,13 +36,23 @@ class Scissorhands(KVPress):
     history: int = knob(64, min=1, max=4096, unit="queries", help="Recent queries whose attention is counted.")
     window: int = knob(16, min=0, max=4096, unit="tokens", help="Most recent tokens always kept.")
 
-    def score(self, module, hidden_states, keys, values, attentions, kwargs):
+    def observe(self, state, module, attentions):
+        """Append this forward's importance rows to the history, keeping the last `history` queries.
+
+        state['history'] is [b, kv_heads, rows, held]: aligned with the held tokens along its last dimension,
+        so a prune gathers it with the cache. Tokens new in this forward were invisible to older queries (0).
+        """
+        if attentions is None:
+            return
         import torch
-        b, kv_heads, k_len, _ = keys.shape
-        recent = attentions[..., -self.history:, :].float()  # [b, heads, h, k_len]
-        q_len = attentions.shape[-2]
-        # a query at absolute row i sees (k_len - q_len + i + 1) keys; "important" = above the uniform share
-        rows = torch.arange(q_len - recent.shape[-2], q_len, device=keys.device)
-        visible = (k_len - q_len + rows + 1).float()[None, None, :, None]
-        counts = (recent * visible > 1.0).float().sum(dim=2)  # [b, heads, k_len]
-        return protect_recent(counts.view(b, kv_heads, -1, k_len).sum(2), self.window)
+        k_len = attentions.shape[-1]
+        rows = importance_rows(attentions[..., -self.history:, :], module.config.num_key_value_heads, k_len)
+        past = state.get("history")
+        if past is not None:
+            past = torch.nn.functional.pad(past, (0, k_len - past.shape[-1]))
+            rows = torch.cat([past, rows], dim=2)[:, :, -self.history:]
+        state["history"] = rows
+
+    def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        counts = kwargs["state"]["history"].sum(dim=2)  # [b, kv_heads, held]
+        return protect_recent(counts, self.window)

@@ -37,6 +37,7 @@ class SnapKV(KVPress):
     summary = ("The last window_size tokens of the context vote, by their attention, for the earlier tokens "
                "to keep; votes are smoothed by average pooling and averaged over each KV head's query group.")
     paper = "Li et al., SnapKV: LLM Knows What You are Looking for Before Generation, 2024 (arXiv:2404.14469)"
+    recomputes_queries = True  # sdpa returns no weights: the window's queries are rebuilt from q_proj + RoPE
 
     window_size: int = knob(64, min=1, max=1024, unit="tokens", help="Observation window at the context's end.")
     kernel_size: int = knob(5, min=1, max=63, unit="tokens", help="Average-pooling width over the votes (odd).")

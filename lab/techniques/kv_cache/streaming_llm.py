@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.kv_cache.press import KVPress, n_kept
+from lab.techniques.kv_cache.press import KVPress
 
 
 @dataclass
@@ -19,9 +19,10 @@ class StreamingLLM(KVPress):
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
         import torch
-        # as kvpress: ones everywhere, zeros on the n_pruned tokens right after the sinks
-        k_len = keys.shape[2]
-        n_pruned = k_len - n_kept(k_len, self.compression_ratio)
-        scores = torch.ones_like(keys[..., 0])
-        scores[:, :, self.n_sink:self.n_sink + n_pruned] = 0
+        # The cache is in text order, so slot order is recency: rank by slot, sinks above everything. After
+        # the prefill this keeps what kvpress keeps (the sinks and the last n_kept - n_sink tokens); at a
+        # decode-time prune it keeps the sinks and the most recent tokens of whatever budget the hook asks for.
+        b, h, k_len, _ = keys.shape
+        scores = torch.arange(k_len, dtype=torch.float32, device=keys.device).expand(b, h, k_len).clone()
+        scores[..., :self.n_sink] += 2 * k_len
         return scores

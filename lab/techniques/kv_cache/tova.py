@@ -15,6 +15,7 @@ class TOVA(KVPress):
                "the same ranking applies to every KV head.")
     paper = "Oren et al., Transformers are Multi-State RNNs, 2024 (arXiv:2401.06104)"
     needs_attention_weights = True
+    recomputes_queries = True  # a single-token forward without weights rebuilds the query from q_proj + RoPE
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
         import torch.nn.functional as F
