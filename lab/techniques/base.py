@@ -6,6 +6,7 @@ declarations; nothing here imports torch, so pages can build forms without loadi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,22 +52,46 @@ class KnobInfo:
         where = f"technique '{technique}', knob '{self.name}'"
         if self.type is bool:
             if not isinstance(value, bool):
-                raise SpecError(f"{where}: expected true or false, got {value!r}")
+                raise SpecError(f"{where}: expected true or false, got {shown(value)}")
             return value
         if self.type in (int, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if self.type is int and ok and float(value) != int(value):
-                ok = False
-            if not ok:
-                raise SpecError(f"{where}: expected {self.allowed()}, got {value!r}")
-            value = self.type(value)
+            value = self._number(where, value)
         elif not isinstance(value, self.type):
-            raise SpecError(f"{where}: expected {self.allowed()}, got {value!r}")
+            raise SpecError(f"{where}: expected {self.allowed()}, got {shown(value)}")
         if self.choices is not None and value not in self.choices:
-            raise SpecError(f"{where}: {value!r} is not allowed; expected {self.allowed()}")
+            raise SpecError(f"{where}: {shown(value)} is not allowed; expected {self.allowed()}")
         if self.min is not None and value < self.min or self.max is not None and value > self.max:
-            raise SpecError(f"{where}: {value!r} is out of range; expected {self.allowed()}")
+            raise SpecError(f"{where}: {shown(value)} is out of range; expected {self.allowed()}")
         return value
+
+    def _number(self, where: str, value: Any) -> int | float:
+        """A number of the knob's type. NaN and infinities are refused here: they pass every range comparison
+        (and int() of them raises), so they would otherwise slip through or crash validation."""
+        ok = not isinstance(value, bool) and (isinstance(value, int) or
+                                              isinstance(value, float) and math.isfinite(value))
+        if ok and self.type is int and isinstance(value, float) and not value.is_integer():
+            ok = False
+        try:
+            if ok:
+                return self.type(value)
+        except OverflowError:  # an int too large for a float
+            pass
+        raise SpecError(f"{where}: expected {self.allowed()}, got {shown(value)}")
+
+
+def named(text: str, limit: int = 80) -> str:
+    """A user's name as a message shows it: as typed when short and printable, else as shown() gives it, so
+    an error stays one line."""
+    return text if text.isprintable() and len(text) <= limit else shown(text, limit)
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message shows it: its repr, on one line, cut to `limit` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -112,7 +137,7 @@ class Technique:
     def from_params(cls, params: dict) -> "Technique":
         """Build from user params, validating every knob; unknown knobs are refused by name."""
         knobs = {k.name: k for k in cls.knobs()}
-        unknown = sorted(set(params) - set(knobs))
+        unknown = sorted(named(str(p)) for p in params if p not in knobs)  # str(): a Python caller's keys
         if unknown:
             raise SpecError(f"technique '{cls.name}': unknown knob(s) {', '.join(unknown)}; "
                             f"its knobs are: {', '.join(knobs) or '(none)'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from lab.techniques.base import SLOTS, SpecError
+from lab.techniques.base import SLOTS, SpecError, shown
 
 _REGISTRY: dict[str, type] = {}
 _discovered = False
@@ -38,8 +38,8 @@ def all_techniques() -> dict[str, type]:
 
 def get(name: str) -> type:
     techniques = all_techniques()
-    if name not in techniques:
-        raise SpecError(f"unknown technique '{name}'; registered techniques: {', '.join(techniques)}")
+    if not isinstance(name, str) or name not in techniques:  # a list name would make the lookup itself raise
+        raise SpecError(f"unknown technique {shown(name)}; registered techniques: {', '.join(techniques)}")
     return techniques[name]
 
 
@@ -49,17 +49,26 @@ def build(entries: list[dict], model_kind: str = "llm") -> list:
     Composition is checked here, before any run: one technique per slot, the model kind must fit, and
     pairwise conflicts declared by the techniques themselves are refused with their reason.
     """
+    if not isinstance(entries, list):
+        raise SpecError(f"techniques: expected a list of tables, got {shown(entries)}")
     built = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "name" not in entry:
-            raise SpecError(f"technique #{i + 1}: expected a table with a 'name' field, got {entry!r}")
+            raise SpecError(f"technique #{i + 1}: expected a table with a 'name' field, got {shown(entry)}")
+        if not isinstance(entry["name"], str):
+            raise SpecError(f"technique #{i + 1}, field 'name': expected a string, one of: "
+                            f"{', '.join(all_techniques())}; got {shown(entry['name'])}")
         params = {k: v for k, v in entry.items() if k != "name"}
         cls = get(entry["name"])
         if model_kind not in cls.applies_to:
             raise SpecError(f"technique '{cls.name}' applies to {', '.join(cls.applies_to)} models, "
                             f"not to a {model_kind} model")
         technique = cls.from_params(params)
-        technique.check()
+        try:
+            technique.check()
+        except OSError as e:  # a knob naming a path the OS cannot take (too long, unreadable) is the knob's error
+            raise SpecError(f"technique '{cls.name}': a knob names a file or folder that cannot be read "
+                            f"({e.strerror or type(e).__name__})") from None
         built.append(technique)
     by_slot: dict[str, object] = {}
     for t in built:
