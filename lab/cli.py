@@ -1,4 +1,4 @@
-"""python -m lab {run, list, show, techniques, models, worker, cancel}"""
+"""python -m lab {run, list, show, techniques, models, prepare, worker, cancel} (and _run-job, internal)"""
 from __future__ import annotations
 
 import argparse
@@ -17,18 +17,27 @@ def _cmd_run(args) -> int:
         exp_id, job_id = jobs.submit(spec)
         queued.append((exp_id, job_id))
         print(f"queued experiment {exp_id} ({spec['name']}) as job {job_id}")
-    jobs.ensure_worker(idle_exit=60.0 if args.wait else 600.0)
+    if jobs.autostart_enabled():
+        jobs.ensure_worker(idle_exit=60.0 if args.wait else 600.0)
+    elif not jobs.worker_alive():
+        print(jobs.NO_WORKER_HINT, file=sys.stderr, flush=True)
     if not args.wait:
         return 0
     status = 0
-    for exp_id, job_id in queued:
-        status = max(status, _wait(job_id, exp_id))
+    try:
+        for exp_id, job_id in queued:
+            status = max(status, _wait(job_id, exp_id))
+    except KeyboardInterrupt:  # stop waiting, not the jobs: they stay queued (or running) in the store
+        ids = ", ".join(str(job_id) for _, job_id in queued)
+        print(f"\nstopped waiting; job(s) {ids} stay in the queue. See them with `python -m lab list`, "
+              f"stop one with `python -m lab cancel <job>`.", file=sys.stderr)
+        return 130
     return status
 
 
 def _wait(job_id: int, exp_id: int) -> int:
     from lab import jobs
-    last = ""
+    last, hinted = "", False
     while True:
         job = jobs.get_job(job_id)
         line = f"[{job.progress * 100:5.1f}%] {job.message}"
@@ -37,13 +46,36 @@ def _wait(job_id: int, exp_id: int) -> int:
             last = line
         if job.status in ("done", "failed", "cancelled"):
             break
-        if not jobs.worker_alive():
-            jobs.ensure_worker(idle_exit=60.0)
+        if job.status == "queued" and not jobs.worker_alive():
+            if jobs.autostart_enabled():
+                jobs.ensure_worker(idle_exit=60.0)
+            elif not hinted:  # say it once per wait, then keep waiting for the user's worker
+                print(jobs.NO_WORKER_HINT + " Waiting; Ctrl-C stops waiting and leaves the job queued.",
+                      file=sys.stderr, flush=True)
+                hinted = True
+        elif job.status == "running":
+            hinted = False
         time.sleep(0.5)
     if job.status != "done":
         print(f"job {job_id} {job.status}: {job.error or job.message}", file=sys.stderr)
         return 1
     return _show(exp_id)
+
+
+def _load_lines(exp) -> list[str]:
+    """The machine's load during the run, and a warning when it was busy enough to distort the timings."""
+    from lab.machine_load import busy_reason
+    env = exp.runs[0].environment
+    lines = []
+    if env.get("other_cpu_share") is not None or env.get("load_avg_max") is not None:
+        share = env.get("other_cpu_share")
+        others = f"{share:.0%}" if share is not None else "unknown"
+        lines.append(f"machine load: other processes used {others} of the CPU time of {env.get('cores')} cores; "
+                     f"load average {env.get('load_avg_start')} at the start, up to {env.get('load_avg_max')}")
+    reason = next((r for run in exp.runs if (r := busy_reason(run.environment or {}))), None)
+    if reason:
+        lines.append(f"WARNING: measured on a busy machine: {reason}; timings may be wrong")
+    return lines
 
 
 def _show(exp_id: int) -> int:
@@ -59,6 +91,8 @@ def _show(exp_id: int) -> int:
         print(f"device={env.get('device')} ({env.get('device_name')})  threads={env.get('threads')}  "
               f"torch={env.get('torch')}  transformers={env.get('transformers')}  commit={env.get('lab_commit')}  "
               f"spec={env.get('spec_hash')}")
+        for line in _load_lines(exp):
+            print(line)
         print()
         print(results.text_table(results.summary_rows(exp)))
         print("\nmedian (p10–p90) over n samples; speedup is paired against the baseline in the same process")
@@ -117,6 +151,11 @@ def _cmd_worker(args) -> int:
     return 0
 
 
+def _cmd_run_job(args) -> int:
+    from lab.jobs import run_job_child
+    return run_job_child(args.job)
+
+
 def _cmd_cancel(args) -> int:
     from lab.jobs import cancel
     print(f"job {args.job}: {cancel(args.job)}")
@@ -126,9 +165,15 @@ def _cmd_cancel(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description="Efficiency Lab command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="queue an experiment spec (TOML)")
+    p = sub.add_parser("run", help="queue an experiment spec (TOML) and start a worker if none is running",
+                       description="Queue an experiment spec (TOML). A worker is started when none is alive, "
+                                   "unless LAB_WORKER_AUTOSTART=0: then the job waits in the queue until you "
+                                   "start one (`python -m lab worker`). Jobs on one device run one at a time.")
     p.add_argument("spec")
-    p.add_argument("--wait", action="store_true", help="wait for it and print the results table")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for it and print the results table. With LAB_WORKER_AUTOSTART=0 and no worker "
+                        "running it says so and keeps waiting for one; Ctrl-C stops waiting and leaves the "
+                        "job queued")
     p.set_defaults(func=_cmd_run)
     sub.add_parser("list", help="recent experiments").set_defaults(func=_cmd_list)
     p = sub.add_parser("show", help="results of one experiment")
@@ -141,9 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run queued jobs")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.set_defaults(func=_cmd_worker)
-    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p = sub.add_parser("cancel", help="cancel a queued or running job (a running one stops within seconds)")
     p.add_argument("job", type=int)
     p.set_defaults(func=_cmd_cancel)
+    p = sub.add_parser("_run-job")  # internal: the process a worker runs one job in (no help: not listed)
+    p.add_argument("job", type=int)
+    p.set_defaults(func=_cmd_run_job)
+    sub.metavar = "{" + ",".join(c for c in sub.choices if not c.startswith("_")) + "}"
     args = parser.parse_args(argv)
     try:
         return args.func(args)

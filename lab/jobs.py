@@ -1,14 +1,25 @@
-"""The job queue (in the store) and the worker process that runs it.
+"""The job queue (in the store), the worker process that runs it, and the device leases that keep runs apart.
 
 A page or the CLI submits a validated spec: the experiment and its job are written in one transaction.
-A worker (`python -m lab worker`) claims queued jobs one at a time, runs them, and heartbeats. A job whose
-worker died is marked failed with the reason by whoever looks next (the worker, the page, the CLI), so
-nothing stays "running" forever; its results are never half-written because they are saved in one
-transaction at the end.
+A worker (`python -m lab worker`) claims queued jobs one at a time. Before it claims a job it takes the lease
+of the job's device (a row in `leases`, keyed "cpu:<host>" or "cuda:<host>:<index>"), so however many
+workers run, one job measures on a device at a time; the others leave their jobs queued until the lease is
+free. Timings taken side by side on shared cores would be wrong, and nothing would say so.
+
+Each job runs in a child process (`python -m lab _run-job <id>`: a fresh interpreter, since torch threads and
+fork do not mix) that executes the spec and saves all its results in one transaction. The worker stays light:
+it heartbeats, watches the job's cancel flag and its own stop signal, and kills the child within seconds on
+either, even in the middle of a long forward pass that reaches no progress point. A job whose worker died is
+marked failed with the reason by whoever looks next (a worker, the page, the CLI), so nothing stays
+"running" forever, and its lease is freed.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
+import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,17 +27,31 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import timedelta
+from functools import cache
+from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from lab import store
 from lab.paths import ROOT, data_dir
-from lab.store import Experiment, Job, Worker, utcnow
+from lab.store import Experiment, Job, Lease, Run, Worker, utcnow
 
 HEARTBEAT_S = 2.0
 STALE_S = 30.0  # a heartbeat older than this means the worker is gone (checked by pid first where we can)
+LEASE_GRACE_S = 10.0  # a lease whose job is no longer running is free after this (covers a failed release)
+WATCH_S = 0.5  # how often the worker looks at its child, the cancel flag and its stop signal
+KILL_AFTER_S = 3.0  # SIGTERM first (lets the child's interpreter exit); SIGKILL if it is still there after this
 HOST = socket.gethostname()
+NO_WORKER_HINT = ("no worker is running and LAB_WORKER_AUTOSTART=0, so none was started: the job waits in the "
+                  "queue until one runs. Start one with `python -m lab worker` (in another terminal).")
+
+
+def autostart_enabled() -> bool:
+    """LAB_WORKER_AUTOSTART=0 means: never start a worker on the user's behalf (the CLI and the pages)."""
+    return os.environ.get("LAB_WORKER_AUTOSTART", "1") != "0"
 
 
 # --- submitting and inspecting -----------------------------------------------------------------------
@@ -55,16 +80,50 @@ def job_for_experiment(experiment_id: int) -> Job | None:
 
 
 def cancel(job_id: int) -> str:
-    """Cancel a queued job at once; ask a running one to stop at its next progress point."""
+    """Cancel a queued job at once; a running one is flagged and its worker kills its process within seconds."""
     with store.session() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise LookupError(f"no job with id {job_id}")
-        if job.status == "queued":
-            _finish(s, job, "cancelled", None, "cancelled before it started")
-        elif job.status == "running":
-            job.cancel_requested = True
-        return job.status
+        status = job.status
+    if status == "queued" and _finish_if(job_id, "queued", "cancelled", None, "cancelled before it started"):
+        return "cancelled"
+    if status in ("queued", "running"):  # a queued job claimed in between is running now: flag it
+        with store.session() as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True))
+    with store.session() as s:
+        return s.get(Job, job_id).status
+
+
+def _finish_if(job_id: int, expected: str, status: str, error: str | None, message: str) -> bool:
+    """Record a job's outcome unless someone else already moved it on (compare-and-set on its status)."""
+    now = utcnow()
+    values = dict(status=status, error=error, message=message, finished_at=now)
+    if status == "done":
+        values["progress"] = 1.0
+    with store.session() as s:
+        if not s.execute(update(Job).where(Job.id == job_id, Job.status == expected).values(**values)).rowcount:
+            return False
+        exp_id = s.scalar(select(Job.experiment_id).where(Job.id == job_id))
+        s.execute(update(Experiment).where(Experiment.id == exp_id).values(status=status, finished_at=now))
+        return True
+
+
+def _requeue_if_running(job_id: int, message: str) -> bool:
+    """Put a running job back in the queue, untouched: the next worker runs it from the start."""
+    with store.session() as s:
+        if not s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
+                status="queued", worker_id=None, progress=0.0, started_at=None, message=message)).rowcount:
+            return False
+        exp_id = s.scalar(select(Job.experiment_id).where(Job.id == job_id))
+        s.execute(update(Experiment).where(Experiment.id == exp_id).values(status="queued"))
+        return True
+
+
+def _has_runs(job_id: int) -> bool:
+    with store.session() as s:
+        exp_id = s.scalar(select(Job.experiment_id).where(Job.id == job_id))
+        return bool(s.scalar(select(exists().where(Run.experiment_id == exp_id))))
 
 
 # --- liveness ------------------------------------------------------------------------------------------
@@ -91,20 +150,34 @@ def _worker_dead(w: Worker, now) -> bool:
 
 
 def reap_dead() -> int:
-    """Mark running jobs of dead workers as failed, with the reason. Returns how many were reaped."""
+    """Mark running jobs of dead workers as failed, with the reason, and free their leases.
+    Returns how many jobs were reaped. Writes only when something is dead (pages and CLIs call it often)."""
     now, reaped = utcnow(), 0
     with store.session() as s:
-        for job in s.scalars(select(Job).where(Job.status == "running")):
-            w = s.get(Worker, job.worker_id) if job.worker_id else None
-            if w is None or _worker_dead(w, now):
-                pid = w.pid if w else "?"
-                since = job.heartbeat_at.strftime("%H:%M:%S") if job.heartbeat_at else "never"
-                _finish(s, job, "failed", f"the worker (pid {pid}) died while running this job; last heartbeat "
-                                          f"{since} UTC. No results were stored; submit it again.", "worker died")
-                reaped += 1
-        for w in s.scalars(select(Worker).where(Worker.stopped.is_(False))):
-            if _worker_dead(w, now):
-                w.stopped = True
+        # leases first: a worker registers before it takes a lease, so every holder read here is found below
+        held = list(s.scalars(select(Lease)))
+        running = list(s.scalars(select(Job).where(Job.status == "running")))
+        ids = {lease.worker_id for lease in held} | {job.worker_id for job in running if job.worker_id}
+        workers = {w.id: w for w in s.scalars(select(Worker).where(
+            (Worker.stopped.is_(False)) | (Worker.id.in_(ids))))}
+    dead = {wid for wid in ids if wid not in workers or _worker_dead(workers[wid], now)}
+    for job in running:
+        if job.worker_id is None or job.worker_id in dead:
+            w = workers.get(job.worker_id)
+            pid = w.pid if w else "?"
+            since = job.heartbeat_at.strftime("%H:%M:%S") if job.heartbeat_at else "never"
+            reaped += _finish_if(job.id, "running", "failed",
+                                 f"the worker (pid {pid}) died while running this job; last heartbeat {since} "
+                                 f"UTC. No results were stored; submit it again.", "worker died")
+    newly_dead = [w.id for w in workers.values() if not w.stopped and _worker_dead(w, now)]
+    stale = [lease for lease in held if lease.worker_id in dead]
+    if newly_dead or stale:
+        with store.session() as s:
+            if newly_dead:
+                s.execute(update(Worker).where(Worker.id.in_(newly_dead)).values(stopped=True))
+            for lease in stale:  # compare-and-set: a live worker may have taken it over meanwhile
+                s.execute(delete(Lease).where(Lease.resource == lease.resource,
+                                              Lease.worker_id == lease.worker_id))
     return reaped
 
 
@@ -115,40 +188,178 @@ def worker_alive() -> bool:
 
 
 def ensure_worker(idle_exit: float = 600.0) -> bool:
-    """Start a detached worker process when none is alive. Returns True if one was started."""
-    reap_dead()
-    if worker_alive():
-        return False
-    log = open(data_dir() / "worker.log", "ab")
-    subprocess.Popen([sys.executable, "-m", "lab", "worker", "--idle-exit", str(idle_exit)], cwd=ROOT,
-                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                     env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 20  # wait until it has announced itself, so a second caller doesn't start another
-    while time.time() < deadline and not worker_alive():
-        time.sleep(0.2)
+    """Start a detached worker process when none is alive. Returns True if one was started.
+
+    Callers on this host take turns (a file lock), so twelve CLIs started at once start one worker, not
+    twelve. Extra workers could not measure side by side anyway (the device lease), but each costs memory."""
+    with _spawn_lock():
+        reap_dead()
+        if worker_alive():
+            return False
+        log = open(data_dir() / "worker.log", "ab")
+        subprocess.Popen([sys.executable, "-m", "lab", "worker", "--idle-exit", str(idle_exit)], cwd=ROOT,
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                         env=_child_env())
+        deadline = time.time() + 20  # wait until it has announced itself, so the next caller sees it alive
+        while time.time() < deadline and not worker_alive():
+            time.sleep(0.2)
     return True
 
 
-# --- the worker ----------------------------------------------------------------------------------------
-def _finish(s, job: Job, status: str, error: str | None, message: str) -> None:
-    job.status, job.error, job.message, job.finished_at = status, error, message, utcnow()
-    exp = s.get(Experiment, job.experiment_id)
-    exp.status, exp.finished_at = status, job.finished_at
+@contextmanager
+def _spawn_lock():
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the device lease still keeps runs apart
+        yield
+        return
+    with open(_spawn_lock_path(), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _claim_next(worker_id: int) -> Job | None:
+def _spawn_lock_path() -> Path:
+    """One lock per database: next to a SQLite file, else in the data folder named by the URL's hash."""
+    from sqlalchemy.engine import make_url
+    url = store.database_url()
+    database = make_url(url).database
+    if url.startswith("sqlite") and database and database != ":memory:":
+        return Path(database + "-worker-start.lock")  # next to lab.db-wal: git-ignored alike
+    return data_dir() / f"worker-start-{hashlib.sha1(url.encode()).hexdigest()[:12]}.lock"
+
+
+def _child_env() -> dict:
+    """The environment of processes we start: ours (LAB_DATABASE_URL, LAB_DATA_DIR...), with the lab importable."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+# --- device leases -----------------------------------------------------------------------------------
+def device_key(spec: dict) -> str:
+    """The lease key of the device a spec will measure on: "cpu:<host>" or "cuda:<host>:<index>".
+
+    "auto" resolves as the runner does (cuda when usable, else cpu), decided without importing torch so the
+    worker stays light; a wrong guess only makes a job wait for the wrong lease, never run beside another."""
+    device = spec.get("device") or "auto"
+    if device == "auto":
+        device = "cuda" if _cuda_usable() else "cpu"
+    if device.startswith("cuda"):
+        return f"cuda:{HOST}:{_cuda_index(device)}"
+    return f"cpu:{HOST}"
+
+
+@cache
+def _cuda_usable() -> bool:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*")) and _torch_built_with_cuda()
+
+
+def _torch_built_with_cuda() -> bool:
+    """Read torch/version.py instead of importing torch (seconds and hundreds of MB in the worker)."""
+    found = importlib.util.find_spec("torch")
+    if found is None or not found.submodule_search_locations:
+        return False
+    try:
+        text = (Path(list(found.submodule_search_locations)[0]) / "version.py").read_text()
+    except OSError:
+        return False
+    return re.search(r"^cuda\b[^=\n]*=\s*['\"]", text, re.MULTILINE) is not None
+
+
+def _cuda_index(device: str) -> str:
+    """The physical GPU: torch's index mapped through CUDA_VISIBLE_DEVICES, so workers with different
+    visible sets that share a GPU share its lease."""
+    index = int(device.split(":")[1]) if ":" in device else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[index] if index < len(visible) else str(index)
+
+
+def acquire_lease(resource: str, worker_id: int, job_id: int) -> bool:
+    """Take the lease of a device for a job: insert it, or take it over (compare-and-set) from ourselves or
+    from a holder that is dead, silent or done. Works the same on SQLite and PostgreSQL."""
+    now = utcnow()
+    try:
+        with store.session() as s:
+            s.add(Lease(resource=resource, worker_id=worker_id, job_id=job_id, acquired_at=now, heartbeat_at=now))
+        return True
+    except IntegrityError:  # someone holds it (the primary key): see whether it may be taken over
+        pass
     with store.session() as s:
-        for job in s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id)):
-            # compare-and-set: of two workers racing for a job, exactly one sees rowcount 1
-            claimed = s.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(
-                status="running", worker_id=worker_id, started_at=utcnow(), heartbeat_at=utcnow(),
-                message="starting")).rowcount
-            if claimed:
-                s.get(Experiment, job.experiment_id).status = "running"
-                s.flush()
-                s.refresh(job)
-                return job
+        lease = s.get(Lease, resource)
+        if lease is None:
+            return False  # released in between: the next poll takes it
+        if lease.worker_id != worker_id and not _lease_stale(s, lease, now):
+            return False
+        # of two workers taking over the same lease, exactly one matches the holder it saw
+        return s.execute(update(Lease).where(
+            Lease.resource == resource, Lease.worker_id == lease.worker_id, Lease.job_id == lease.job_id).values(
+            worker_id=worker_id, job_id=job_id, acquired_at=now, heartbeat_at=now)).rowcount == 1
+
+
+def _lease_stale(s, lease: Lease, now) -> bool:
+    holder = s.get(Worker, lease.worker_id)
+    if holder is None or _worker_dead(holder, now):
+        return True
+    if now - lease.heartbeat_at > timedelta(seconds=STALE_S):
+        return True
+    job_status = s.scalar(select(Job.status).where(Job.id == lease.job_id)) if lease.job_id else None
+    # a live holder whose job ended keeps the lease only for the moment between taking it and claiming
+    return job_status != "running" and now - lease.acquired_at > timedelta(seconds=LEASE_GRACE_S)
+
+
+def release_leases(worker_id: int) -> None:
+    with store.session() as s:
+        s.execute(delete(Lease).where(Lease.worker_id == worker_id))
+
+
+def _release_lease(resource: str, worker_id: int) -> None:
+    with store.session() as s:
+        s.execute(delete(Lease).where(Lease.resource == resource, Lease.worker_id == worker_id))
+
+
+def leases() -> dict[str, int | None]:
+    """Which job holds each device now (for the page, the CLI and tests)."""
+    with store.session() as s:
+        return {lease.resource: lease.job_id for lease in s.scalars(select(Lease))}
+
+
+# --- the worker ----------------------------------------------------------------------------------------
+def _claim_next(worker_id: int) -> Job | None:
+    """Claim the oldest queued job whose device is free: its device's lease first, then the job itself."""
+    with store.session() as s:
+        queued = s.execute(select(Job.id, Experiment.spec).join(Experiment, Experiment.id == Job.experiment_id)
+                           .where(Job.status == "queued").order_by(Job.id)).all()
+    busy: set[str] = set()
+    for job_id, spec in queued:
+        key = device_key(spec)
+        if key in busy:
+            continue  # its device is taken: the job stays queued, in order
+        if not acquire_lease(key, worker_id, job_id):
+            busy.add(key)
+            continue
+        job = _claim(job_id, worker_id)
+        if job is not None:
+            return job
+        _release_lease(key, worker_id)  # cancelled or taken in between
     return None
+
+
+def _claim(job_id: int, worker_id: int) -> Job | None:
+    with store.session() as s:
+        now = utcnow()
+        # compare-and-set: of two workers racing for a job, exactly one sees rowcount 1
+        if not s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+                status="running", worker_id=worker_id, started_at=now, heartbeat_at=now,
+                message="starting")).rowcount:
+            return None
+        job = s.get(Job, job_id)
+        s.execute(update(Experiment).where(Experiment.id == job.experiment_id).values(status="running"))
+        return job
 
 
 class _Heartbeat(threading.Thread):
@@ -163,55 +374,83 @@ class _Heartbeat(threading.Thread):
                 with store.session() as s:
                     now = utcnow()
                     s.execute(update(Worker).where(Worker.id == self.worker_id).values(heartbeat_at=now))
+                    s.execute(update(Lease).where(Lease.worker_id == self.worker_id).values(heartbeat_at=now))
                     if self.job_id is not None:
                         s.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=now))
             except Exception:  # a locked database for one beat is not fatal; the next beat retries
                 pass
 
 
-class _WorkerStopping(Exception):
-    """The worker was asked to stop (SIGTERM/SIGINT) mid-job: the job goes back to the queue."""
+def run_job(job: Job, stopping: threading.Event | None = None) -> str:
+    """Run one claimed job in a child process and record its outcome. Returns how the child ended:
+    "exited" (done or failed), "cancelled" or "stopped" (the worker is stopping; the job went back to the queue)."""
+    child = subprocess.Popen([sys.executable, "-m", "lab", "_run-job", str(job.id)], cwd=ROOT,
+                             stdin=subprocess.DEVNULL, env={**_child_env(), "LAB_WORKER_PID": str(os.getpid())})
+    outcome = _watch(child, job.id, stopping or threading.Event())
+    _settle(job.id, child.returncode, outcome)
+    return outcome
 
 
-def run_job(job: Job, stopping: threading.Event | None = None) -> None:
-    """Execute one claimed job and record its outcome."""
-    from lab import runner
+def _watch(child: subprocess.Popen, job_id: int, stopping: threading.Event) -> str:
+    """Wait for the child; kill it as soon as the worker is stopping or the user cancels the job."""
+    while True:
+        try:
+            child.wait(timeout=WATCH_S)
+            return "exited"
+        except subprocess.TimeoutExpired:
+            pass
+        if stopping.is_set():
+            _kill(child)
+            return "stopped"
+        if _cancel_requested(job_id):
+            _kill(child)
+            return "cancelled"
 
-    with store.session() as s:
-        spec = s.get(Experiment, job.experiment_id).spec
-    last_write = [0.0]
 
-    def progress(fraction: float, message: str) -> None:
-        now = time.time()
-        if stopping is not None and stopping.is_set():
-            raise _WorkerStopping()
-        if now - last_write[0] < 0.25 and fraction < 1.0:  # throttle writes; the page polls every 2 s
-            return
-        last_write[0] = now
-        with store.session() as s:
-            s.execute(update(Job).where(Job.id == job.id).values(progress=fraction, message=message))
-            if s.get(Job, job.id).cancel_requested:
-                raise runner.Cancelled()
-
+def _cancel_requested(job_id: int) -> bool:
     try:
-        results = runner.execute(spec, progress)
-        runner.save(job.experiment_id, results)
-        status, error, message = "done", None, "done"
-    except runner.Cancelled:
-        status, error, message = "cancelled", None, "cancelled by the user; nothing was stored"
-    except _WorkerStopping:
-        with store.session() as s:  # back to the queue, untouched: the next worker runs it from the start
-            s.execute(update(Job).where(Job.id == job.id).values(
-                status="queued", worker_id=None, progress=0.0, started_at=None,
-                message="re-queued: its worker was stopped mid-run"))
-            s.get(Experiment, job.experiment_id).status = "queued"
-        return
-    except Exception as e:  # the job fails with its reason; the worker lives on for the next job
-        status, error, message = "failed", f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}", "failed"
-    with store.session() as s:
-        _finish(s, s.get(Job, job.id), status, error, message)
-        if status == "done":
-            s.get(Job, job.id).progress = 1.0
+        with store.session() as s:
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    except OperationalError:  # a locked database: look again at the next tick
+        return False
+
+
+def _kill(child: subprocess.Popen) -> None:
+    child.terminate()
+    try:
+        child.wait(timeout=KILL_AFTER_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _settle(job_id: int, returncode: int, outcome: str) -> None:
+    """Record what the child's end means for the job. Results exist only if the child's save committed."""
+    if outcome in ("stopped", "cancelled") and _has_runs(job_id):
+        _finish_if(job_id, "running", "done", None, "done")  # it finished just before the kill landed
+    elif outcome == "stopped":
+        _requeue_if_running(job_id, "re-queued: its worker was stopped mid-run")
+    elif outcome == "cancelled":
+        _finish_if(job_id, "running", "cancelled", None, "cancelled by the user; nothing was stored")
+    elif returncode == 0:  # the child marked it done after saving; this covers a lost final write
+        if _has_runs(job_id):
+            _finish_if(job_id, "running", "done", None, "done")
+        else:
+            _finish_if(job_id, "running", "failed", "the run's process exited without storing results", "failed")
+    else:
+        with store.session() as s:
+            written = s.scalar(select(Job.error).where(Job.id == job_id))
+        reason = _describe_exit(returncode)
+        _finish_if(job_id, "running", "failed", f"{written}\n\n({reason})" if written else f"{reason}.", "failed")
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        sig = -returncode
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        hint = ", which is what the kernel's out-of-memory killer sends" if sig == signal.SIGKILL else ""
+        return f"the run's process was killed by {name}{hint}; no results were stored"
+    return f"the run's process exited with code {returncode}; no results were stored"
 
 
 def worker_loop(idle_exit: float | None = None, poll_s: float = 0.5) -> None:
@@ -229,8 +468,7 @@ def worker_loop(idle_exit: float | None = None, poll_s: float = 0.5) -> None:
     idle_since = time.time()
     try:
         while not stopping.is_set():
-            reap_dead()
-            job = _claim_next(worker_id)
+            job = _next_job(worker_id)
             if job is None:
                 if idle_exit is not None and time.time() - idle_since > idle_exit:
                     break
@@ -238,10 +476,93 @@ def worker_loop(idle_exit: float | None = None, poll_s: float = 0.5) -> None:
                 continue
             heartbeat.job_id = job.id
             print(f"[worker {os.getpid()}] running job {job.id} (experiment {job.experiment_id})", flush=True)
-            run_job(job, stopping)
-            heartbeat.job_id = None
+            try:
+                run_job(job, stopping)
+            finally:
+                heartbeat.job_id = None
+                release_leases(worker_id)
             idle_since = time.time()
     finally:
         heartbeat.stop_event.set()
         with store.session() as s:
             s.execute(update(Worker).where(Worker.id == worker_id).values(stopped=True))
+            s.execute(delete(Lease).where(Lease.worker_id == worker_id))
+
+
+def _next_job(worker_id: int) -> Job | None:
+    try:
+        reap_dead()
+        return _claim_next(worker_id)
+    except OperationalError as e:  # a database locked past its timeout: not fatal, the next poll retries
+        print(f"[worker {os.getpid()}] store busy, retrying: {e}", file=sys.stderr, flush=True)
+        return None
+
+
+# --- the job's own process ------------------------------------------------------------------------------
+def run_job_child(job_id: int) -> int:
+    """Body of `python -m lab _run-job <id>`: execute the spec under a LoadMonitor, save the results in one
+    transaction, mark the job done. On an error, write its text into the job and exit 1; the worker
+    records the outcome. Returns the exit code."""
+    from lab import runner
+    from lab.machine_load import LoadMonitor
+
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the worker decides
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.status != "running":  # only a worker's claimed job runs: no duplicate results
+            print(f"job {job_id} is not running (status: {job.status if job else 'no such job'}); "
+                  f"a worker runs queued jobs", file=sys.stderr)
+            return 2
+        exp_id, spec = job.experiment_id, s.get(Experiment, job.experiment_id).spec
+    try:
+        with LoadMonitor() as load:
+            results = runner.execute(spec, _progress_writer(job_id))
+        for res in results:
+            res.environment.update(load.summary())
+        runner.save(exp_id, results)
+    except Exception as e:  # the job fails with its reason; the worker lives on for the next job
+        text = f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
+        print(text, file=sys.stderr, flush=True)
+        with store.session() as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(error=text))
+        return 1
+    _finish_if(job_id, "running", "done", None, "done")
+    return 0
+
+
+def _progress_writer(job_id: int):
+    last_write = [0.0]
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.time()
+        if now - last_write[0] < 0.25 and fraction < 1.0:  # throttle writes; the page polls every 2 s
+            return
+        last_write[0] = now
+        try:
+            with store.session() as s:  # only while running: a dying child must not overwrite "cancelled"
+                s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
+                    progress=fraction, message=message))
+        except OperationalError:  # progress is for display; a locked database must not fail the run
+            pass
+
+    return progress
+
+
+def _die_with_parent() -> None:
+    """A child must not outlive its worker (it would measure on after its job was reaped or re-queued)."""
+    parent = int(os.environ.get("LAB_WORKER_PID") or os.getppid())
+    try:  # Linux: the kernel kills us the moment the worker dies
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:  # elsewhere (and as a second guard): notice being re-parented
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()

@@ -1,6 +1,6 @@
 """The store: SQLAlchemy 2 tables on SQLite (WAL) at data/lab.db, or any URL in LAB_DATABASE_URL.
 
-Generic tables (experiments, runs, metrics in long format, outputs, jobs, workers) so a new technique
+Generic tables (experiments, runs, metrics in long format, outputs, jobs, workers, leases) so a new technique
 never needs a schema change. The schema is created and upgraded by Alembic migrations (lab/migrations),
 applied automatically the first time a process opens the store.
 """
@@ -106,6 +106,19 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Lease(Base):
+    """Who measures on a device right now: one row per device key ("cpu:<host>", "cuda:<host>:<index>").
+
+    A worker takes the row (insert, or compare-and-set over a dead holder) before it claims a job for that
+    device and deletes it when the job ends, so two jobs never measure side by side on one device."""
+    __tablename__ = "leases"
+    resource: Mapped[str] = mapped_column(String(200), primary_key=True)
+    worker_id: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 def database_url() -> str:

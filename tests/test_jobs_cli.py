@@ -1,5 +1,6 @@
 """The queue and the worker process: jobs run, survive restarts, fail with a reason when the worker dies,
-and can be cancelled. The CLI on top of it."""
+and can be cancelled. The CLI on top of it. (Leases, the job's own process, autostart and machine load:
+tests/test_jobs_lease.py.)"""
 import os
 import signal
 import subprocess
@@ -49,6 +50,10 @@ def test_queued_jobs_run_after_a_worker_restart(tiny_spec):
     finally:
         worker.wait(timeout=60)
     assert count(store.Run) == 4 and jobs.get_job(ids[0]).progress == 1.0
+    with store.session() as s:  # every run records the machine's load while it measured
+        env = s.scalars(select(store.Run)).first().environment
+    assert {"load_avg_start", "load_avg_max", "other_cpu_share", "cores"} <= set(env)
+    assert jobs.leases() == {}
 
 
 def test_killed_worker_leaves_job_failed_with_reason_and_nothing_stored(tiny_spec):
@@ -81,18 +86,8 @@ def test_cancel_queued_and_running_jobs(tiny_spec):
     assert count(store.Run) == 0
 
 
-def test_failing_job_records_its_reason_and_the_worker_lives_on(tiny_spec, monkeypatch):
-    from lab import runner
-    spec = validate(tiny_spec)
-    _, job_id = jobs.submit(spec)
-    monkeypatch.setattr(runner, "execute", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
-    job = jobs._claim_next(worker_id=0)
-    jobs.run_job(job)
-    job = jobs.get_job(job_id)
-    assert job.status == "failed" and job.error.startswith("RuntimeError: out of memory")
-
-
-def test_cli_run_wait_prints_the_table_and_stores_the_run(tiny_spec, tmp_path, capsys):
+def test_cli_run_wait_prints_the_table_and_stores_the_run(tiny_spec, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAB_WORKER_AUTOSTART", "1")  # conftest turns it off; this test wants the CLI to start one
     import tomllib  # noqa: F401  (the spec is written as TOML below)
     lines = [f'{k} = {v!r}' if not isinstance(v, str) else f'{k} = "{v}"'
              for k, v in tiny_spec.items() if k != "variants"]
