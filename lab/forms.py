@@ -2,29 +2,84 @@
 and the widget each technique knob calls for (derived from its declaration)."""
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 
-from lab.experiment import CHOICES, FIELDS, expand_runs
+from lab.experiment import CHOICES, ENGINES, FIELDS, expand_runs
 from lab.paths import ROOT
 from lab.techniques import KnobInfo
 
 EXPERIMENTS_DIR = ROOT / "experiments"
+VARIANT_ENGINES = ENGINES  # what runs a variant: the lab's loop, or transformers' generate as the reference
 
 
 def presets(kind: str | None = None) -> dict[str, dict]:
     """Raw (unvalidated) specs of experiments/*.toml, by file stem (a file with [[runs]] gives one per run,
-    named by its workload); quickstart first. `kind` ('llm' or 'diffusion') keeps the specs for that model kind."""
+    named by its run); quickstart first. `kind` ('llm' or 'diffusion') keeps the specs for that model kind."""
+    return {label: raw for label, (_path, _index, raw) in _preset_entries(kind).items()}
+
+
+def preset_origins(kind: str | None = None) -> dict[str, tuple[Path, int]]:
+    """Where each preset comes from: its file and, in a file with [[runs]], the run's index (0 otherwise);
+    `lab.experiment.load_toml_specs(path)[index]` is the spec the preset should give."""
+    return {label: (path, index) for label, (path, index, _raw) in _preset_entries(kind).items()}
+
+
+def _preset_entries(kind: str | None) -> dict[str, tuple[Path, int, dict]]:
     from lab.diffusion.models import DIFFUSION_MODELS
     out = {}
     for path in sorted(EXPERIMENTS_DIR.glob("*.toml"), key=lambda p: (p.stem != "quickstart", p.stem)):
         with open(path, "rb") as f:
             raws = expand_runs(tomllib.load(f))
-        for raw in raws:
+        for index, raw in enumerate(raws):
             if kind is not None and (raw.get("model") in DIFFUSION_MODELS) != (kind == "diffusion"):
                 continue
-            out[path.stem if len(raws) == 1 else f"{path.stem} ({raw.get('workload', 'chat')})"] = raw
+            label = path.stem if len(raws) == 1 else _run_label(path.stem, str(raw.get("name", index + 1)))
+            while label in out:  # two runs named alike stay two presets
+                label += "'"
+            out[label] = (path, index, raw)
     return out
+
+
+def _run_label(stem: str, run_name: str) -> str:
+    return run_name if run_name.startswith(stem) else f"{stem}: {run_name}"
+
+
+def form_key(page: str, preset: str) -> str:
+    """The prefix of every widget key of a page's experiment form: it names the preset, so choosing another
+    preset draws new widgets initialised from that preset. (Streamlit keeps a keyed widget's value when only its
+    default changes, so keys shared between presets carried the previous preset's values into the next one.)"""
+    return f"{page}:{preset}:"
+
+
+def preset_fields(raw: dict) -> dict:
+    """Every field a preset sets except its variants (a copy): the base a form's widgets are laid over, so fields
+    the form has no widget for (description, device, seed, perplexity_window, ...) still reach the spec."""
+    return {k: copy.deepcopy(v) for k, v in raw.items() if k != "variants"}
+
+
+def spec_from_form(raw: dict, fields: dict, variants: list[dict]) -> dict:
+    """The raw spec a form submits: the preset's fields, overridden by the form's widgets, and its variants."""
+    return {**preset_fields(raw), **fields, "variants": variants}
+
+
+def split_baseline(variants: list[dict]) -> tuple[str, list[dict]]:
+    """A preset's baseline name and its other variants, in their order. The baseline is the variant that
+    validate() puts first: the first one with no technique on the lab's engine ('baseline' when there is none)."""
+    variants = [v for v in variants if isinstance(v, dict)]
+    for i, v in enumerate(variants):
+        if not v.get("techniques") and v.get("engine", "lab") == "lab":
+            return v.get("name") or "baseline", variants[:i] + variants[i + 1:]
+    return "baseline", variants
+
+
+def choice_index(options: list, value, fallback=None) -> int:
+    """Where a preset's value sits among a widget's options (the fallback's place, or 0, when it is not there)."""
+    options = list(options)
+    if value in options:
+        return options.index(value)
+    return options.index(fallback) if fallback in options else 0
 
 
 def techniques_for(kind: str, architecture: str | None = None, denoiser_class: str | None = None) -> dict[str, type]:

@@ -23,18 +23,23 @@ if quick.button("Run diffusion quickstart", type="primary"):
 
 with st.expander("Build an experiment", expanded=False):
     presets = forms.presets("diffusion")
-    preset = st.selectbox("Start from preset", list(presets), help="Specs in experiments/*.toml")
+    preset = st.selectbox("Start from preset", list(presets), key="diffusion_preset",
+                          help="Specs in experiments/*.toml")
     base = presets[preset]
+    key = forms.form_key("diffusion", preset)  # every widget below belongs to this preset: another loads all of it
     c1, c2, c3 = st.columns(3)
-    exp_name = c1.text_input("Experiment name", value=base.get("name", preset))
+    exp_name = c1.text_input("Experiment name", value=base.get("name", preset), key=f"{key}name")
     names = [*DIFFUSION_MODELS, PIPELINE]
-    model = c1.selectbox("Model", names, index=names.index(base.get("model", DEFAULT_DIFFUSION)),
+    base_model = base.get("model", DEFAULT_DIFFUSION)
+    model = c1.selectbox("Model", names, index=names.index(base_model if base_model in DIFFUSION_MODELS else PIPELINE),
                          format_func=lambda n: n if n == PIPELINE else f"{n} ({DIFFUSION_MODELS[n].architecture})",
-                         help=DIFFUSION_MODELS[base.get("model", DEFAULT_DIFFUSION)].description)
+                         key=f"{key}model_choice",
+                         help=DIFFUSION_MODELS.get(base_model, DIFFUSION_MODELS[DEFAULT_DIFFUSION]).description)
     if model == PIPELINE:
-        model = c1.text_input("Pipeline folder", help="A folder with a model_index.json (saved with "
-                                                      "save_pretrained, or a snapshot in the Hugging Face cache), "
-                                                      "or a cached hub id. Nothing is downloaded.").strip()
+        model = c1.text_input("Pipeline folder", value="" if base_model in DIFFUSION_MODELS else base_model,
+                              key=f"{key}pipeline",
+                              help="A folder with a model_index.json (saved with save_pretrained, or a snapshot in "
+                                   "the Hugging Face cache), or a cached hub id. Nothing is downloaded.").strip()
         architecture, denoiser_class, problem = forms.pipeline_denoiser(model)
         if problem:
             st.error(problem)
@@ -46,24 +51,26 @@ with st.expander("Build an experiment", expanded=False):
         samplers = [s for s in forms.field_choices("sampler") if s != "pipeline"]
         fields = {"workload": "digits",
                   "classes": c2.multiselect("Digits", list(range(10)), default=base.get("classes", list(range(10))),
-                                            help=forms.field_help("classes")),
-                  "sampler": c3.selectbox("Sampler", samplers, index=samplers.index(base.get("sampler", "ddim")),
-                                          help=forms.field_help("sampler"))}
+                                            key=f"{key}classes", help=forms.field_help("classes")),
+                  "sampler": c3.selectbox("Sampler", samplers, index=forms.choice_index(samplers, base.get("sampler"),
+                                                                                        "ddim"),
+                                          key=f"{key}sampler", help=forms.field_help("sampler"))}
         wanted = ["images_per_class"]
-    guidance = c3.number_input("guidance", min_value=1.0, max_value=20.0, step=0.5,
+    guidance = c3.number_input("guidance", min_value=1.0, max_value=20.0, step=0.5, key=f"{key}guidance",
                                value=float(base.get("guidance", 1.5)), help=forms.field_help("guidance"))
     numbers = {}
     for i, name in enumerate(["steps", *wanted, "batch_size", "seed", "repeats", "warmup", "threads"]):
         default, lo, hi = forms.field_range(name)
         col = (c1, c2, c3)[i % 3]
         numbers[name] = col.number_input(name, min_value=lo, max_value=hi, value=int(base.get(name, default)),
-                                         step=1, help=forms.field_help(name), key=f"d_{name}")
+                                         step=1, help=forms.field_help(name), key=f"{key}{name}")
     st.markdown("**Variants** — the baseline (no technique) always runs first. Techniques that do not fit the "
                 "chosen model's denoiser are not offered.")
     techniques = forms.techniques_for("diffusion", architecture, denoiser_class)
-    variants = variant_editor(techniques, [v for v in base.get("variants", []) if v.get("techniques")])
-    if st.button("Run experiment"):
-        submit({"name": exp_name, "model": model, **fields, "guidance": guidance, "variants": variants,
-                **{k: int(v) for k, v in numbers.items()}})
+    variants = variant_editor(techniques, base.get("variants", []), key=key)
+    if st.button("Run experiment", key=f"{key}run"):
+        # the preset's fields first (description, device, ... have no widget), then what the widgets say
+        submit(forms.spec_from_form(base, {"name": exp_name, "model": model, **fields, "guidance": guidance,
+                                           **{k: int(v) for k, v in numbers.items()}}, variants))
 
 show_current_experiment()

@@ -1,5 +1,7 @@
-"""One real-browser test of the main flow: Debian's chromium, driven by playwright, runs the quickstart from
-the LLM Lab page against a real Streamlit server, worker and the real default model, and reads the table."""
+"""Real-browser tests: Debian's chromium, driven by playwright, against a real Streamlit server. The quick starts
+run from the LLM and diffusion pages with a worker and the real default models; the experiment form is checked
+to submit the preset last chosen, whole (the stored spec against the preset's file)."""
+import contextlib
 import os
 import signal
 import socket
@@ -26,11 +28,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(isolated_db):
+@pytest.fixture(autouse=True)
+def chromium_installed():
+    """`make test` installs Debian's chromium (make chromium): without it these tests fail, they do not skip."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Debian chromium is not installed at {CHROMIUM}: run `make chromium` (make test runs it), "
+                    f"or `sudo apt-get install chromium`")
+
+
+@contextlib.contextmanager
+def streamlit_server(db: Path, autostart: bool):
+    """The app served on a free port against the test's database; with autostart the page starts a worker,
+    which is stopped afterwards."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_DATABASE_URL": f"sqlite:///{isolated_db}",
-           "LAB_WORKER_AUTOSTART": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_DATABASE_URL": f"sqlite:///{db}",
+           "LAB_WORKER_AUTOSTART": "1" if autostart else "0"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -46,15 +58,30 @@ def server(isolated_db):
     else:
         proc.kill()
         pytest.fail("streamlit did not start within 60 s")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    with store.session() as s:  # stop the worker the page started
-        for w in s.scalars(select(store.Worker).where(store.Worker.stopped.is_(False))):
-            try:
-                os.kill(w.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        with store.session() as s:  # stop the worker the page started
+            for w in s.scalars(select(store.Worker).where(store.Worker.stopped.is_(False))):
+                try:
+                    os.kill(w.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+
+@pytest.fixture
+def server(isolated_db):
+    with streamlit_server(isolated_db, autostart=True) as url:
+        yield url
+
+
+@pytest.fixture
+def server_without_worker(isolated_db):
+    """Experiments submitted from the page stay queued: for tests that read what was stored, not the run."""
+    with streamlit_server(isolated_db, autostart=False) as url:
+        yield url
 
 
 def launch(p):
@@ -63,7 +90,6 @@ def launch(p):
         "--disable-sync", "--no-first-run"])
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
 def test_quickstart_from_the_llm_lab_page(server):
     from playwright.sync_api import expect, sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
@@ -82,7 +108,6 @@ def test_quickstart_from_the_llm_lab_page(server):
         assert column in text
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make test installs it)")
 def test_diffusion_quickstart_draws_the_images(server):
     from playwright.sync_api import expect, sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
@@ -102,3 +127,43 @@ def test_diffusion_quickstart_draws_the_images(server):
     assert loaded >= 3  # the first variant's expander is open: baseline, variant, difference
     for column in ("Blocks computed", "PSNR", "SSIM", "Class accuracy", "25 steps"):
         assert column in text
+
+
+def experiment_name_shows(page, value: str, timeout_ms: int = 30_000) -> None:
+    """Wait until the form's one "Experiment name" input holds the value: the rerun for a preset is drawn (while
+    it runs, the previous run's input is still on the page beside the new one)."""
+    page.wait_for_function("value => { const els = document.querySelectorAll(\"input[aria-label='Experiment name']\");"
+                           " return els.length === 1 && els[0].value === value; }", arg=value, timeout=timeout_ms)
+
+
+def test_form_submits_the_last_preset_chosen_whole(server_without_worker):
+    """Two presets picked in a row in the LLM Lab form, then Run experiment: the queued experiment's spec must be
+    kv_quick.toml's, field by field (the run itself is not waited for: no worker runs here)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from lab import results
+    from lab.experiment import load_toml
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(server_without_worker + "/LLM_Lab")
+        page.get_by_text("Build an experiment").click()
+        experiment_name_shows(page, "quickstart")
+        for preset in ("bench_overhead", "kv_quick"):
+            page.get_by_test_id("stSelectbox").filter(has_text="Start from preset").click()
+            page.get_by_role("option", name=preset, exact=True).click()
+            experiment_name_shows(page, preset)
+        expect(page.get_by_label("Variant name").first).to_have_value("streaming_llm@0.5", timeout=30_000)
+        page.get_by_role("button", name="Run experiment").click()
+        deadline, exp = time.time() + 60, None
+        while exp is None and time.time() < deadline:
+            exp = results.load_experiment(1)
+            time.sleep(0.5)
+        page.screenshot(path=str(ARTIFACTS / "llm_lab_form_preset.png"), full_page=True)
+        browser.close()
+    assert exp is not None, "no experiment was stored within 60 s of clicking Run experiment"
+    stored, expected = exp.spec, load_toml(ROOT / "experiments" / "kv_quick.toml")
+    assert sorted(stored) == sorted(expected)
+    for field in expected:  # nothing ignored: both sides went through validate(), no field is derived differently
+        assert stored[field] == expected[field], f"field {field!r}"

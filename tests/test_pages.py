@@ -6,8 +6,8 @@ import sys
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lab import jobs, results, runner
-from lab.experiment import validate
+from lab import forms, jobs, results, runner
+from lab.experiment import load_toml, load_toml_specs, validate
 from tests.conftest import ROOT
 
 
@@ -23,9 +23,18 @@ def run_and_store(raw: dict) -> int:
     spec = validate(raw)
     exp_id, job_id = jobs.submit(spec)
     runner.save(exp_id, runner.execute(spec))
-    with jobs.store.session() as s:
-        jobs._finish(s, s.get(jobs.Job, job_id), "done", None, "done")
+    finish_queued_job(job_id, "done", None, "done")
     return exp_id
+
+
+def finish_queued_job(job_id: int, status: str, error: str | None, message: str) -> None:
+    """Record a queued job's outcome as a worker would (jobs._finish_if where the job queue has it, compare-and-set
+    on the status; the older jobs._finish otherwise)."""
+    if hasattr(jobs, "_finish_if"):
+        assert jobs._finish_if(job_id, "queued", status, error, message)
+        return
+    with jobs.store.session() as s:
+        jobs._finish(s, s.get(jobs.Job, job_id), status, error, message)
 
 
 @pytest.fixture
@@ -84,9 +93,7 @@ def test_bad_model_in_the_form_is_a_clear_error_and_nothing_is_stored():
 
 def test_failed_job_shows_the_reason_not_a_bare_traceback(tiny_spec):
     exp_id, job_id = jobs.submit(validate(tiny_spec))
-    with jobs.store.session() as s:
-        jobs._finish(s, s.get(jobs.Job, job_id), "failed", "RuntimeError: boom\n\nTraceback (most recent...)",
-                     "failed")
+    finish_queued_job(job_id, "failed", "RuntimeError: boom\n\nTraceback (most recent...)", "failed")
     at = page("pages/1_LLM_Lab.py", experiment=str(exp_id))
     assert not at.exception
     assert at.error[0].value == "The run failed: RuntimeError: boom"
@@ -181,3 +188,73 @@ def test_token_spans_rebuild_the_output_with_rejected_drafts_apart(stored_specul
             assert sum(kind == "accepted" for kind, _ in spans) <= summary["accepted"]
             rows = timeline_rows(out.extra)
             assert all(r["end"] >= r["start"] >= 0 for r in rows) and len(rows) == 1 + 2 * summary["rounds"]
+
+
+# --- the experiment form loads the whole preset chosen (issue item 14) ----------------------------------------
+
+def expected_spec(kind: str, preset: str) -> dict:
+    """The spec a preset's file gives, validated as `python -m lab run` would (one per run for [[runs]])."""
+    path, index = forms.preset_origins(kind)[preset]
+    return load_toml_specs(path)[index]
+
+
+def experiment_in_url(at: AppTest) -> int:
+    value = at.query_params["experiment"]
+    return int(value[0] if isinstance(value, list) else value)
+
+
+def assert_same_spec(stored: dict, expected: dict) -> None:
+    """Field by field, nothing ignored: both went through validate(), so defaults are filled alike and there is
+    no derived field to leave out (the baseline a spec without one gets is added by validate on both sides)."""
+    assert sorted(stored) == sorted(expected)
+    for field in expected:
+        if field == "variants":
+            assert [v["name"] for v in stored[field]] == [v["name"] for v in expected[field]]
+            for got, want in zip(stored[field], expected[field]):
+                assert got == want, f"variant {want['name']!r}"
+        else:
+            assert stored[field] == expected[field], f"field {field!r}"
+
+
+def pick_preset_then_submit(at: AppTest, kind: str, first: str, second: str) -> int:
+    selectbox = f"{kind}_preset"
+    at.selectbox(key=selectbox).set_value(first).run()
+    assert not at.exception and not at.error
+    at.selectbox(key=selectbox).set_value(second).run()
+    assert not at.exception and not at.error
+    next(b for b in at.button if b.label == "Run experiment").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return experiment_in_url(at)
+
+
+def test_llm_form_after_the_quickstart_runs_kv_quick_as_its_file_says():
+    """The reported case: quick start run, the form showing (and edited on) the quickstart preset, then kv_quick
+    chosen: the experiment stored must be kv_quick's, all of it (3 x 32 x 1, perplexity_window 512,
+    streaming_llm@0.5 in the first variant slot, no bf16)."""
+    at = page("pages/1_LLM_Lab.py")
+    next(b for b in at.button if b.label == "Run quickstart").click().run()
+    quick_id = experiment_in_url(at)
+    at.selectbox(key="llm_preset").set_value("quickstart").run()
+    # edit the quickstart form too: its widgets must not leak into the next preset either
+    next(n for n in at.number_input if n.label == "prompts").set_value(2).run()
+    next(t for t in at.text_input if t.label == "Variant name").set_value("my bf16").run()
+    exp_id = pick_preset_then_submit(at, "llm", "quickstart", "kv_quick")
+    assert exp_id != quick_id
+    stored = results.load_experiment(exp_id).spec
+    assert_same_spec(stored, load_toml(ROOT / "experiments" / "kv_quick.toml"))
+    assert [stored[k] for k in ("prompts", "max_new_tokens", "repeats", "perplexity_window")] == [3, 32, 1, 512]
+    assert [v["name"] for v in stored["variants"]][:2] == ["baseline", "streaming_llm@0.5"]
+
+
+@pytest.mark.parametrize("preset", list(forms.presets("llm")))
+def test_llm_form_submits_every_preset_whole_after_another_one(preset):
+    first = "kv_quick" if preset == "quickstart" else "quickstart"
+    exp_id = pick_preset_then_submit(page("pages/1_LLM_Lab.py"), "llm", first, preset)
+    assert_same_spec(results.load_experiment(exp_id).spec, expected_spec("llm", preset))
+
+
+@pytest.mark.parametrize("preset", list(forms.presets("diffusion")))
+def test_diffusion_form_submits_every_preset_whole_after_another_one(preset):
+    first = "bench_pab_unet" if preset == "diffusion_quickstart" else "diffusion_quickstart"
+    exp_id = pick_preset_then_submit(page("pages/2_Diffusion_Lab.py"), "diffusion", first, preset)
+    assert_same_spec(results.load_experiment(exp_id).spec, expected_spec("diffusion", preset))
