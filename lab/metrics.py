@@ -19,11 +19,19 @@ class MetricDef:
 
 
 _DEFS = [
-    MetricDef("speedup", "Speedup", "x", "Variant tokens/s (diffusion: images/s) divided by the baseline's, paired "
-              "per prompt or image batch and repeat in the same process (baseline interleaved); median of the "
-              "ratios.", True),
-    MetricDef("tokens_per_s", "Tokens/s", "tok/s", "New tokens divided by end-to-end latency of one generation.",
-              True),
+    MetricDef("speedup", "Speedup", "x", "The workload's headline, paired with the baseline per item (or image batch) "
+              "and repeat in the same process, baseline interleaved; median of the ratios. chat and grounded: the "
+              "decode speedup (baseline TPOT / variant TPOT); needle and context_qa: the prefill speedup (baseline "
+              "TTFT / variant TTFT); perplexity: prefill tokens/s ratio; diffusion: images/s ratio. None of these "
+              "moves with how many tokens a variant chooses to generate.", True),
+    MetricDef("decode_speedup", "Decode speedup", "x", "Baseline time per output token over the variant's (batch > "
+              "1: decode throughput ratio), paired per item and repeat; median of the ratios.", True),
+    MetricDef("prefill_speedup", "Prefill speedup", "x", "Baseline time to first token over the variant's (the "
+              "prefill of prompt or context, question included), paired per item and repeat; median.", True),
+    MetricDef("tokens_per_s", "Tokens/s", "tok/s", "New tokens divided by end-to-end latency of one generation, "
+              "prefill included (moves with answer length: the speedups above do not).", True),
+    MetricDef("decode_tokens_per_s", "Decode tokens/s", "tok/s", "1 / TPOT: output tokens per second once the "
+              "first is known.", True),
     MetricDef("ttft_s", "TTFT", "s", "Time to first token: from the start of prefill until the first new token "
               "is known.", False),
     MetricDef("tpot_ms", "TPOT", "ms", "Time per output token after the first: decode time divided by "
@@ -31,23 +39,32 @@ _DEFS = [
     MetricDef("latency_s", "Latency", "s", "End-to-end time of one generation, prefill included.", False),
     MetricDef("new_tokens", "New tokens", "tok", "Tokens generated (stops at max_new_tokens or end of sequence).",
               None),
-    MetricDef("peak_mem_mb", "Peak memory", "MB", "Peak process RSS during a generation (CPU; every loaded model "
-              "counts) or peak CUDA memory allocated (GPU).", False),
-    MetricDef("mem_rise_mb", "Memory rise", "MB", "Rise of that peak above its level when the generation started: "
-              "the working memory of the generation itself.", False),
+    MetricDef("peak_mem_mb", "Peak memory", "MB", "Peak process RSS (CPU) or peak CUDA memory allocated (GPU) "
+              "while the variant runs the workload's first item, measured after the timed repeats in a fresh "
+              "process holding only this variant's weights (its bf16 copy, not also the fp32 original).", False),
+    MetricDef("mem_rise_mb", "Memory rise", "MB", "Rise of that peak above the level just before the generation "
+              "(weights loaded): the working memory of the generation itself (activations, KV cache).", False),
     MetricDef("weight_mb", "Weights", "MB", "Bytes of the model's parameters and buffers as held in memory "
               "(tied weights counted once), plus a draft model's own weights.", False),
-    MetricDef("kv_cache_mb", "KV cache", "MB", "Bytes of the KV cache at the end of a generation, summed from "
-              "the cache's tensors.", False),
-    MetricDef("agreement", "Agreement", "%", "Share of the baseline's greedy tokens that the variant reproduces "
-              "at the same position (100% = identical output).", True, "quality"),
+    MetricDef("kv_cache_mb", "KV cache", "MB", "Bytes of the target's KV cache at the end of a generation, "
+              "summed from the cache's tensors (batch > 1: this sequence's row, holes included).", False),
+    MetricDef("draft_kv_mb", "Draft KV cache", "MB", "Speculative decoding: bytes of the draft model's own KV "
+              "cache at the end of a generation, read from its tensors (prompt lookup keeps none).", False),
+    MetricDef("agreement", "Agreement", "%", "Tokens equal to the baseline's greedy tokens at the same position, "
+              "divided by the longer of the two outputs (100% = identical; stopping early or running on both "
+              "count against it).", True, "quality"),
+    MetricDef("answer_similarity", "Answer similarity", "%", "Cosine similarity x 100 of the sentence embeddings "
+              "(all-MiniLM-L6-v2, mean-pooled, unit length) of the variant's answer and the baseline's for the "
+              "same prompt; 100 = identical text, a one-word change scores in the 90s, unrelated text near 0.",
+              True, "quality"),
     MetricDef("first_divergence", "First divergence", "tok", "Position of the first token where the variant's "
               "output differs from the baseline's (= output length when identical).", True, "quality"),
     MetricDef("perplexity", "Perplexity", "ppl", "exp(mean negative log-likelihood) of the second half of each "
               "held-out English window (CPython's pydoc topics) given the first half, which a KV technique "
               "compresses first; lower is better.", False, "quality"),
-    MetricDef("kv_compression", "KV compression", "x", "Baseline KV bytes divided by the variant's, for the same "
-              "item (read from the cache tensors at the end of generation).", True),
+    MetricDef("kv_compression", "KV compression", "x", "Baseline KV bytes divided by the variant's for the same "
+              "item, both read from the cache tensors when the two caches had seen the same number of tokens "
+              "(the shorter generation's end), so stopping early does not look like compression.", True),
     MetricDef("answer_accuracy", "Answer accuracy", "%", "Share of items whose expected answer (the needle's "
               "pass key) appears in the generated text.", True, "quality", share=True),
     MetricDef("exact_match", "Exact match", "%", "Share of items whose whole output equals the baseline's token "
@@ -83,8 +100,8 @@ _DEFS = [
               "quality", share=True),
     MetricDef("image_exact", "Identical images", "%", "Diffusion: share of images equal to the baseline's bit for "
               "bit (float32, before quantising to pixels).", True, "quality", share=True),
-    MetricDef("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", "Tokens scored per second in one forward "
-              "over a window of held-out text.", True),
+    MetricDef("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", "Prompt tokens over the time to first token "
+              "(perplexity workload: window tokens over the time of its one forward).", True),
 ]
 METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
 ORDER = [m.name for m in _DEFS]

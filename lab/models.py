@@ -270,6 +270,12 @@ def load(name: str, device: str | None = None, trust_remote_code: bool = False) 
         return _keep(name, device, loaded)
 
 
+def unload_all() -> None:
+    """Forget every kept model, so its memory can be freed once no one else holds it."""
+    with _lock:
+        _loaded.clear()
+
+
 def _keep(name: str, device: str, loaded):
     _loaded[(name, device)] = loaded
     while len(_loaded) > KEEP_LOADED:

@@ -11,11 +11,14 @@ from lab.metrics import METRICS, ORDER, definition
 from lab.store import Experiment, Run
 
 # The summary table shows these, in this order, when present.
-SUMMARY_METRICS = ["speedup", "s_per_image", "s_per_step", "blocks_computed", "class_accuracy", "psnr_db", "ssim",
-                   "image_exact", "tokens_per_s", "batch_tokens_per_s", "ttft_s", "tpot_ms", "latency_s",
-                   "acceptance_rate", "mean_accepted", "tokens_per_forward", "draft_ms", "verify_ms",
-                   "peak_mem_mb", "mem_rise_mb", "weight_mb", "kv_cache_mb", "kv_compression", "answer_accuracy",
-                   "agreement", "exact_match", "first_divergence", "perplexity", "prefill_tokens_per_s"]
+SUMMARY_METRICS = ["speedup", "decode_speedup", "prefill_speedup", "s_per_image", "s_per_step", "blocks_computed",
+                   "class_accuracy", "psnr_db", "ssim", "image_exact", "tokens_per_s", "decode_tokens_per_s",
+                   "prefill_tokens_per_s", "batch_tokens_per_s", "ttft_s", "tpot_ms", "latency_s", "acceptance_rate",
+                   "mean_accepted", "tokens_per_forward", "draft_ms", "verify_ms", "peak_mem_mb", "mem_rise_mb",
+                   "weight_mb", "kv_cache_mb", "draft_kv_mb", "kv_compression", "answer_accuracy", "agreement",
+                   "answer_similarity", "exact_match", "first_divergence", "perplexity"]
+RATIOS = ("speedup", "decode_speedup", "prefill_speedup")  # paired ratios to the baseline: 1 = no change
+MIN_PAIRS = 3  # fewer paired ratios than this cannot tell a change from the machine's noise
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -49,22 +52,38 @@ def load_runs(run_ids: list[int]) -> list[Run]:
 
 
 def summary_rows(exp: Experiment) -> list[dict]:
-    """One row per variant: each metric as 'median (p10–p90)', plus n. Ready for a table."""
+    """One row per variant: each metric as 'median (p10–p90) n=N' (each cell its own n), and a speedup that
+    cannot be told from noise says so beside the number. Ready for a table."""
     rows = []
+    warmup = (exp.spec or {}).get("warmup", 1)
     for run in exp.runs:
         metrics = {m.name: m for m in run.metrics}
         row = {"Variant": run.variant}
-        n = max((m.n for name, m in metrics.items() if name in ("tokens_per_s", "prefill_tokens_per_s",
-                                                                 "s_per_image")), default=0)
         for name in SUMMARY_METRICS:
             m = metrics.get(name)
             if m is None:
                 continue
             spread = f" ({fmt(m.p10)}–{fmt(m.p90)})" if m.n > 1 and m.p10 != m.p90 else ""
-            row[column_label(name)] = fmt(m.value) + spread
-        row["n"] = n
+            note = ratio_note(m.p10, m.p90, m.n, warmup) if name in RATIOS and not run.is_baseline else None
+            row[column_label(name)] = fmt(m.value) + spread + f" n={m.n}" + (f" · {note}" if note else "")
         rows.append(row)
     return rows
+
+
+def ratio_note(p10: float | None, p90: float | None, n: int, warmup: int) -> str | None:
+    """Why a paired ratio to the baseline should not be read as a real change, or None when it can be.
+
+    Without warm-up the first variant pays the one-time costs (allocation, lazy init) and the others look
+    faster; with too few pairs, or a spread that includes 1, the ratio is not distinguishable from noise.
+    """
+    reasons = []
+    if warmup == 0:
+        reasons.append("no warm-up")
+    if n < MIN_PAIRS:
+        reasons.append(f"only {n} pair{'s' if n != 1 else ''}")
+    if p10 is not None and p90 is not None and p10 <= 1.0 <= p90:
+        reasons.append("within noise")
+    return ", ".join(reasons) or None
 
 
 def metric_values(run: Run) -> dict[str, float | None]:

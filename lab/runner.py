@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lab import fidelity, store
-from lab.measure import PeakMemory, environment, summarize
+from lab.measure import environment, summarize
 from lab.metrics import definition
 
 MB = 1024 * 1024
@@ -72,9 +72,11 @@ def execute(spec: dict, progress: Callable[[float, str], None] = _noop) -> list[
         _run_perplexity_workload(spec, loaded, engines, results, progress)
     else:
         _run_generation(spec, loaded, engines, results, progress)
-        if spec["perplexity_tokens"]:
-            _score_perplexity(spec, loaded, engines, results, progress)
+    _measure_memory(spec, results, progress)
+    if spec["workload"] != "perplexity" and spec["perplexity_tokens"]:
+        _score_perplexity(spec, loaded, engines, results, progress)
     _score_agreement(results)
+    _score_similarity(results)
     _score_answers(results)
     progress(1.0, "done")
     return results
@@ -106,76 +108,115 @@ def _items(spec, tokenizer):
     return chat_items(tokenizer, spec["prompts"])
 
 
+# The speedup each workload leads with: one no variant can game by the length of its answers. Chat and
+# grounded spend their time decoding, so time per output token; needle and context_qa spend it prefilling a
+# long context, so time to first token. Latency-based tokens/s would reward a variant that rambles on.
+HEADLINE_SPEEDUP = {"chat": "decode_speedup", "grounded": "decode_speedup", "needle": "prefill_speedup",
+                    "context_qa": "prefill_speedup"}
+
+
+def settings_for(spec: dict):
+    from lab.engine import GenerationSettings
+    return GenerationSettings(spec["max_new_tokens"], spec["temperature"], spec["top_p"], spec["seed"])
+
+
+def first_batch(spec: dict, tokenizer) -> list:
+    return _items(spec, tokenizer)[:spec["batch_size"]]
+
+
+def run_batch(engine, engine_name: str, batch: list, settings) -> list:
+    """One batch of workload items through one variant: a list of Generations."""
+    if engine_name == "hf_generate":
+        return [engine.generate_hf(it.prompt_ids + (it.question_ids or []), settings) for it in batch]
+    if len(batch) == 1:
+        return [engine.generate(batch[0].prompt_ids, settings, batch[0].question_ids)]
+    return engine.generate_batch([it.prompt_ids + (it.question_ids or []) for it in batch], settings)
+
+
 def _run_generation(spec, loaded, engines, results, progress):
     """Generation workloads: every batch of items through every variant, interleaved per repeat."""
-    from lab.engine import GenerationSettings
-
     items = _items(spec, loaded.tokenizer)
     size = spec["batch_size"]
     batches = [items[i:i + size] for i in range(0, len(items), size)]
-    settings = GenerationSettings(spec["max_new_tokens"], spec["temperature"], spec["top_p"], spec["seed"])
+    settings = settings_for(spec)
     n_variants = len(engines)
     total = (spec["warmup"] + spec["repeats"] * len(batches)) * n_variants
     done = 0
-
-    def generate(k, batch):
-        engine = engines[k]
-        with PeakMemory(str(engine.device)) as mem:
-            if results[k].engine == "hf_generate":
-                gens = [engine.generate_hf(it.prompt_ids + (it.question_ids or []), settings) for it in batch]
-            elif len(batch) == 1:
-                gens = [engine.generate(batch[0].prompt_ids, settings, batch[0].question_ids)]
-            else:
-                gens = engine.generate_batch([it.prompt_ids + (it.question_ids or []) for it in batch], settings)
-        return gens, mem
-
     for w in range(spec["warmup"]):
         for k in range(n_variants):
-            progress(0.05 + 0.8 * done / total, f"warm-up {w + 1}: {results[k].name}")
-            generate(k, batches[0])
+            progress(0.05 + 0.75 * done / total, f"warm-up {w + 1}: {results[k].name}")
+            run_batch(engines[k], results[k].engine, batches[0], settings)
             done += 1
     for r in range(spec["repeats"]):
         for b, batch in enumerate(batches):
             order = [(k + r + b) % n_variants for k in range(n_variants)]  # rotate who goes first
-            rates, kv = {}, {}
+            gens_of = {}
             for k in order:
-                progress(0.05 + 0.8 * done / total, f"repeat {r + 1}/{spec['repeats']}, batch {b + 1}/{len(batches)}: "
-                                                    f"{results[k].name}")
-                gens, mem = generate(k, batch)
+                progress(0.05 + 0.75 * done / total, f"repeat {r + 1}/{spec['repeats']}, batch {b + 1}/{len(batches)}: "
+                                                     f"{results[k].name}")
+                gens_of[k] = gens = run_batch(engines[k], results[k].engine, batch, settings)
                 done += 1
-                # a batch's rate: all its tokens over the time its last sequence finished (= tokens/s at batch 1)
-                rates[k] = sum(len(g.token_ids) for g in gens) / max(g.latency for g in gens)
-                kv[k] = sum(g.kv_bytes for g in gens)
-                if len(batch) > 1:
-                    results[k].samples["batch_tokens_per_s"].append(rates[k])
+                if len(batch) > 1:  # all its tokens over the time its last sequence finished
+                    results[k].samples["batch_tokens_per_s"].append(
+                        sum(len(g.token_ids) for g in gens) / max(g.latency for g in gens))
                 for item, gen in zip(batch, gens):
-                    _record_generation(results[k], gen, mem)
+                    _record_generation(results[k], gen)
                     if r == 0:
                         results[k].outputs.append(_output(loaded.tokenizer, item, gen, keep_positions=item is items[0]))
-            for k in range(n_variants):  # paired ratios: same items, same repeat, adjacent in time
-                results[k].samples["speedup"].append(rates[k] / rates[0])
-                if kv[k]:
-                    results[k].samples["kv_compression"].append(kv[0] / kv[k])
+            for k in range(n_variants):  # paired: same items, same repeat, adjacent in time
+                _record_pair(results[k].samples, gens_of[0], gens_of[k], HEADLINE_SPEEDUP[spec["workload"]])
 
 
-def _record_generation(res, gen, mem) -> None:
+def _decode_rate(gens) -> float:
+    """Tokens after the first per second of decoding (batch 1: 1/TPOT); nan when nothing was decoded."""
+    tokens = sum(len(g.token_ids) - 1 for g in gens)
+    seconds = max(g.latency for g in gens) - min(g.ttft for g in gens)
+    return tokens / seconds if tokens and seconds > 0 else float("nan")
+
+
+def _record_pair(s: dict, base: list, gens: list, headline: str) -> None:
+    """Ratios of a variant to the baseline on the same items in the same repeat."""
+    s["decode_speedup"].append(_decode_rate(gens) / _decode_rate(base))
+    s["prefill_speedup"].append(min(g.ttft for g in base) / min(g.ttft for g in gens))
+    s["speedup"].append(s[headline][-1])
+    for b, g in zip(base, gens):  # KV bytes when both caches had seen the same number of tokens
+        seen = min(b.tokens_seen, g.tokens_seen)
+        if g.kv_bytes_at(seen):
+            s["kv_compression"].append(b.kv_bytes_at(seen) / g.kv_bytes_at(seen))
+
+
+def _record_generation(res, gen) -> None:
     s = res.samples
     s["ttft_s"].append(gen.ttft)
     s["tpot_ms"].append(gen.tpot * 1000)
     s["latency_s"].append(gen.latency)
     s["tokens_per_s"].append(len(gen.token_ids) / gen.latency)
+    s["prefill_tokens_per_s"].append(gen.prompt_len / gen.ttft)
+    s["decode_tokens_per_s"].append(1.0 / gen.tpot)
     s["new_tokens"].append(len(gen.token_ids))
-    s["peak_mem_mb"].append(mem.peak / MB)
-    s["mem_rise_mb"].append(mem.rise / MB)
     s["kv_cache_mb"].append(gen.kv_bytes / MB)
     x = gen.extra
     if "target_forwards" in x:  # speculative decoding
+        if gen.draft_kv_bytes:
+            s["draft_kv_mb"].append(gen.draft_kv_bytes / MB)
         if x["drafted"]:
             s["acceptance_rate"].append(100.0 * x["accepted"] / x["drafted"])
         s["mean_accepted"].append(x["accepted"] / max(x["target_forwards"], 1))
         s["tokens_per_forward"].append(len(gen.token_ids) / (x["target_forwards"] + 1))  # + the prefill
         s["draft_ms"].append(1000 * x["draft_s"])
         s["verify_ms"].append(1000 * x["verify_s"])
+
+
+def _measure_memory(spec, results, progress) -> None:
+    """Each variant's memory with only its own weights alive, from a fresh process (lab/memory_probe.py)."""
+    from lab.memory_probe import probe
+    progress(0.82, "memory: each variant once more, in a fresh process with only its own weights")
+    for res, m in zip(results, probe(spec)):
+        if "error" in m:
+            res.environment["memory_probe"] = m["error"]
+            continue
+        res.samples["peak_mem_mb"].append(m["peak_mb"])
+        res.samples["mem_rise_mb"].append(m["rise_mb"])
 
 
 def _output(tokenizer, item, gen, keep_positions: bool) -> dict:
@@ -241,19 +282,17 @@ def _run_perplexity_workload(spec, loaded, engines, results, progress):
             rates = {}
             for k in order:
                 progress(0.05 + 0.9 * done / steps, f"repeat {r + 1}, window {i + 1}: {results[k].name}")
-                with PeakMemory(str(engines[k].device)) as mem:
-                    t0 = time.perf_counter()
-                    nll, n = score(engines[k], ids)
-                    elapsed = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                nll, n = score(engines[k], ids)
+                elapsed = time.perf_counter() - t0
                 done += 1
                 rates[k] = len(ids) / elapsed
                 results[k].samples["prefill_tokens_per_s"].append(rates[k])
-                results[k].samples["peak_mem_mb"].append(mem.peak / MB)
-                results[k].samples["mem_rise_mb"].append(mem.rise / MB)
                 if r == 0:
                     totals[k][0] += nll
                     totals[k][1] += n
             for k in range(len(engines)):
+                results[k].samples["prefill_speedup"].append(rates[k] / rates[0])
                 results[k].samples["speedup"].append(rates[k] / rates[0])
     for k in range(len(engines)):
         results[k].samples["perplexity"].append(fidelity.perplexity(*totals[k]))
@@ -267,6 +306,18 @@ def _score_agreement(results: list[VariantResult]) -> None:
             res.samples["agreement"].append(100.0 * rate)
             res.samples["exact_match"].append(100.0 * (out["token_ids"] == baseline[out["item_index"]]))
             res.samples["first_divergence"].append(first)
+
+
+def _score_similarity(results: list[VariantResult]) -> None:
+    """Cosine similarity of each answer's MiniLM embedding with the baseline's answer to the same item: an answer
+    that differs by a word scores near 100, where token agreement drops at the first differing token."""
+    from lab.similarity import answer_similarity
+    if not results[0].outputs:
+        return
+    baseline = {o["item_index"]: o["text"] for o in results[0].outputs}
+    for res in results:
+        res.samples["answer_similarity"].extend(answer_similarity(
+            [baseline[o["item_index"]] for o in res.outputs], [o["text"] for o in res.outputs]))
 
 
 def _score_answers(results: list[VariantResult]) -> None:

@@ -50,10 +50,14 @@ def test_quickstart_runs_through_the_worker_into_sqlite(isolated_db):
     assert exp.status == "done" and [r.variant for r in exp.runs] == ["baseline", "bf16"]
     metrics = {r.variant: {m.name: m for m in r.metrics} for r in exp.runs}
     assert metrics["bf16"]["weight_mb"].value == pytest.approx(metrics["baseline"]["weight_mb"].value / 2, rel=1e-3)
-    assert metrics["baseline"]["agreement"].value == 100.0
-    # SmolLM2 on held-out English: a sane perplexity, and bf16 stays close to fp32
+    # bf16's weight saving shows in its peak memory, measured with only its own weights alive (it saves
+    # 185 MB of the 257 MB halving on an AMD EPYC: bf16 kernels hold some working buffers of their own)
+    saved = metrics["baseline"]["peak_mem_mb"].value - metrics["bf16"]["peak_mem_mb"].value
+    assert saved > 0.25 * metrics["baseline"]["weight_mb"].value
+    # the stored perplexity is the model's own on those windows: recomputed here with a plain forward
     ppl_base, ppl_bf16 = metrics["baseline"]["perplexity"].value, metrics["bf16"]["perplexity"].value
-    assert 3 < ppl_base < 60 and abs(ppl_bf16 - ppl_base) / ppl_base < 0.1
+    assert ppl_base == pytest.approx(reference_perplexity(exp.spec), rel=1e-3)
+    assert abs(ppl_bf16 - ppl_base) / ppl_base < 0.1
     env_rec = exp.runs[0].environment
     assert env_rec["threads"] == 2 and env_rec["device"] == "cpu" and env_rec["spec_hash"]
     assert len(exp.runs[0].outputs) == 4 and exp.runs[0].outputs[0].text.strip()
@@ -88,3 +92,23 @@ def test_speculative_greedy_equals_plain_greedy_batch_1_and_4(smollm2, greedy_re
     assert sum(g.extra["accepted"] for g in single) > 0  # the draft did contribute tokens
     batched = engine.generate_batch(prompts, settings)
     assert [g.token_ids for g in batched] == expected
+
+
+def reference_perplexity(spec) -> float:
+    """exp(mean cross-entropy) of the second half of each held-out window given the first, one plain forward
+    per window (no cache, no lab engine)."""
+    import math
+
+    import torch
+
+    from lab.models import load
+    from lab.workloads import perplexity_windows
+    loaded = load(spec["model"], device="cpu")
+    nll = n = 0
+    for ids in perplexity_windows(loaded.tokenizer, spec["perplexity_tokens"], spec["perplexity_window"]):
+        with torch.no_grad():
+            logits = loaded.model(torch.tensor([ids])).logits[0].float()
+        half = len(ids) // 2
+        nll += torch.nn.functional.cross_entropy(logits[half - 1:-1], torch.tensor(ids[half:]), reduction="sum")
+        n += len(ids) - half
+    return math.exp(float(nll) / n)

@@ -18,16 +18,32 @@ def test_runner_measures_every_metric_with_the_baseline_interleaved(ran):
     assert [r.name for r in res] == ["baseline", "bf16"]
     n = spec["repeats"] * spec["prompts"]
     for r in res:
-        for name in ("ttft_s", "tpot_ms", "tokens_per_s", "latency_s", "peak_mem_mb", "kv_cache_mb", "speedup"):
+        for name in ("ttft_s", "tpot_ms", "tokens_per_s", "latency_s", "kv_cache_mb", "speedup", "decode_speedup",
+                     "prefill_speedup", "decode_tokens_per_s", "prefill_tokens_per_s"):
             assert len(r.samples[name]) == n, name
+        assert len(r.samples["peak_mem_mb"]) == 1  # one fresh-process probe per variant
         assert len(r.samples["agreement"]) == spec["prompts"]
         assert r.samples["perplexity"][0] > 1
         assert r.environment["threads"] == 1 and r.environment["spec_hash"]
     base, half = res
-    assert base.samples["agreement"] == [100.0, 100.0]  # the baseline agrees with itself
-    assert base.samples["speedup"] == [1.0] * n
+    # each ratio pairs the same item in the same repeat: the i-th sample of one variant with the baseline's
+    for i in range(n):
+        assert half.samples["decode_speedup"][i] == pytest.approx(base.samples["tpot_ms"][i] / half.samples["tpot_ms"][i])
+        assert half.samples["prefill_speedup"][i] == pytest.approx(base.samples["ttft_s"][i] / half.samples["ttft_s"][i])
+    assert half.samples["speedup"] == half.samples["decode_speedup"]  # chat leads with the decode speedup
+    # agreement recomputed from the stored token ids of both variants
+    from lab.fidelity import agreement
+    for out, score in zip(half.outputs, half.samples["agreement"]):
+        twin = next(o for o in base.outputs if o["item_index"] == out["item_index"])
+        assert score == pytest.approx(100 * agreement(twin["token_ids"], out["token_ids"])[0])
+    # answer similarity (MiniLM) per item: exactly 100 where the texts are equal, below where they differ
+    assert len(half.samples["answer_similarity"]) == spec["prompts"]
+    for out, sim in zip(half.outputs, half.samples["answer_similarity"]):
+        twin = next(o for o in base.outputs if o["item_index"] == out["item_index"])
+        assert (sim == 100.0) == (out["text"] == twin["text"]) and sim <= 100.0 + 1e-6
     assert half.samples["weight_mb"][0] == pytest.approx(base.samples["weight_mb"][0] / 2)
     assert max(half.samples["kv_cache_mb"]) < min(base.samples["kv_cache_mb"])  # bf16 KV: fewer bytes held
+    assert half.samples["kv_compression"] == pytest.approx([2.0] * n)  # at equal token counts, exactly half
     assert half.environment["dtype"] == "bfloat16" and base.environment["dtype"] == "float32"
 
 
@@ -61,7 +77,7 @@ def test_schema_comes_from_the_alembic_migration_in_wal_mode(isolated_db):
     tables = set(inspect(engine).get_table_names())
     assert {"experiments", "runs", "metrics", "outputs", "jobs", "workers", "alembic_version"} <= tables
     with engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert c.execute(text("select version_num from alembic_version")).scalar() == "0002"
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
 

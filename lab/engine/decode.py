@@ -37,9 +37,22 @@ class Generation:
     prompt_len: int
     token_ids: list[int]
     token_times: list[float]
-    kv_bytes: int = 0
+    kv_bytes: int = 0  # the target's KV cache at the end, read from its tensors
     stopped_by: str = "length"  # "length" or "eos"
     extra: dict = field(default_factory=dict)
+    # (tokens of the sequence the cache has seen, bytes it held then) after each forward, so variants can be
+    # compared at equal token counts even when one stops earlier than the other
+    kv_trace: list = field(default_factory=list)
+    draft_kv_bytes: int = 0  # a draft model's own KV cache at the end (speculative decoding)
+
+    def kv_bytes_at(self, tokens: int) -> int:
+        """KV bytes held when the cache had seen at most `tokens` tokens (the last trace point up to there)."""
+        held = [b for seen, b in self.kv_trace if seen <= tokens]
+        return held[-1] if held else self.kv_bytes
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.kv_trace[-1][0] if self.kv_trace else self.prompt_len + max(len(self.token_ids) - 1, 0)
 
     @property
     def ttft(self) -> float:
@@ -158,7 +171,7 @@ class Engine:
         if not settings.greedy:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         cache = self.new_cache()
-        tokens, times = [], []
+        tokens, times, trace = [], [], []
         with self._prepared(cache) as tracker:
             start = time.perf_counter()
             logits = self.forward(torch.tensor([prompt_ids], device=self.device), cache, 0)  # prefill
@@ -166,6 +179,7 @@ class Engine:
             if question_ids:
                 logits = self.forward(torch.tensor([question_ids], device=self.device), cache, position)
                 position += len(question_ids)
+            trace.append((position, cache_nbytes(cache)))
             stopped_by = "length"
             for _ in range(settings.max_new_tokens):
                 next_token = sample_next(logits[:, -1, :], settings, generator)
@@ -179,11 +193,13 @@ class Engine:
                     break
                 logits = self.forward(next_token[:, None], cache, position)  # decode: one token
                 position += 1
+                trace.append((position, cache_nbytes(cache)))  # ~30 tensor sizes summed: µs beside a forward
         extra = {}
         if tracker is not None and hasattr(tracker, "kept_positions"):
             extra["kept_positions"] = tracker.kept_positions()
         return Generation(prompt_len=len(prompt_ids) + len(question_ids or []), token_ids=tokens,
-                          token_times=times, kv_bytes=cache_nbytes(cache), stopped_by=stopped_by, extra=extra)
+                          token_times=times, kv_bytes=cache_nbytes(cache), stopped_by=stopped_by, extra=extra,
+                          kv_trace=trace)
 
     @torch.inference_mode()
     def generate_batch(self, prompts: list[list[int]], settings: GenerationSettings) -> list[Generation]:

@@ -10,6 +10,7 @@ import copy
 
 import torch
 
+from lab.engine.cache_bytes import cache_nbytes
 from lab.engine.ragged import RaggedBatch, left_padded
 from lab.engine.decode import warped_probs
 from lab.engine.speculative import Proposal
@@ -27,6 +28,10 @@ class NullDrafter:
 
     def accept(self, n_accepted, own, width):
         pass
+
+    def cache_bytes(self) -> int:
+        """Bytes of the drafter's own KV cache (none: it keeps no cache)."""
+        return 0
 
     def select(self, rows):
         pass
@@ -116,6 +121,9 @@ class ModelDrafter:
         self.state.keep(n_accepted.clamp(max=fed), fed)
         last, owns = self.last[:, -1].tolist(), own.tolist()
         self.pending = [[last[i], owns[i]] if n == width else [owns[i]] for i, n in enumerate(n_accepted.tolist())]
+
+    def cache_bytes(self) -> int:
+        return cache_nbytes(self.state.cache)
 
     def select(self, rows):
         self.state.select(rows)

@@ -95,17 +95,25 @@ class SequenceRun:
     rounds: list[Round] = field(default_factory=list)
     stopped_by: str = ""
     prefill_s: float = 0.0
+    kv_trace: list = field(default_factory=list)  # (tokens seen, bytes of this sequence's row of the cache)
+    draft_kv_bytes: int = 0
 
-    def generation(self, kv_per_token: float, draft_prefill_s: float) -> Generation:
+    def record_kv(self, target_row_bytes: int, draft_row_bytes: int) -> None:
+        """What this sequence's rows of the target's (and the draft's) cache hold now, read from the tensors:
+        every row of a ragged batch is as wide as the batch's cache, holes included, so a row is the cache's
+        bytes over the rows still in the batch."""
+        self.kv_trace.append((len(self.prompt) + len(self.tokens) - 1, target_row_bytes))
+        self.draft_kv_bytes = draft_row_bytes
+
+    def generation(self, draft_prefill_s: float) -> Generation:
         rounds = [r.as_dict() for r in self.rounds]
         extra = {"spec_rounds": rounds, "draft_prefill_s": draft_prefill_s, "target_forwards": len(rounds),
                  "drafted": sum(len(r.proposed) for r in self.rounds), "accepted": sum(r.accepted for r in self.rounds),
                  "draft_s": sum(r.draft_s for r in self.rounds) + draft_prefill_s,
                  "verify_s": sum(r.verify_s for r in self.rounds)}
-        # KV bytes: the target's cache for this sequence's own tokens (holes in a batch cost extra)
-        kv_bytes = int(kv_per_token * (len(self.prompt) + len(self.tokens) - 1))
         return Generation(prompt_len=len(self.prompt), token_ids=self.tokens, token_times=self.times,
-                          kv_bytes=kv_bytes, stopped_by=self.stopped_by, extra=extra)
+                          kv_bytes=self.kv_trace[-1][1], stopped_by=self.stopped_by, extra=extra,
+                          kv_trace=self.kv_trace, draft_kv_bytes=self.draft_kv_bytes)
 
     def add(self, token: int, t: float, eos_ids: set[int]) -> bool:
         """Append one token; True when this sequence is finished."""
@@ -144,7 +152,6 @@ def speculative_generate(engine, drafter, prompts: list[list[int]], settings, sc
         start = time.perf_counter()
         tokens, valid = left_padded(prompts, device)
         first = sample_next(target.feed(tokens, valid)[:, -1], settings, generator)  # prefill: the target's own token
-        kv_per_token = cache_nbytes(target.cache) / target.mask.numel()
         now = time.perf_counter() - start
         for s, t in zip(seqs, first.tolist()):
             s.prefill_s = now
@@ -152,6 +159,7 @@ def speculative_generate(engine, drafter, prompts: list[list[int]], settings, sc
         t0 = time.perf_counter()
         drafter.start(prompts, first)
         draft_prefill = time.perf_counter() - t0
+        _record_kv(seqs, range(len(seqs)), target, drafter)
         active = [i for i, s in enumerate(seqs) if not s.stopped_by]
         newest = first
         if len(active) < len(seqs):
@@ -180,12 +188,21 @@ def speculative_generate(engine, drafter, prompts: list[list[int]], settings, sc
                     if s.add(token, now, engine.eos_ids):
                         break
             schedule.update(n_accepted, width)
+            _record_kv(seqs, active, target, drafter)  # before finished rows leave the batch
             still = [row for row, i in enumerate(active) if not seqs[i].stopped_by]
             newest = own
             if len(still) < len(active):
                 newest = _select(still, target, drafter, own)
             active = [active[row] for row in still]
-    return [s.generation(kv_per_token, draft_prefill) for s in seqs]
+    return [s.generation(draft_prefill) for s in seqs]
+
+
+def _record_kv(seqs, active, target, drafter) -> None:
+    rows = len(active)
+    target_row = cache_nbytes(target.cache) // rows
+    draft_row = drafter.cache_bytes() // rows
+    for i in active:
+        seqs[i].record_kv(target_row, draft_row)
 
 
 def _select(rows: list[int], target, drafter, newest) -> torch.Tensor:

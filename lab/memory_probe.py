@@ -1,0 +1,112 @@
+"""Peak memory of each variant with only its own model copy alive, measured in a fresh process.
+
+In the measuring process every variant's weights are alive at once (a bf16 variant is a copy beside the fp32
+original), so its RSS cannot tell variants apart. The probe runs after the timed repeats, in a new Python
+process: for each variant in turn it loads the model, applies the variant's techniques, drops every reference
+to weights the variant does not use and hands the freed pages back to the OS (gc, then glibc's malloc_trim:
+freed small tensors otherwise stay in malloc's arenas and keep counting in RSS), then runs the workload's first
+batch once while PeakMemory samples RSS (on CUDA: peak allocated). The variant's memory is that peak, and the
+rise is the peak above the level just before the generation (activations, KV cache, temporaries).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from lab.paths import ROOT
+
+MB = 1024 * 1024
+PROBE_TIMEOUT_S = 3600
+
+
+def probe(spec: dict) -> list[dict]:
+    """{'peak_mb', 'rise_mb'} per variant of an LLM spec, measured in a child process (or {'error': ...})."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "lab.memory_probe"], input=json.dumps(spec), text=True,
+                              capture_output=True, cwd=ROOT, env=env, timeout=PROBE_TIMEOUT_S,
+                              preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        return [{"error": f"the memory probe took over {PROBE_TIMEOUT_S} s"}] * len(spec["variants"])
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return [{"error": f"the memory probe failed: {last}"}] * len(spec["variants"])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _die_with_parent() -> None:
+    """A worker that kills its job's process must not leave the probe running (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def release_freed_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS may then overstate, never understate
+        pass
+
+
+def probe_variant(spec: dict, variant: dict, device: str) -> dict:
+    from lab import models
+    from lab.engine import Engine
+    from lab.measure import PeakMemory
+    from lab.techniques import build
+
+    loaded = models.load(spec["model"], device=device)
+    engine = Engine(loaded.model, loaded.tokenizer, build(variant["techniques"], model_kind=loaded.kind))
+    work = _first_work(spec, engine, loaded.tokenizer)
+    del loaded
+    models.unload_all()  # only the engine's own weights stay referenced
+    release_freed_memory()
+    _page_in(engine.model)
+    with PeakMemory(str(engine.device)) as mem:
+        work(variant["engine"])
+    result = {"peak_mb": mem.peak / MB, "rise_mb": mem.rise / MB}
+    del engine
+    release_freed_memory()
+    return result
+
+
+def _page_in(model) -> None:
+    """Read every weight once: safetensors maps the file, and pages count in RSS only once touched, so without
+    this the first generation's rise would include loading the weights rather than the generation's own work."""
+    import torch
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.reshape(-1)[::512].sum()  # one element in every 4 KB page, read in place (no full-size temporary)
+
+
+def _first_work(spec: dict, engine, tokenizer):
+    """The first unit of the workload the timed repeats ran: a batch of items, or a perplexity window."""
+    if spec["workload"] == "perplexity":
+        from lab.workloads import perplexity_windows
+        ids = perplexity_windows(tokenizer, spec["perplexity_window"], spec["perplexity_window"])[0]
+        return lambda _engine_name: engine.continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
+    from lab.runner import first_batch, run_batch, settings_for
+    batch = first_batch(spec, tokenizer)
+    return lambda engine_name: run_batch(engine, engine_name, batch, settings_for(spec))
+
+
+def main() -> None:
+    import torch
+
+    from lab.models import default_device
+    spec = json.loads(sys.stdin.read())
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device = default_device() if spec["device"] == "auto" else spec["device"]
+    out = [probe_variant(spec, v, device) for v in spec["variants"]]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

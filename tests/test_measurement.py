@@ -1,0 +1,154 @@
+"""Numbers that cannot mislead: headline speedups that answer length cannot game, KV bytes compared at equal
+token counts and read from the tensors that exist, each variant's memory with only its own weights alive, and
+a speedup from too little data flagged as such."""
+import pytest
+import torch
+
+from lab.engine import Engine, GenerationSettings
+from lab.engine.decode import Generation
+from lab.runner import _record_pair
+from lab.techniques import build
+from tests.conftest import build_byte_tokenizer, build_tiny_llama
+
+
+def generation(new_tokens: int, ttft: float, tpot: float, kv_per_token: int = 100, prompt: int = 50) -> Generation:
+    """A generation whose timings and KV trace follow a steady per-token cost."""
+    times = [ttft + i * tpot for i in range(new_tokens)]
+    trace = [(prompt + i, kv_per_token * (prompt + i)) for i in range(new_tokens)]
+    return Generation(prompt_len=prompt, token_ids=[1] * new_tokens, token_times=times,
+                      kv_bytes=trace[-1][1], kv_trace=trace)
+
+
+def pair(base, variant, headline="decode_speedup") -> dict:
+    samples = {k: [] for k in ("decode_speedup", "prefill_speedup", "speedup", "kv_compression")}
+    _record_pair(samples, [base], [variant], headline)
+    return {k: v[0] for k, v in samples.items() if v}
+
+
+def test_a_variant_that_rambles_on_is_not_faster():
+    """Same prefill, same time per token, four times the tokens: latency-based tokens/s called it 1.5x faster."""
+    base, rambling = generation(10, ttft=5.0, tpot=0.1), generation(40, ttft=5.0, tpot=0.1)
+    old_style = (40 / rambling.latency) / (10 / base.latency)
+    assert old_style > 1.4
+    ratios = pair(base, rambling)
+    assert ratios["decode_speedup"] == pytest.approx(1.0)
+    assert ratios["prefill_speedup"] == pytest.approx(1.0)
+    assert ratios["speedup"] == pytest.approx(1.0)
+
+
+def test_headline_follows_the_workload_and_each_phase_is_its_own_ratio():
+    base, variant = generation(20, ttft=6.0, tpot=0.10), generation(20, ttft=3.0, tpot=0.08)
+    decode_led = pair(base, variant, "decode_speedup")
+    prefill_led = pair(base, variant, "prefill_speedup")
+    assert decode_led["decode_speedup"] == pytest.approx(0.10 / 0.08)
+    assert decode_led["prefill_speedup"] == pytest.approx(2.0)
+    assert decode_led["speedup"] == pytest.approx(1.25) and prefill_led["speedup"] == pytest.approx(2.0)
+
+
+def test_a_variant_that_stops_early_is_not_more_compressed():
+    """Same bytes per token, half the tokens: end-of-run bytes would say 1.3x; at equal counts it is 1x."""
+    base, short = generation(40, 1.0, 0.1), generation(20, 1.0, 0.1)
+    assert base.kv_bytes / short.kv_bytes > 1.2
+    assert pair(base, short)["kv_compression"] == pytest.approx(1.0)
+    halved = generation(20, 1.0, 0.1, kv_per_token=50)
+    assert pair(base, halved)["kv_compression"] == pytest.approx(2.0)
+
+
+def test_headline_speedup_per_workload_is_declared_for_every_llm_workload():
+    from lab.runner import HEADLINE_SPEEDUP
+    from lab.workloads import WORKLOADS
+    generation_workloads = set(WORKLOADS) - {"perplexity", "digits", "image_prompts"}
+    assert set(HEADLINE_SPEEDUP) == generation_workloads
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_llama(layers=2), build_byte_tokenizer()
+
+
+def test_kv_trace_reads_the_cache_after_every_forward(tiny):
+    model, tok = tiny
+    gen = Engine(model, tok).generate(list(range(10, 40)), GenerationSettings(6))
+    per_token = 2 * model.config.num_hidden_layers * model.config.num_key_value_heads * 16 * 4  # k+v, fp32
+    assert [seen for seen, _ in gen.kv_trace] == list(range(30, 36))
+    assert all(b == seen * per_token for seen, b in gen.kv_trace)
+    assert gen.kv_bytes == gen.kv_trace[-1][1]
+
+
+def test_every_row_of_a_ragged_batch_holds_the_bytes_of_the_whole_row(tiny):
+    """Batch KV is read from the cache tensors: a short prompt left-padded beside a long one holds a row as wide
+    as the long one's (holes included); before, it was extrapolated from its own token count."""
+    model, tok = tiny
+    gens = Engine(model, tok).generate_batch([list(range(10, 20)), list(range(10, 70))], GenerationSettings(4))
+    assert gens[0].kv_bytes == gens[1].kv_bytes
+    per_token = 2 * model.config.num_hidden_layers * model.config.num_key_value_heads * 16 * 4
+    assert gens[0].kv_bytes == (60 + 3) * per_token
+
+
+def test_a_draft_models_own_cache_is_counted_apart_from_the_targets(tiny):
+    model, tok = tiny
+    engine = Engine(model, tok, build([{"name": "draft_model", "draft": "truncated", "draft_layers": 1, "k": 2}]))
+    gen = engine.generate(list(range(10, 40)), GenerationSettings(6))
+    layer_bytes = 2 * model.config.num_key_value_heads * 16 * 4  # one layer, k+v, fp32, per token
+    assert gen.draft_kv_bytes > 0 and gen.draft_kv_bytes % layer_bytes == 0
+    assert gen.draft_kv_bytes < gen.kv_bytes  # one draft layer against two target layers
+    plain = Engine(model, tok, build([{"name": "prompt_lookup"}])).generate(list(range(10, 40)), GenerationSettings(6))
+    assert plain.draft_kv_bytes == 0
+
+
+@pytest.mark.parametrize("p10, p90, n, warmup, expected", [
+    (1.5, 1.8, 12, 1, None),
+    (0.9, 2.5, 12, 1, "within noise"),
+    (1.9, 1.9, 1, 1, "only 1 pair"),
+    (1.5, 1.8, 12, 0, "no warm-up"),
+    (1.8, 2.2, 2, 0, "no warm-up, only 2 pairs"),
+])
+def test_ratio_note_says_when_a_speedup_cannot_be_told_from_noise(p10, p90, n, warmup, expected):
+    from lab.results import ratio_note
+    assert ratio_note(p10, p90, n, warmup) == expected
+
+
+def test_the_table_flags_a_speedup_measured_without_warm_up_and_gives_each_cell_its_n(tiny_spec):
+    from lab import results, runner
+    from lab.experiment import validate
+    from lab.jobs import submit
+    spec = validate({**tiny_spec, "warmup": 0, "repeats": 1, "perplexity_tokens": 0,
+                     "variants": [{"name": "snapkv", "techniques": [{"name": "snapkv", "compression_ratio": 0.5}]}]})
+    res = runner.execute(spec)
+    exp_id, _ = submit(spec)
+    runner.save(exp_id, res)
+    rows = results.summary_rows(results.load_experiment(exp_id))
+    cell = rows[1]["Speedup [x]"]
+    assert "no warm-up" in cell and "only 2 pairs" in cell and "n=2" in cell
+    assert rows[1]["Peak memory [MB]"].endswith("n=1")  # one probe per variant, not one per generation
+    assert "no warm-up" not in rows[0]["Speedup [x]"]  # the baseline is the reference, not a measurement of it
+
+
+def big_enough_tiny_llama(tmp_path_factory):
+    """Many small tensors (8 layers of 512-wide projections, ~100 MB in fp32), as a real model allocates them:
+    freed small tensors stay in malloc's arenas unless handed back, unlike one 192 MB block."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=260, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                         bos_token_id=256, eos_token_id=257, pad_token_id=257, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("probe-llama")
+    model.save_pretrained(folder)
+    build_byte_tokenizer().save_pretrained(folder)
+    return folder, sum(p.numel() for p in model.parameters())
+
+
+def test_bf16_shows_its_weight_saving_in_peak_memory(tmp_path_factory):
+    """Each variant's peak is measured with only its own weights alive, so bf16's halved weights show up (before,
+    every variant's peak held the fp32 original and the bf16 copy alike, and the rise read ~0)."""
+    from lab.experiment import validate
+    from lab.memory_probe import probe
+    folder, params = big_enough_tiny_llama(tmp_path_factory)
+    spec = validate({"model": str(folder), "workload": "chat", "prompts": 1, "max_new_tokens": 4, "threads": 1,
+                     "variants": [{"name": "bf16", "techniques": [{"name": "weight_dtype", "dtype": "bf16"}]}]})
+    fp32, bf16 = probe(spec)
+    assert "error" not in fp32 and "error" not in bf16
+    fp32_mb, bf16_mb = params * 4 / 2**20, params * 2 / 2**20
+    assert fp32["peak_mb"] - fp32["rise_mb"] > fp32_mb  # the weights are in the level the rise starts from
+    assert fp32["peak_mb"] - bf16["peak_mb"] > 0.5 * (fp32_mb - bf16_mb), (fp32, bf16, fp32_mb)
