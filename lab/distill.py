@@ -1,8 +1,9 @@
 """Distil a small draft model from SmolLM2 for speculative decoding: `python -m lab.distill --minutes 30`.
 
 The draft is SmolLM2's token embedding (shared with the target, not shipped) followed by four of its
-decoder layers (initialised from its first four), its final norm, and an LM head over the 8192
-tokens most frequent in the training text. On this CPU the LM head over the full 49k vocabulary costs as
+decoder layers (initialised from its first four), its final norm, and an LM head over the (at most 8192)
+tokens most frequent in the training text: 7544 for the shipped draft, whose training text held no more
+distinct tokens. On this CPU the LM head over the full 49k vocabulary costs as
 much as eight decoder layers, so a draft with the full head could never be cheap enough to pay; a token the
 trimmed head cannot propose is simply rejected by the target (the rejection rule stays exact).
 

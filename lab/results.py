@@ -86,6 +86,13 @@ def ratio_note(p10: float | None, p90: float | None, n: int, warmup: int) -> str
     return ", ".join(reasons) or None
 
 
+def busy_runs(exp: Experiment) -> str | None:
+    """Why the experiment's runs count as measured on a busy machine (one reason per distinct cause), or None."""
+    from lab.machine_load import busy_reason
+    reasons = {busy_reason(run.environment or {}) for run in exp.runs} - {None}
+    return "; ".join(sorted(reasons)) or None
+
+
 def metric_values(run: Run) -> dict[str, float | None]:
     return {m.name: m.value for m in run.metrics}
 

@@ -28,13 +28,8 @@ def run_and_store(raw: dict) -> int:
 
 
 def finish_queued_job(job_id: int, status: str, error: str | None, message: str) -> None:
-    """Record a queued job's outcome as a worker would (jobs._finish_if where the job queue has it, compare-and-set
-    on the status; the older jobs._finish otherwise)."""
-    if hasattr(jobs, "_finish_if"):
-        assert jobs._finish_if(job_id, "queued", status, error, message)
-        return
-    with jobs.store.session() as s:
-        jobs._finish(s, s.get(jobs.Job, job_id), status, error, message)
+    """Record a queued job's outcome as a worker would (compare-and-set on its status)."""
+    assert jobs._finish_if(job_id, "queued", status, error, message)
 
 
 @pytest.fixture
@@ -64,10 +59,24 @@ def test_llm_lab_shows_results_with_units_spread_and_outputs(stored_experiment):
     table = at.table[0].value
     assert list(table.index) == ["baseline", "bf16"]
     for column in ("Speedup [x]", "Tokens/s [tok/s]", "TTFT [s]", "TPOT [ms]", "Peak memory [MB]",
-                   "Agreement [%]", "Perplexity [ppl]", "n"):
+                   "Agreement [%]", "Perplexity [ppl]", "Decode speedup [x]", "Prefill speedup [x]",
+                   "Answer similarity [%]"):
         assert column in table.columns
     assert "(" in table.loc["bf16", "Tokens/s [tok/s]"]  # median with its (p10–p90) spread
+    assert table.loc["bf16", "Tokens/s [tok/s]"].endswith("n=4")  # each cell its own n
+    assert table.loc["bf16", "Peak memory [MB]"].endswith("n=1")
     assert any("Outputs side by side" in m.value for m in at.markdown)
+    assert not at.warning  # measured on a quiet machine: no busy flag
+
+
+def test_llm_lab_flags_an_experiment_measured_on_a_busy_machine(stored_experiment):
+    from lab import store
+    with store.session() as s:
+        for run in s.get(store.Experiment, stored_experiment).runs:
+            run.environment = {**run.environment, "other_cpu_share": 0.8, "cores": 2}
+    at = page("pages/1_LLM_Lab.py", experiment=str(stored_experiment))
+    assert not at.exception
+    assert any("busy machine" in w.value and "80%" in w.value for w in at.warning)
 
 
 def test_quickstart_button_queues_a_job_and_shows_progress():

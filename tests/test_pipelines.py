@@ -208,3 +208,37 @@ def test_an_image_to_image_pipeline_is_refused_with_the_reason(folders):
     with pytest.raises(SpecError, match="StableDiffusionImg2ImgPipeline needs image besides a prompt; the lab "
                                         "runs text-to-image pipelines"):
         check_text_to_image(StableDiffusionImg2ImgPipeline.__new__(StableDiffusionImg2ImgPipeline))
+
+
+def test_mag_cache_calibrates_a_pipeline_on_a_prompt_it_never_scores(loaded, monkeypatch):
+    """Before, the calibration ran on the spec's first prompts, the very images it was then scored on."""
+    from lab.diffusion.runner import CALIBRATION_PROMPT
+    from lab.workloads import image_prompts
+    assert CALIBRATION_PROMPT not in [item.text for item in image_prompts()]
+    spec = spec_for(loaded["flux"].name)
+    variant = DiffusionVariant(spec, loaded["flux"], build([{"name": "mag_cache"}], model_kind="diffusion"))
+    seen = []
+    original = variant._pipeline_images
+    monkeypatch.setattr(variant, "_pipeline_images", lambda prompts, *a, **k: seen.append(prompts) or
+                        original(prompts, *a, **k))
+    variant.prepare()
+    assert seen == [[CALIBRATION_PROMPT]]
+
+
+def test_mag_cache_calibration_is_keyed_by_the_weights_not_only_the_name(loaded):
+    """A retrained checkpoint under the same name must not reuse the old calibration."""
+    import copy
+
+    import torch
+    from lab.techniques.diffusion_cache.mag_cache import weights_fingerprint
+    spec = spec_for(loaded["flux"].name)
+    variant = DiffusionVariant(spec, loaded["flux"], build([{"name": "mag_cache"}], model_kind="diffusion"))
+    technique = variant.cache
+    before = technique.calibration_path(variant.call)
+    retrained = copy.deepcopy(variant.call.model)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    assert weights_fingerprint(retrained) != weights_fingerprint(variant.call.model)
+    variant.call.model = retrained
+    assert technique.calibration_path(variant.call) != before
+    assert technique.calibration_path(variant.call).name.startswith(before.name.split("-")[0])

@@ -26,9 +26,13 @@ def show_experiment(exp) -> None:
     if not exp.runs:
         st.info("No results stored for this experiment.")
         return
+    busy = results.busy_runs(exp)
+    if busy:
+        st.warning(f"Measured on a busy machine: {busy}. Timings and speedups may be wrong; run it again on a "
+                   f"quiet machine.")
     rows = results.summary_rows(exp)
-    st.markdown("**Results** — median (p10–p90) over n samples; speedup is paired against the baseline, "
-                "which ran interleaved in the same process.")
+    st.markdown("**Results** — median (p10–p90) and n of each cell; speedups are paired against the baseline, "
+                "which ran interleaved in the same process, and say so when they cannot be told from noise.")
     st.table(pd.DataFrame(rows).set_index("Variant"))
     names = [m.name for m in exp.runs[0].metrics]
     with st.expander("What each metric means"):

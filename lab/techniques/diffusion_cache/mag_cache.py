@@ -29,8 +29,9 @@ class MagCache(DiffusersCacheHook):
         from lab.paths import data_dir
         folder = data_dir() / "cache" / "magcache"
         folder.mkdir(parents=True, exist_ok=True)
-        model = re.sub(r"[^\w.-]+", "_", call.model_name).strip("_")  # a pipeline's name is its folder path
-        return folder / f"{model}-{call.sampler}-{call.steps}steps-g{call.guidance:g}.json"
+        model = re.sub(r"[^\w.-]+", "_", call.model_name).strip("_")[-80:]  # a pipeline's name is its folder path
+        # keyed by the weights themselves too: a retrained checkpoint under the same name calibrates afresh
+        return folder / f"{model}-{weights_fingerprint(call.model)}-{call.sampler}-{call.steps}steps-g{call.guidance:g}.json"
 
     def prepare_denoiser(self, call) -> None:
         """Load the stored magnitude ratios, or calibrate once (one uncached generation) and store them."""
@@ -41,7 +42,7 @@ class MagCache(DiffusersCacheHook):
             return
         ratios = calibrate(call)
         tmp = path.with_suffix(".partial")
-        inputs = "the spec's first prompts" if call.run_uncached else "digits 0-9"
+        inputs = "a held-out calibration prompt" if call.run_uncached else "digits 0-9"
         tmp.write_text(json.dumps({"ratios": ratios, "seed": CALIBRATION_SEED, "inputs": inputs}))
         tmp.replace(path)  # atomic: never a half-written calibration
         call.info["mag_ratios"] = ratios
@@ -54,6 +55,22 @@ class MagCache(DiffusersCacheHook):
         return MagCacheConfig(threshold=self.threshold, max_skip_steps=self.max_skip_steps,
                               retention_ratio=self.retention_ratio, num_inference_steps=call.steps,
                               mag_ratios=call.info["mag_ratios"])
+
+
+def weights_fingerprint(model, samples: int = 256) -> str:
+    """A short hash of a model's weights: every tensor's name, shape and dtype, and `samples` values spread
+    over it. Cheap on a 12B-parameter denoiser, and any retraining changes it."""
+    import hashlib
+
+    import torch
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            flat = t.detach().reshape(-1)
+            picked = flat[::max(1, flat.numel() // samples)][:samples].float().cpu()
+            digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            digest.update(picked.numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def calibrate(call) -> list[float]:
