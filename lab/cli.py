@@ -152,7 +152,7 @@ def _cmd_worker(args) -> int:
 
 
 def _cmd_run_job(args) -> int:
-    from lab.jobs import run_job_child
+    from lab.job_process import run_job_child
     return run_job_child(args.job)
 
 

@@ -1,47 +1,36 @@
-"""The job queue (in the store), the worker process that runs it, and the device leases that keep runs apart.
+"""The job queue (in the store) and the worker process that runs it.
 
-A page or the CLI submits a validated spec: the experiment and its job are written in one transaction.
-A worker (`python -m lab worker`) claims queued jobs one at a time. Before it claims a job it takes the lease
-of the job's device (a row in `leases`, keyed "cpu:<host>" or "cuda:<host>:<index>"), so however many
-workers run, one job measures on a device at a time; the others leave their jobs queued until the lease is
-free. Timings taken side by side on shared cores would be wrong, and nothing would say so.
-
-Each job runs in a child process (`python -m lab _run-job <id>`: a fresh interpreter, since torch threads and
-fork do not mix) that executes the spec and saves all its results in one transaction. The worker stays light:
-it heartbeats, watches the job's cancel flag and its own stop signal, and kills the child within seconds on
-either, even in the middle of a long forward pass that reaches no progress point. A job whose worker died is
-marked failed with the reason by whoever looks next (a worker, the page, the CLI), so nothing stays
-"running" forever, and its lease is freed.
+A page or the CLI submits a validated spec: the experiment and its job are written in one transaction. A worker
+(`python -m lab worker`) takes the device's lease (lab/leases.py) before it claims a job, so one job measures
+on a device at a time however many workers run. Each job runs in its own process (lab/job_process.py) that
+saves all results in one transaction; the worker heartbeats, watches the cancel flag and its own stop signal,
+and ends that process within seconds on either, even mid-forward. A job whose worker died is marked failed
+with the reason by whoever looks next (a worker, the page, the CLI), and its lease is freed.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
-import importlib.util
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import traceback
 from contextlib import contextmanager
 from datetime import timedelta
-from functools import cache
 from pathlib import Path
 
 from sqlalchemy import delete, exists, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from lab import store
 from lab.paths import ROOT, data_dir
+from lab.leases import _release_lease, acquire_lease, device_key, release_leases
 from lab.store import Experiment, Job, Lease, Run, Worker, utcnow
 
 HEARTBEAT_S = 2.0
 STALE_S = 30.0  # a heartbeat older than this means the worker is gone (checked by pid first where we can)
-LEASE_GRACE_S = 10.0  # a lease whose job is no longer running is free after this (covers a failed release)
 WATCH_S = 0.5  # how often the worker looks at its child, the cancel flag and its stop signal
 KILL_AFTER_S = 3.0  # SIGTERM first (lets the child's interpreter exit); SIGKILL if it is still there after this
 HOST = socket.gethostname()
@@ -237,97 +226,6 @@ def _child_env() -> dict:
     return {**os.environ, "PYTHONPATH": path}
 
 
-# --- device leases -----------------------------------------------------------------------------------
-def device_key(spec: dict) -> str:
-    """The lease key of the device a spec will measure on: "cpu:<host>" or "cuda:<host>:<index>".
-
-    "auto" resolves as the runner does (cuda when usable, else cpu), decided without importing torch so the
-    worker stays light; a wrong guess only makes a job wait for the wrong lease, never run beside another."""
-    device = spec.get("device") or "auto"
-    if device == "auto":
-        device = "cuda" if _cuda_usable() else "cpu"
-    if device.startswith("cuda"):
-        return f"cuda:{HOST}:{_cuda_index(device)}"
-    return f"cpu:{HOST}"
-
-
-@cache
-def _cuda_usable() -> bool:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
-    return bool(glob.glob("/dev/nvidia[0-9]*")) and _torch_built_with_cuda()
-
-
-def _torch_built_with_cuda() -> bool:
-    """Read torch/version.py instead of importing torch (seconds and hundreds of MB in the worker)."""
-    found = importlib.util.find_spec("torch")
-    if found is None or not found.submodule_search_locations:
-        return False
-    try:
-        text = (Path(list(found.submodule_search_locations)[0]) / "version.py").read_text()
-    except OSError:
-        return False
-    return re.search(r"^cuda\b[^=\n]*=\s*['\"]", text, re.MULTILINE) is not None
-
-
-def _cuda_index(device: str) -> str:
-    """The physical GPU: torch's index mapped through CUDA_VISIBLE_DEVICES, so workers with different
-    visible sets that share a GPU share its lease."""
-    index = int(device.split(":")[1]) if ":" in device else 0
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    return visible[index] if index < len(visible) else str(index)
-
-
-def acquire_lease(resource: str, worker_id: int, job_id: int) -> bool:
-    """Take the lease of a device for a job: insert it, or take it over (compare-and-set) from ourselves or
-    from a holder that is dead, silent or done. Works the same on SQLite and PostgreSQL."""
-    now = utcnow()
-    try:
-        with store.session() as s:
-            s.add(Lease(resource=resource, worker_id=worker_id, job_id=job_id, acquired_at=now, heartbeat_at=now))
-        return True
-    except IntegrityError:  # someone holds it (the primary key): see whether it may be taken over
-        pass
-    with store.session() as s:
-        lease = s.get(Lease, resource)
-        if lease is None:
-            return False  # released in between: the next poll takes it
-        if lease.worker_id != worker_id and not _lease_stale(s, lease, now):
-            return False
-        # of two workers taking over the same lease, exactly one matches the holder it saw
-        return s.execute(update(Lease).where(
-            Lease.resource == resource, Lease.worker_id == lease.worker_id, Lease.job_id == lease.job_id).values(
-            worker_id=worker_id, job_id=job_id, acquired_at=now, heartbeat_at=now)).rowcount == 1
-
-
-def _lease_stale(s, lease: Lease, now) -> bool:
-    holder = s.get(Worker, lease.worker_id)
-    if holder is None or _worker_dead(holder, now):
-        return True
-    if now - lease.heartbeat_at > timedelta(seconds=STALE_S):
-        return True
-    job_status = s.scalar(select(Job.status).where(Job.id == lease.job_id)) if lease.job_id else None
-    # a live holder whose job ended keeps the lease only for the moment between taking it and claiming
-    return job_status != "running" and now - lease.acquired_at > timedelta(seconds=LEASE_GRACE_S)
-
-
-def release_leases(worker_id: int) -> None:
-    with store.session() as s:
-        s.execute(delete(Lease).where(Lease.worker_id == worker_id))
-
-
-def _release_lease(resource: str, worker_id: int) -> None:
-    with store.session() as s:
-        s.execute(delete(Lease).where(Lease.resource == resource, Lease.worker_id == worker_id))
-
-
-def leases() -> dict[str, int | None]:
-    """Which job holds each device now (for the page, the CLI and tests)."""
-    with store.session() as s:
-        return {lease.resource: lease.job_id for lease in s.scalars(select(Lease))}
-
-
 # --- the worker ----------------------------------------------------------------------------------------
 def _claim_next(worker_id: int) -> Job | None:
     """Claim the oldest queued job whose device is free: its device's lease first, then the job itself."""
@@ -496,73 +394,3 @@ def _next_job(worker_id: int) -> Job | None:
     except OperationalError as e:  # a database locked past its timeout: not fatal, the next poll retries
         print(f"[worker {os.getpid()}] store busy, retrying: {e}", file=sys.stderr, flush=True)
         return None
-
-
-# --- the job's own process ------------------------------------------------------------------------------
-def run_job_child(job_id: int) -> int:
-    """Body of `python -m lab _run-job <id>`: execute the spec under a LoadMonitor, save the results in one
-    transaction, mark the job done. On an error, write its text into the job and exit 1; the worker
-    records the outcome. Returns the exit code."""
-    from lab import runner
-    from lab.machine_load import LoadMonitor
-
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the worker decides
-    with store.session() as s:
-        job = s.get(Job, job_id)
-        if job is None or job.status != "running":  # only a worker's claimed job runs: no duplicate results
-            print(f"job {job_id} is not running (status: {job.status if job else 'no such job'}); "
-                  f"a worker runs queued jobs", file=sys.stderr)
-            return 2
-        exp_id, spec = job.experiment_id, s.get(Experiment, job.experiment_id).spec
-    try:
-        with LoadMonitor() as load:
-            results = runner.execute(spec, _progress_writer(job_id))
-        for res in results:
-            res.environment.update(load.summary())
-        runner.save(exp_id, results)
-    except Exception as e:  # the job fails with its reason; the worker lives on for the next job
-        text = f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
-        print(text, file=sys.stderr, flush=True)
-        with store.session() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(error=text))
-        return 1
-    _finish_if(job_id, "running", "done", None, "done")
-    return 0
-
-
-def _progress_writer(job_id: int):
-    last_write = [0.0]
-
-    def progress(fraction: float, message: str) -> None:
-        now = time.time()
-        if now - last_write[0] < 0.25 and fraction < 1.0:  # throttle writes; the page polls every 2 s
-            return
-        last_write[0] = now
-        try:
-            with store.session() as s:  # only while running: a dying child must not overwrite "cancelled"
-                s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
-                    progress=fraction, message=message))
-        except OperationalError:  # progress is for display; a locked database must not fail the run
-            pass
-
-    return progress
-
-
-def _die_with_parent() -> None:
-    """A child must not outlive its worker (it would measure on after its job was reaped or re-queued)."""
-    parent = int(os.environ.get("LAB_WORKER_PID") or os.getppid())
-    try:  # Linux: the kernel kills us the moment the worker dies
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
-
-    def watch() -> None:  # elsewhere (and as a second guard): notice being re-parented
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()

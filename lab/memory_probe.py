@@ -14,10 +14,10 @@ import ctypes
 import gc
 import json
 import os
-import signal
 import subprocess
 import sys
 
+from lab.job_process import set_parent_death_signal
 from lab.paths import ROOT
 
 MB = 1024 * 1024
@@ -30,21 +30,13 @@ def probe(spec: dict) -> list[dict]:
     try:
         done = subprocess.run([sys.executable, "-m", "lab.memory_probe"], input=json.dumps(spec), text=True,
                               capture_output=True, cwd=ROOT, env=env, timeout=PROBE_TIMEOUT_S,
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=set_parent_death_signal)  # never outlive the job
     except subprocess.TimeoutExpired:
         return [{"error": f"the memory probe took over {PROBE_TIMEOUT_S} s"}] * len(spec["variants"])
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         return [{"error": f"the memory probe failed: {last}"}] * len(spec["variants"])
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _die_with_parent() -> None:
-    """A worker that kills its job's process must not leave the probe running (Linux: PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def release_freed_memory() -> None:

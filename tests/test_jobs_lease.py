@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from lab import jobs, store
+from lab import leases as lab_leases
 from lab.cli import main
 from lab.experiment import validate
 from lab.machine_load import LoadMonitor, busy_reason
@@ -142,7 +143,7 @@ def test_two_workers_never_measure_side_by_side_on_one_device(tiny_spec, hooked_
         while time.time() < deadline:
             statuses = [jobs.get_job(j).status for j in ids]
             most_running = max(most_running, statuses.count("running"))
-            holders.update(jobs.leases().items())
+            holders.update(lab_leases.leases().items())
             if all(s == "done" for s in statuses):
                 break
             time.sleep(0.1)
@@ -152,7 +153,7 @@ def test_two_workers_never_measure_side_by_side_on_one_device(tiny_spec, hooked_
     assert [jobs.get_job(j).status for j in ids] == ["done", "done"]
     assert most_running == 1, "two jobs measured side by side on one device"
     assert holders <= {(f"cpu:{jobs.HOST}", ids[0]), (f"cpu:{jobs.HOST}", ids[1])} and holders
-    assert jobs.leases() == {}  # released when the jobs ended
+    assert lab_leases.leases() == {}  # released when the jobs ended
 
 
 def test_sigterm_stops_a_worker_mid_forward_within_seconds_and_requeues_the_job(tiny_spec, hooked_env,
@@ -170,7 +171,7 @@ def test_sigterm_stops_a_worker_mid_forward_within_seconds_and_requeues_the_job(
             worker.kill()
     job = jobs.get_job(job_id)
     assert job.status == "queued" and "re-queued" in job.message and count(store.Run) == 0
-    assert job_processes(isolated_db) == [] and jobs.leases() == {}
+    assert job_processes(isolated_db) == [] and lab_leases.leases() == {}
 
 
 def test_cancel_mid_forward_ends_within_seconds_and_stores_nothing(tiny_spec, hooked_env, isolated_db):
@@ -205,7 +206,7 @@ def test_a_killed_worker_takes_its_job_process_with_it(tiny_spec, hooked_env, is
         if worker.poll() is None:
             worker.kill()
     wait_for(lambda: jobs.get_job(job_id).status == "failed", timeout=10, what="job failed")
-    assert f"worker (pid {worker.pid}) died" in jobs.get_job(job_id).error and jobs.leases() == {}
+    assert f"worker (pid {worker.pid}) died" in jobs.get_job(job_id).error and lab_leases.leases() == {}
 
 
 @pytest.mark.parametrize("hook, reason", [
@@ -224,7 +225,7 @@ def test_a_failing_run_fails_its_job_with_the_reason_and_the_worker_lives_on(tin
         stop(worker)
     if hook.startswith("raise"):
         assert job.error.startswith(reason) and "exited with code 1" in job.error
-    assert count(store.Run) == 0 and jobs.leases() == {}
+    assert count(store.Run) == 0 and lab_leases.leases() == {}
 
 
 def test_a_stale_lease_of_a_dead_worker_is_taken_over_and_a_live_one_is_not():
@@ -240,7 +241,7 @@ def test_a_stale_lease_of_a_dead_worker_is_taken_over_and_a_live_one_is_not():
     assert not jobs.acquire_lease("gpu:test", dead_id + 1, job_id=None)  # a live holder keeps it
     assert jobs.acquire_lease("x:test", dead_id, job_id=None)
     jobs.reap_dead()  # frees what dead workers hold, nothing else
-    assert jobs.leases() == {"cpu:test": None, "gpu:test": None}
+    assert lab_leases.leases() == {"cpu:test": None, "gpu:test": None}
     with store.session() as s:
         assert {lease.worker_id for lease in s.scalars(select(store.Lease))} == {alive_id}
 
@@ -249,12 +250,12 @@ def test_the_device_key_names_the_host_and_the_gpu(monkeypatch):
     assert jobs.device_key({"device": "cpu"}) == f"cpu:{jobs.HOST}"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert jobs.device_key({"device": "cuda"}) == f"cuda:{jobs.HOST}:3"
-    jobs._cuda_usable.cache_clear()
+    lab_leases._cuda_usable.cache_clear()
     try:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
         assert jobs.device_key({"device": "auto"}) == f"cpu:{jobs.HOST}"
     finally:
-        jobs._cuda_usable.cache_clear()
+        lab_leases._cuda_usable.cache_clear()
 
 
 def test_ensure_worker_from_many_processes_at_once_starts_one_worker():
