@@ -199,3 +199,17 @@ def test_context_qa_items_put_the_question_after_the_context():
     for item, (topic, question) in zip(items, QA):
         assert tok.decode(item.question_ids).startswith(question)
         assert "<|user|>" in tok.decode(item.prompt_ids[:20]) and item.info == {"topic": topic}
+
+
+@pytest.mark.parametrize("spec", [{"name": "quantized_kv", "bits": 4},
+                                  {"name": "quantized_kv", "bits": 4, "axis": "per_channel", "group_size": 16}])
+def test_quantized_kv_prefill_attends_in_full_precision(tiny, spec):
+    """As KIVI and transformers' QuantizedCache: the prefill sees its own keys and values; only what is held for
+    later steps is quantized (before, the prefill already attended to int4 keys)."""
+    model, tok = tiny
+    from transformers import DynamicCache
+    engine = Engine(model, tok, build([spec]))
+    with torch.no_grad():
+        plain = model(input_ids=torch.tensor([PROMPT]), past_key_values=DynamicCache(config=model.config)).logits
+        quant = model(input_ids=torch.tensor([PROMPT]), past_key_values=engine.new_cache()).logits
+    assert torch.equal(plain, quant)

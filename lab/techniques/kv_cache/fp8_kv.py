@@ -13,7 +13,7 @@ class Fp8KV(Technique):
     slot = "cache"
     title = "fp8 KV cache (transformers QuantizedCache)"
     summary = ("transformers' QuantizedCache, fp8 (e4m3) backend: one scale per tensor, frozen after the "
-               "prefill; new tokens are appended in fp8.")
+               "prefill; new tokens are appended in fp8 (values beyond the prefill's range saturate).")
     paper = "Micikevicius et al., FP8 Formats for Deep Learning, 2022 (arXiv:2209.05433)"
 
     def make_cache(self, model):

@@ -18,8 +18,9 @@ def make_quantized_layer_class():
 
         per_token: each token's head_dim vector shares one scale, so a token is quantized as it arrives.
         per_channel (KIVI-style for keys): each channel shares a scale across a block of `group` tokens, so
-        tokens wait in the residual until a block is full. update() returns the dequantized cache, as
-        transformers' QuantizedCache does: the saving is in what is held between steps.
+        tokens wait in the residual until a block is full. The prefill attends to its own full-precision keys and
+        values; later steps get the dequantized cache, as transformers' QuantizedCache does: the saving is in what
+        is held between steps.
         """
 
         def __init__(self, bits: int, axis: str, group: int):
@@ -52,6 +53,7 @@ def make_quantized_layer_class():
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
+            prefill = self.q_keys is None and self.keys.numel() == 0
             self.keys = torch.cat([self.keys, key_states], dim=-2)  # the full-precision residual
             self.values = torch.cat([self.values, value_states], dim=-2)
             ready = self.keys.shape[-2] if self.axis == "per_token" else \
@@ -60,6 +62,8 @@ def make_quantized_layer_class():
                 self.q_keys = self._append(self.q_keys, self.keys[..., :ready, :])
                 self.q_values = self._append(self.q_values, self.values[..., :ready, :])
                 self.keys, self.values = self.keys[..., ready:, :], self.values[..., ready:, :]
+            if prefill:  # the prefill attends in full precision, as in KIVI and transformers' QuantizedCache
+                return key_states, value_states
             keys = [t for t in (self._restore(self.q_keys), self.keys) if t is not None]
             values = [t for t in (self._restore(self.q_values), self.values) if t is not None]
             return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
@@ -78,7 +82,8 @@ class QuantizedKV(Technique):
     slot = "cache"
     title = "Quantized KV cache (int8 / int4)"
     summary = ("Stores every cached key and value in 8 or 4 bits with min-max scales, per token or per channel "
-               "(KIVI style, with a full-precision residual until a block of tokens is complete).")
+               "(KIVI style for keys; here values too), with a full-precision residual until a block of tokens is "
+               "complete. The prefill attends in full precision; what is held is quantized.")
     paper = ("Liu et al., KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache, ICML 2024 "
              "(arXiv:2402.02750)")
 
