@@ -49,21 +49,20 @@ def release_freed_memory() -> None:
 
 def probe_variant(spec: dict, variant: dict, device: str) -> dict:
     from lab import models
-    from lab.engine import Engine
     from lab.measure import PeakMemory
     from lab.techniques import build
 
     loaded = models.load(spec["model"], device=device)
-    engine = Engine(loaded.model, loaded.tokenizer, build(variant["techniques"], model_kind=loaded.kind))
-    work = _first_work(spec, engine, loaded.tokenizer)
+    techniques = build(variant["techniques"], model_kind=loaded.kind)
+    weights, work = (_diffusion_work if loaded.kind == "diffusion" else _llm_work)(spec, variant, loaded, techniques)
     del loaded
-    models.unload_all()  # only the engine's own weights stay referenced
+    models.unload_all()  # only this variant's own weights stay referenced
     release_freed_memory()
-    _page_in(engine.model)
-    with PeakMemory(str(engine.device)) as mem:
-        work(variant["engine"])
+    _page_in(weights)
+    with PeakMemory(device) as mem:
+        work()
     result = {"peak_mb": mem.peak / MB, "rise_mb": mem.rise / MB}
-    del engine
+    del weights, work
     release_freed_memory()
     return result
 
@@ -77,15 +76,27 @@ def _page_in(model) -> None:
             t.reshape(-1)[::512].sum()  # one element in every 4 KB page, read in place (no full-size temporary)
 
 
-def _first_work(spec: dict, engine, tokenizer):
-    """The first unit of the workload the timed repeats ran: a batch of items, or a perplexity window."""
+def _llm_work(spec: dict, variant: dict, loaded, techniques):
+    """The variant's model, and the first unit of the workload the timed repeats ran: a batch of items, or a
+    perplexity window."""
+    from lab.engine import Engine
+    engine = Engine(loaded.model, loaded.tokenizer, techniques)
     if spec["workload"] == "perplexity":
         from lab.workloads import perplexity_windows
-        ids = perplexity_windows(tokenizer, spec["perplexity_window"], spec["perplexity_window"])[0]
-        return lambda _engine_name: engine.continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
+        ids = perplexity_windows(loaded.tokenizer, spec["perplexity_window"], spec["perplexity_window"])[0]
+        return engine.model, lambda: engine.continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
     from lab.runner import first_batch, run_batch, settings_for
-    batch = first_batch(spec, tokenizer)
-    return lambda engine_name: run_batch(engine, engine_name, batch, settings_for(spec))
+    batch = first_batch(spec, loaded.tokenizer)
+    return engine.model, lambda: run_batch(engine, variant["engine"], batch, settings_for(spec))
+
+
+def _diffusion_work(spec: dict, _variant: dict, loaded, techniques):
+    """The variant's denoiser (its own copy under a weights technique), and its first image batch."""
+    from lab.diffusion.runner import DiffusionVariant, image_batches
+    diffusion = DiffusionVariant(spec, loaded, techniques)
+    diffusion.prepare()
+    batch, device = image_batches(spec)[0], loaded.device  # the closure must not hold `loaded` (the original)
+    return diffusion.call.model, lambda: diffusion.generate(batch, spec["seed"], device)
 
 
 def main() -> None:

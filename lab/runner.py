@@ -93,6 +93,7 @@ def _execute_diffusion(spec, loaded, device, progress) -> list[VariantResult]:
         results.append(VariantResult(v["name"], v["engine"], v["techniques"],
                                      environment(device, loaded.dtype, spec_hash(spec))))
     run_diffusion(spec, loaded, techniques, results, progress)
+    _measure_memory(spec, results, progress)
     progress(1.0, "done")
     return results
 

@@ -103,7 +103,7 @@ def run_diffusion(spec, loaded, techniques_per_variant, results, progress) -> No
             for k in [(k + r + b) % n for k in range(n)]:  # rotate who goes first
                 progress(0.05 + 0.85 * done / total, f"repeat {r + 1}/{spec['repeats']}, batch {b + 1}/"
                                                      f"{len(batches)}: {results[k].name}")
-                result, per_step, computed, mem = variants[k].generate(labels, spec["seed"] + b, loaded.device)
+                result, per_step, computed, _mem = variants[k].generate(labels, spec["seed"] + b, loaded.device)
                 done += 1
                 seconds[k], generated[k] = result.seconds, (result.images, per_step)
                 s = results[k].samples
@@ -111,8 +111,6 @@ def run_diffusion(spec, loaded, techniques_per_variant, results, progress) -> No
                 s["s_per_step"].append(result.seconds / result.steps_run)
                 s["images_per_s"].append(len(labels) / result.seconds)
                 s["blocks_computed"].append(100.0 * computed)
-                s["peak_mem_mb"].append(mem.peak / MB)
-                s["mem_rise_mb"].append(mem.rise / MB)
             for k in range(n):  # paired per batch and repeat, adjacent in time
                 results[k].samples["speedup"].append(seconds[0] / seconds[k])
                 if r == 0:
