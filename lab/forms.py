@@ -16,7 +16,7 @@ VARIANT_ENGINES = ENGINES  # what runs a variant: the lab's loop, or transformer
 
 def presets(kind: str | None = None) -> dict[str, dict]:
     """Raw (unvalidated) specs of experiments/*.toml, by file stem (a file with [[runs]] gives one per run,
-    named by its run); quickstart first. `kind` ('llm' or 'diffusion') keeps the specs for that model kind."""
+    named by its run); the kind's quick start first (quickstart, diffusion_quickstart). `kind` ('llm' or 'diffusion') keeps the specs for that model kind."""
     return {label: raw for label, (_path, _index, raw) in _preset_entries(kind).items()}
 
 
@@ -29,7 +29,7 @@ def preset_origins(kind: str | None = None) -> dict[str, tuple[Path, int]]:
 def _preset_entries(kind: str | None) -> dict[str, tuple[Path, int, dict]]:
     from lab.diffusion.models import DIFFUSION_MODELS
     out = {}
-    for path in sorted(EXPERIMENTS_DIR.glob("*.toml"), key=lambda p: (p.stem != "quickstart", p.stem)):
+    for path in sorted(EXPERIMENTS_DIR.glob("*.toml"), key=lambda p: (not p.stem.endswith("quickstart"), p.stem)):
         with open(path, "rb") as f:
             raws = expand_runs(tomllib.load(f))
         for index, raw in enumerate(raws):

@@ -103,7 +103,8 @@ def test_every_diffusion_technique_can_be_queued_from_the_page(name):
     model = "digits-dit" if name in forms.techniques_for("diffusion", "dit") else "digits-unet"
     at = page("pages/2_Diffusion_Lab.py")
     next(s for s in at.selectbox if s.label == "Model").select(model).run()
-    next(m for m in at.multiselect if m.label == "Techniques").select(name).run()
+    next(n for n in at.number_input if n.label == "Variants besides the baseline").set_value(1).run()
+    next(m for m in at.multiselect if m.label == "Techniques").set_value([name]).run()  # only this technique
     next(b for b in at.button if b.label == "Run experiment").click().run()
     assert not at.exception and not at.error
     spec = _queued_spec(at)
@@ -141,7 +142,7 @@ def test_every_method_runs_from_the_cli(tmp_path):
         '[{ name = "step_reduction", steps = 5 }]\n\n[[runs]]\nmodel = "digits-unet"\n[[runs.variants]]\n'
         'techniques = [{ name = "deep_cache", interval = 2 }]\n')
     out = subprocess.run([sys.executable, "-m", "lab", "run", str(spec), "--wait"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), "LAB_WORKER_AUTOSTART": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     for label in ("block_cache", "first_block_cache", "taylorseer", "mag_cache", "faster_cache",
                   "pyramid_attention_broadcast", "step_reduction", "deep_cache", "Blocks computed [%]",

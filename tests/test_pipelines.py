@@ -157,7 +157,7 @@ def test_a_pipeline_runs_from_the_cli(folders, tmp_path):
     spec.write_text(f'name = "flux tiny"\nmodel = "{folders["flux"]}"\nsteps = 6\nimage_size = 32\nprompts = 2\n'
                     'repeats = 1\nwarmup = 0\nthreads = 2\n[[variants]]\ntechniques = [{ name = "taylorseer", '
                     'interval = 2, warmup_steps = 1 }]\n')
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_DATA_DIR": str(tmp_path / "data"), "LAB_WORKER_AUTOSTART": "1"}
     out = subprocess.run([sys.executable, "-m", "lab", "run", str(spec), "--wait"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -181,7 +181,8 @@ def test_the_diffusion_page_queues_a_pipeline_with_the_techniques_that_fit_its_d
     next(t for t in at.text_input if t.label == "Pipeline folder").input(folders["sd"]).run()
     options = next(m for m in at.multiselect if m.label == "Techniques").options
     assert any(o.startswith("DeepCache") for o in options) and not any(o.startswith("TaylorSeer") for o in options)
-    next(m for m in at.multiselect if m.label == "Techniques").select("deep_cache").run()
+    next(n for n in at.number_input if n.label == "Variants besides the baseline").set_value(1).run()
+    next(m for m in at.multiselect if m.label == "Techniques").set_value(["deep_cache"]).run()  # only this technique
     next(b for b in at.button if b.label == "Run experiment").click().run()
     assert not at.exception and not at.error
     exp_id = int(at.query_params["experiment"][0])

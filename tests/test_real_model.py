@@ -39,7 +39,8 @@ def test_builtin_model_loads_from_the_converted_cache(smollm2):
 
 
 def test_quickstart_runs_through_the_worker_into_sqlite(isolated_db):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_DATABASE_URL": f"sqlite:///{isolated_db}"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_DATABASE_URL": f"sqlite:///{isolated_db}",
+           "LAB_WORKER_AUTOSTART": "1"}  # --wait starts its own worker (conftest turns autostart off)
     proc = subprocess.run([sys.executable, "-m", "lab", "run", "experiments/quickstart.toml", "--wait"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
