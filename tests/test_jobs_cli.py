@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from lab import jobs, store
+from lab import leases as lab_leases
 from lab.cli import main
 from lab.experiment import validate
 from tests.conftest import ROOT
@@ -53,7 +54,7 @@ def test_queued_jobs_run_after_a_worker_restart(tiny_spec):
     with store.session() as s:  # every run records the machine's load while it measured
         env = s.scalars(select(store.Run)).first().environment
     assert {"load_avg_start", "load_avg_max", "other_cpu_share", "cores"} <= set(env)
-    assert jobs.leases() == {}
+    assert lab_leases.leases() == {}
 
 
 def test_killed_worker_leaves_job_failed_with_reason_and_nothing_stored(tiny_spec):

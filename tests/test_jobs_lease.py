@@ -235,11 +235,11 @@ def test_a_stale_lease_of_a_dead_worker_is_taken_over_and_a_live_one_is_not():
         s.add_all([alive, dead])
         s.flush()
         alive_id, dead_id = alive.id, dead.id
-    assert jobs.acquire_lease("cpu:test", dead_id, job_id=None)
-    assert jobs.acquire_lease("cpu:test", alive_id, job_id=None)  # its holder is dead: taken over
-    assert jobs.acquire_lease("gpu:test", alive_id, job_id=None)
-    assert not jobs.acquire_lease("gpu:test", dead_id + 1, job_id=None)  # a live holder keeps it
-    assert jobs.acquire_lease("x:test", dead_id, job_id=None)
+    assert lab_leases.acquire_lease("cpu:test", dead_id, job_id=None)
+    assert lab_leases.acquire_lease("cpu:test", alive_id, job_id=None)  # its holder is dead: taken over
+    assert lab_leases.acquire_lease("gpu:test", alive_id, job_id=None)
+    assert not lab_leases.acquire_lease("gpu:test", dead_id + 1, job_id=None)  # a live holder keeps it
+    assert lab_leases.acquire_lease("x:test", dead_id, job_id=None)
     jobs.reap_dead()  # frees what dead workers hold, nothing else
     assert lab_leases.leases() == {"cpu:test": None, "gpu:test": None}
     with store.session() as s:
@@ -247,13 +247,13 @@ def test_a_stale_lease_of_a_dead_worker_is_taken_over_and_a_live_one_is_not():
 
 
 def test_the_device_key_names_the_host_and_the_gpu(monkeypatch):
-    assert jobs.device_key({"device": "cpu"}) == f"cpu:{jobs.HOST}"
+    assert lab_leases.device_key({"device": "cpu"}) == f"cpu:{jobs.HOST}"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert jobs.device_key({"device": "cuda"}) == f"cuda:{jobs.HOST}:3"
+    assert lab_leases.device_key({"device": "cuda"}) == f"cuda:{jobs.HOST}:3"
     lab_leases._cuda_usable.cache_clear()
     try:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-        assert jobs.device_key({"device": "auto"}) == f"cpu:{jobs.HOST}"
+        assert lab_leases.device_key({"device": "auto"}) == f"cpu:{jobs.HOST}"
     finally:
         lab_leases._cuda_usable.cache_clear()
 
