@@ -48,7 +48,7 @@ def generate(model, techniques: list[dict], steps: int = STEPS, guidance: float 
     loaded = types.SimpleNamespace(model=model, name="tiny", pipeline=None)
     variant = DiffusionVariant(spec, loaded, build(techniques, model_kind="diffusion"))
     variant.prepare()
-    result, per_step, computed, _mem = variant.generate([0, 3, 7], seed=5, device="cpu")
+    result, per_step, computed = variant.generate([0, 3, 7], seed=5, device="cpu")
     return result.images, per_step, computed
 
 
@@ -244,8 +244,8 @@ def test_bf16_weights_run_the_denoiser_in_bf16_and_halve_its_bytes(denoisers):
     bf16 = DiffusionVariant(spec, loaded, build([{"name": "weight_dtype", "dtype": "bf16"}], model_kind="diffusion"))
     assert bf16.weight_bytes * 2 == plain.weight_bytes
     assert next(denoisers["dit"].parameters()).dtype == torch.float32  # the shared model is untouched
-    a, _, _, _ = plain.generate([1, 2], seed=0, device="cpu")
-    b, _, _, _ = bf16.generate([1, 2], seed=0, device="cpu")
+    a, _, _ = plain.generate([1, 2], seed=0, device="cpu")
+    b, _, _ = bf16.generate([1, 2], seed=0, device="cpu")
     assert b.images.dtype == torch.float32 and not torch.equal(a.images, b.images)
     assert (a.images - b.images).abs().mean() < 0.2
 

@@ -46,7 +46,7 @@ def generate(pipeline, techniques: list[dict], **fields):
     spec = spec_for(pipeline.name, **fields)
     variant = DiffusionVariant(spec, pipeline, build(techniques, model_kind="diffusion"))
     variant.prepare()
-    result, per_step, computed, _mem = variant.generate(image_batches(spec)[0], seed=5, device="cpu")
+    result, per_step, computed = variant.generate(image_batches(spec)[0], seed=5, device="cpu")
     return result.images, per_step, computed
 
 

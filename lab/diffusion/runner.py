@@ -15,7 +15,6 @@ from lab.diffusion.counting import BlockCounter
 from lab.diffusion.quality import psnr, ssim, to_pixels
 from lab.diffusion.sampler import DenoiserCall, sample
 from lab.engine.decode import model_bytes
-from lab.measure import PeakMemory
 from lab.runner import MB
 
 
@@ -68,7 +67,7 @@ class DiffusionVariant:
     def generate(self, wanted: list, seed: int, device: str):
         counter = BlockCounter(self.call.model)
         wrap = self.cache.wrap_denoiser(self.call) if self.cache else contextlib.nullcontext()
-        with PeakMemory(device) as mem, counter, wrap:
+        with counter, wrap:  # no memory sampler beside a timed run: memory comes from lab/memory_probe.py
             if self.pipeline is not None:
                 result = self._pipeline_images([item.text for item in wanted], seed, counter.next_step)
             else:
@@ -76,7 +75,7 @@ class DiffusionVariant:
         per_step = counter.shares_of_entering_rows()
         # share of the *baseline's* work: fewer steps count as fewer blocks computed
         computed = sum(per_step) / self.baseline_steps
-        return result, per_step, computed, mem
+        return result, per_step, computed
 
 
 def run_diffusion(spec, loaded, techniques_per_variant, results, progress) -> None:
@@ -103,7 +102,7 @@ def run_diffusion(spec, loaded, techniques_per_variant, results, progress) -> No
             for k in [(k + r + b) % n for k in range(n)]:  # rotate who goes first
                 progress(0.05 + 0.85 * done / total, f"repeat {r + 1}/{spec['repeats']}, batch {b + 1}/"
                                                      f"{len(batches)}: {results[k].name}")
-                result, per_step, computed, _mem = variants[k].generate(labels, spec["seed"] + b, loaded.device)
+                result, per_step, computed = variants[k].generate(labels, spec["seed"] + b, loaded.device)
                 done += 1
                 seconds[k], generated[k] = result.seconds, (result.images, per_step)
                 s = results[k].samples
