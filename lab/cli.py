@@ -64,7 +64,7 @@ def _wait(job_id: int, exp_id: int) -> int:
 
 def _load_lines(exp) -> list[str]:
     """The machine's load during the run, and a warning when it was busy enough to distort the timings."""
-    from lab.machine_load import busy_reason
+    from lab.results import busy_runs
     env = exp.runs[0].environment
     lines = []
     if env.get("other_cpu_share") is not None or env.get("load_avg_max") is not None:
@@ -72,7 +72,7 @@ def _load_lines(exp) -> list[str]:
         others = f"{share:.0%}" if share is not None else "unknown"
         lines.append(f"machine load: other processes used {others} of the CPU time of {env.get('cores')} cores; "
                      f"load average {env.get('load_avg_start')} at the start, up to {env.get('load_avg_max')}")
-    reason = next((r for run in exp.runs if (r := busy_reason(run.environment or {}))), None)
+    reason = busy_runs(exp)  # the page's warning says the same
     if reason:
         lines.append(f"WARNING: measured on a busy machine: {reason}; timings may be wrong")
     return lines

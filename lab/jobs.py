@@ -25,7 +25,7 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import OperationalError
 
 from lab import store
-from lab.paths import ROOT, data_dir
+from lab.paths import ROOT, child_env, data_dir
 from lab.leases import _release_lease, acquire_lease, device_key, release_leases
 from lab.store import Experiment, Job, Lease, Run, Worker, utcnow
 
@@ -188,7 +188,7 @@ def ensure_worker(idle_exit: float = 600.0) -> bool:
         log = open(data_dir() / "worker.log", "ab")
         subprocess.Popen([sys.executable, "-m", "lab", "worker", "--idle-exit", str(idle_exit)], cwd=ROOT,
                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                         env=_child_env())
+                         env=child_env())
         deadline = time.time() + 20  # wait until it has announced itself, so the next caller sees it alive
         while time.time() < deadline and not worker_alive():
             time.sleep(0.2)
@@ -218,12 +218,6 @@ def _spawn_lock_path() -> Path:
     if url.startswith("sqlite") and database and database != ":memory:":
         return Path(database + "-worker-start.lock")  # next to lab.db-wal: git-ignored alike
     return data_dir() / f"worker-start-{hashlib.sha1(url.encode()).hexdigest()[:12]}.lock"
-
-
-def _child_env() -> dict:
-    """The environment of processes we start: ours (LAB_DATABASE_URL, LAB_DATA_DIR...), with the lab importable."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path}
 
 
 # --- the worker ----------------------------------------------------------------------------------------
@@ -283,7 +277,7 @@ def run_job(job: Job, stopping: threading.Event | None = None) -> str:
     """Run one claimed job in a child process and record its outcome. Returns how the child ended:
     "exited" (done or failed), "cancelled" or "stopped" (the worker is stopping; the job went back to the queue)."""
     child = subprocess.Popen([sys.executable, "-m", "lab", "_run-job", str(job.id)], cwd=ROOT,
-                             stdin=subprocess.DEVNULL, env={**_child_env(), "LAB_WORKER_PID": str(os.getpid())})
+                             stdin=subprocess.DEVNULL, env={**child_env(), "LAB_WORKER_PID": str(os.getpid())})
     outcome = _watch(child, job.id, stopping or threading.Event())
     _settle(job.id, child.returncode, outcome)
     return outcome

@@ -13,23 +13,22 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import os
 import subprocess
 import sys
 
 from lab.job_process import set_parent_death_signal
-from lab.paths import ROOT
+from lab.paths import ROOT, child_env
 
 MB = 1024 * 1024
 PROBE_TIMEOUT_S = 3600
 
 
 def probe(spec: dict) -> list[dict]:
-    """{'peak_mb', 'rise_mb'} per variant of an LLM spec, measured in a child process (or {'error': ...})."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """{'peak_mb', 'rise_mb'} per variant of a spec (LLM or diffusion), measured in a child process (or
+    {'error': ...} for every variant when the probe could not run)."""
     try:
         done = subprocess.run([sys.executable, "-m", "lab.memory_probe"], input=json.dumps(spec), text=True,
-                              capture_output=True, cwd=ROOT, env=env, timeout=PROBE_TIMEOUT_S,
+                              capture_output=True, cwd=ROOT, env=child_env(), timeout=PROBE_TIMEOUT_S,
                               preexec_fn=set_parent_death_signal)  # never outlive the job
     except subprocess.TimeoutExpired:
         return [{"error": f"the memory probe took over {PROBE_TIMEOUT_S} s"}] * len(spec["variants"])

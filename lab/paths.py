@@ -18,3 +18,10 @@ def model_cache_dir() -> Path:
     path = data_dir() / "cache" / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def child_env() -> dict:
+    """The environment of processes the lab starts: ours (LAB_DATABASE_URL, LAB_DATA_DIR...), with the lab
+    importable ahead of whatever PYTHONPATH already holds."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
