@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.paths import model_cache_dir
+from lab.paths import model_cache_dir, model_file
 from lab.techniques.base import SpecError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,7 +109,7 @@ def model_shape(name: str) -> ModelShape | None:
     that need them are then skipped, and loading will tell."""
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name].shape
-    config = _config_path(name)
+    config = model_file(name, "config.json")
     if config is None:
         return None
     try:
@@ -117,23 +117,6 @@ def model_shape(name: str) -> ModelShape | None:
     except (OSError, ValueError):
         return None
     return shape_from_config(raw, _safetensors_parameters(config.parent))
-
-
-def _config_path(name: str) -> Path | None:
-    try:
-        if Path(name).is_dir():
-            path = Path(name) / "config.json"
-            return path if path.is_file() else None
-    except (OSError, ValueError):  # names that are no possible path (too long, NUL bytes)
-        return None
-    if "/" not in name:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-    try:
-        hit = try_to_load_from_cache(name, "config.json")
-    except Exception:  # malformed ids raise; they are simply not cached
-        return None
-    return Path(hit) if isinstance(hit, str) else None
 
 
 # Names the same size goes by across transformers configs (Llama-style first, then GPT-2 style).

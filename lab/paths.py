@@ -25,3 +25,20 @@ def child_env() -> dict:
     importable ahead of whatever PYTHONPATH already holds."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path}
+
+
+def model_file(name: str, filename: str) -> Path | None:
+    """`filename` of a model named by a local folder or by a hub id already in the local Hugging Face cache
+    (nothing is downloaded); None when it is not there. A name the OS cannot take as a path (too long, NUL
+    bytes) raises OSError or ValueError, for the caller to name the field (experiment._model_lookup)."""
+    if Path(name).is_dir():
+        path = Path(name) / filename
+        return path if path.is_file() else None
+    if "/" not in name:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        hit = try_to_load_from_cache(name, filename)
+    except Exception:  # malformed ids raise; they are simply not cached
+        return None
+    return Path(hit) if isinstance(hit, str) else None

@@ -39,16 +39,9 @@ class PipelineInfo:
 
 def pipeline_folder(name: str) -> Path | None:
     """The folder of a pipeline: a local folder with model_index.json, or a hub id's cached snapshot."""
-    if Path(name).is_dir():
-        return Path(name) if (Path(name) / "model_index.json").exists() else None
-    if "/" not in name:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-    try:
-        hit = try_to_load_from_cache(name, "model_index.json")
-    except Exception:  # malformed ids raise; they are simply not cached
-        return None
-    return Path(hit).parent if isinstance(hit, str) else None
+    from lab.paths import model_file
+    index = model_file(name, "model_index.json")
+    return index.parent if index is not None else None
 
 
 def pipeline_info(name: str) -> PipelineInfo:
