@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lab import results
+from lab.views import results
 
 st.set_page_config(page_title="Efficiency Lab", layout="wide")
 st.title("Efficiency Lab")

@@ -5,18 +5,18 @@ import argparse
 import sys
 import time
 
-from lab.techniques import SpecError
+from lab.errors import SpecError
 
 
 def _cmd_run(args) -> int:
     from lab import jobs
-    from lab.experiment import load_toml_specs
+    from lab.bench.validate import load_toml_specs
     specs = load_toml_specs(args.spec)
     queued = []
     for spec in specs:
         exp_id, job_id = jobs.submit(spec)
         queued.append((exp_id, job_id))
-        print(f"queued experiment {exp_id} ({spec['name']}) as job {job_id}")
+        print(f"queued experiment {exp_id} ({spec.name}) as job {job_id}")
     if jobs.autostart_enabled():
         jobs.ensure_worker(idle_exit=60.0 if args.wait else 600.0)
     elif not jobs.worker_alive():
@@ -64,7 +64,7 @@ def _wait(job_id: int, exp_id: int) -> int:
 
 def _load_lines(exp) -> list[str]:
     """The machine's load during the run, and a warning when it was busy enough to distort the timings."""
-    from lab.results import busy_runs
+    from lab.views.results import busy_runs
     env = exp.runs[0].environment
     lines = []
     if env.get("other_cpu_share") is not None or env.get("load_avg_max") is not None:
@@ -79,7 +79,7 @@ def _load_lines(exp) -> list[str]:
 
 
 def _show(exp_id: int) -> int:
-    from lab import results
+    from lab.views import results
     exp = results.load_experiment(exp_id)
     if exp is None:
         print(f"no experiment with id {exp_id}", file=sys.stderr)
@@ -96,7 +96,7 @@ def _show(exp_id: int) -> int:
         print()
         print(results.text_table(results.summary_rows(exp)))
         print("\nmedian (p10–p90) over n samples; speedup is paired against the baseline in the same process")
-        from lab.diffusion_views import equal_compute_rows
+        from lab.views.diffusion import equal_compute_rows
         if exp.spec.get("workload") == "digits" and (rows := equal_compute_rows(exp)):
             print("\nagainst fewer steps at equal compute (the step-reduction curve interpolated at each "
                   "variant's blocks computed):")
@@ -110,7 +110,7 @@ def _show(exp_id: int) -> int:
 
 
 def _cmd_list(_args) -> int:
-    from lab import results
+    from lab.views import results
     print(results.text_table(results.recent_experiments(50)))
     return 0
 
@@ -131,15 +131,15 @@ def _cmd_techniques(_args) -> int:
 
 
 def _cmd_models(_args) -> int:
-    from lab.models import list_models
-    from lab.results import text_table
+    from lab.bench.models import list_models
+    from lab.views.results import text_table
     print(text_table(list_models()))
     print("\nAlso: any local model folder, or a hub id already in the local Hugging Face cache.")
     return 0
 
 
 def _cmd_prepare(_args) -> int:
-    from lab.models import BUILTIN_MODELS, prepare_builtin
+    from lab.llm.models import BUILTIN_MODELS, prepare_builtin
     for name in BUILTIN_MODELS:
         print(f"{name}: {prepare_builtin(name)}")
     return 0
@@ -152,7 +152,7 @@ def _cmd_worker(args) -> int:
 
 
 def _cmd_run_job(args) -> int:
-    from lab.job_process import run_job_child
+    from lab.jobs.process import run_job_child
     return run_job_child(args.job)
 
 

@@ -48,8 +48,6 @@ _DEFS = [
               "(tied weights counted once), plus a draft model's own weights.", False),
     MetricDef("kv_cache_mb", "KV cache", "MB", "Bytes of the target's KV cache at the end of a generation, "
               "summed from the cache's tensors (batch > 1: this sequence's row, holes included).", False),
-    MetricDef("draft_kv_mb", "Draft KV cache", "MB", "Speculative decoding: bytes of the draft model's own KV "
-              "cache at the end of a generation, read from its tensors (prompt lookup keeps none).", False),
     MetricDef("agreement", "Agreement", "%", "Tokens equal to the baseline's greedy tokens at the same position, "
               "divided by the longer of the two outputs (100% = identical; stopping early or running on both "
               "count against it).", True, "quality"),
@@ -69,16 +67,6 @@ _DEFS = [
               "pass key) appears in the generated text.", True, "quality", share=True),
     MetricDef("exact_match", "Exact match", "%", "Share of items whose whole output equals the baseline's token "
               "for token. Speculative decoding with greedy verification must score 100%.", True, "quality", share=True),
-    MetricDef("acceptance_rate", "Acceptance", "%", "Speculative decoding: accepted draft tokens divided by "
-              "proposed draft tokens.", True),
-    MetricDef("mean_accepted", "Accepted per round", "tok", "Speculative decoding: draft tokens accepted per "
-              "draft/verify round (each round also yields one token of the target's own).", True),
-    MetricDef("tokens_per_forward", "Tokens per target forward", "tok", "New tokens divided by target forwards "
-              "(prefill included); plain decoding makes exactly 1.", True),
-    MetricDef("draft_ms", "Draft time", "ms", "Speculative decoding: time spent drafting per generation (the "
-              "draft model's prefill included), in ms.", False),
-    MetricDef("verify_ms", "Verify time", "ms", "Speculative decoding: time of the target's verification "
-              "forwards per generation (prefill excluded), in ms.", False),
     MetricDef("batch_tokens_per_s", "Batch tokens/s", "tok/s", "All new tokens of a batch divided by the time "
               "until its last sequence finished (batch_size > 1).", True),
     MetricDef("s_per_image", "Time per image", "s", "Diffusion: sampling time of a batch divided by its images.",
@@ -104,7 +92,30 @@ _DEFS = [
               "(perplexity workload: window tokens over the time of its one forward).", True),
 ]
 METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
-ORDER = [m.name for m in _DEFS]
+ORDER = [m.name for m in _DEFS]  # technique metrics follow the built-ins, in the order they were declared
+_OWNER: dict[str, str] = {}  # technique metric -> the technique that declared it first
+
+
+def add(metrics, owner: str) -> None:
+    """Add a technique's own metrics to the catalogue. A family's techniques may share one declaration; a name
+    that means something else (a built-in, or another declaration) is refused."""
+    for m in metrics:
+        known = METRICS.get(m.name)
+        if known is not None and (known != m or m.name not in _OWNER):
+            raise TypeError(f"technique '{owner}': metric {m.name!r} is already declared "
+                            f"{'by the lab' if m.name not in _OWNER else f'by {_OWNER[m.name]!r}'} with another "
+                            f"meaning; give it another name")
+        if known is None:
+            METRICS[m.name], _OWNER[m.name] = m, owner
+            ORDER.append(m.name)
+
+
+def remove(names, owner: str) -> None:
+    """Take a technique's metrics out of the catalogue again (when its technique is unregistered)."""
+    for name in names:
+        if _OWNER.get(name) == owner:
+            del METRICS[name], _OWNER[name]
+            ORDER.remove(name)
 
 
 def definition(name: str) -> MetricDef:

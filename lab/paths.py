@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,10 +28,20 @@ def child_env() -> dict:
     return {**os.environ, "PYTHONPATH": path}
 
 
+def set_parent_death_signal() -> None:
+    """Linux: the kernel kills this process the moment its parent dies (PR_SET_PDEATHSIG); a no-op elsewhere.
+    Passed as preexec_fn to the processes the lab starts, so none outlives the job that started it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def model_file(name: str, filename: str) -> Path | None:
     """`filename` of a model named by a local folder or by a hub id already in the local Hugging Face cache
     (nothing is downloaded); None when it is not there. A name the OS cannot take as a path (too long, NUL
-    bytes) raises OSError or ValueError, for the caller to name the field (experiment._model_lookup)."""
+    bytes) raises OSError or ValueError, for the caller to name the field (lab/bench/validate.py)."""
     if Path(name).is_dir():
         path = Path(name) / filename
         return path if path.is_file() else None

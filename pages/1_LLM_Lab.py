@@ -1,10 +1,10 @@
 """LLM Lab: build an experiment from the technique declarations, run it in the worker, read the results."""
 import streamlit as st
 
-from lab import forms
-from lab.models import BUILTIN_MODELS, DEFAULT_LLM
+from lab.views import forms
+from lab.llm.models import BUILTIN_MODELS, DEFAULT_LLM
 from ui.experiment_panel import show_current_experiment, submit
-from ui.variant_form import variant_editor
+from ui.forms_view import variant_editor
 
 st.set_page_config(page_title="LLM Lab · Efficiency Lab", layout="wide")
 st.title("LLM Lab")

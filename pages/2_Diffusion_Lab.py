@@ -2,10 +2,10 @@
 points at; switch feature caching on, see images and counts."""
 import streamlit as st
 
-from lab import forms
+from lab.views import forms
 from lab.diffusion.models import DEFAULT_DIFFUSION, DIFFUSION_MODELS
 from ui.experiment_panel import show_current_experiment, submit
-from ui.variant_form import variant_editor
+from ui.forms_view import variant_editor
 
 st.set_page_config(page_title="Diffusion Lab · Efficiency Lab", layout="wide")
 st.title("Diffusion Lab")

@@ -3,8 +3,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from lab import compare
-from lab.results import column_label
+from lab.views import compare
+from lab.views.results import column_label
 
 st.set_page_config(page_title="Compare · Efficiency Lab", layout="wide")
 st.title("Compare runs")

@@ -9,8 +9,9 @@ import types
 import pytest
 import torch
 
-from lab.diffusion.runner import DiffusionVariant
-from lab.techniques import SpecError, all_techniques, build
+from lab.bench.diffusion_runner import DiffusionVariant
+from lab.errors import SpecError
+from lab.techniques import all_techniques, build
 
 STEPS = 12
 
@@ -121,7 +122,7 @@ def test_step_reduction_counts_as_less_work_and_must_reduce():
     model = tiny_dit()
     _, per_step, computed = generate(model, [{"name": "step_reduction", "steps": 3}])
     assert len(per_step) == 3 and computed == pytest.approx(3 / STEPS)
-    from lab.experiment import validate
+    from lab.bench.validate import validate
     with pytest.raises(SpecError, match="not fewer than the baseline's 50"):
         validate({"model": "digits-dit", "steps": 50,
                   "variants": [{"techniques": [{"name": "step_reduction", "steps": 50}]}]}, check_model_exists=False)
@@ -192,7 +193,7 @@ def test_deep_cache_refuses_a_branch_deeper_than_the_unet(denoisers):
 
 
 def test_spec_checks_name_the_model_the_denoiser_and_the_workload():
-    from lab.experiment import validate
+    from lab.bench.validate import validate
     with pytest.raises(SpecError, match="'deep_cache' works on unet denoisers; model 'digits-dit' is a dit"):
         validate({"model": "digits-dit", "variants": [{"techniques": [{"name": "deep_cache"}]}]},
                  check_model_exists=False)
@@ -203,7 +204,7 @@ def test_spec_checks_name_the_model_the_denoiser_and_the_workload():
     with pytest.raises(SpecError, match="field 'sampler'.*allowed: ddim, dpmsolver\\+\\+"):
         validate({"model": "digits-dit", "sampler": "euler"}, check_model_exists=False)
     spec = validate({"model": "digits-dit"}, check_model_exists=False)
-    assert spec["workload"] == "digits"
+    assert spec.workload == "digits"
 
 
 def test_ssim_matches_scikit_image_and_psnr_is_infinite_for_identical_images():
@@ -263,7 +264,7 @@ def _run(variant: str, techniques: list, metrics: dict):
 
 
 def test_equal_compute_reads_each_cache_against_the_fewer_steps_curve():
-    from lab.diffusion_views import equal_compute_rows
+    from lab.views.diffusion import equal_compute_rows
     runs = [_run("baseline", [], {"blocks_computed": 100.0, "psnr_db": None, "ssim": 1.0, "speedup": 1.0}),
             _run("25 steps", [{"name": "step_reduction", "steps": 25, "sampler": "same"}],
                  {"blocks_computed": 50.0, "psnr_db": 20.0, "ssim": 0.80, "speedup": 2.0}),
@@ -290,7 +291,7 @@ def test_equal_compute_reads_each_cache_against_the_fewer_steps_curve():
 
 
 def test_per_item_scores_are_summarised_by_their_mean():
-    from lab.measure import summarize
+    from lab.bench.measure import summarize
     from lab.metrics import definition
     assert definition("class_accuracy").share and definition("image_exact").share
     assert not definition("psnr_db").share
@@ -301,7 +302,7 @@ def test_per_item_scores_are_summarised_by_their_mean():
 def test_image_grid_and_difference_for_the_page():
     import numpy as np
 
-    from lab.diffusion_views import SIDE, ZOOM, difference, grid
+    from lab.views.diffusion import SIDE, ZOOM, difference, grid
     a = np.zeros((SIDE, SIDE), dtype=np.uint8)
     b = a.copy()
     b[3, 4] = 50

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lab import results
+from lab.views import results
 from tests.test_pages import all_text, page, run_and_store
 
 DIT_TECHNIQUES = [{"name": "block_cache", "interval": 2}, {"name": "first_block_cache", "threshold": 0.1},
@@ -93,13 +93,13 @@ def test_diffusion_quickstart_button_queues_the_preset():
 
 
 def diffusion_technique_names():
-    from lab import forms
+    from lab.views import forms
     return sorted(forms.techniques_for("diffusion"))
 
 
 @pytest.mark.parametrize("name", diffusion_technique_names())
 def test_every_diffusion_technique_can_be_queued_from_the_page(name):
-    from lab import forms
+    from lab.views import forms
     model = "digits-dit" if name in forms.techniques_for("diffusion", "dit") else "digits-unet"
     at = page("pages/2_Diffusion_Lab.py")
     next(s for s in at.selectbox if s.label == "Model").select(model).run()

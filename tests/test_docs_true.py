@@ -21,7 +21,7 @@ def test_the_distilled_drafts_head_size_in_the_docs_is_the_shipped_one():
 
 
 def test_agreement_is_defined_as_it_is_computed():
-    from lab.fidelity import agreement
+    from lab.bench.fidelity import agreement
     from lab.metrics import definition
     # a variant that runs on past the baseline's answer: two of four positions match
     assert agreement([1, 2], [1, 2, 3, 4])[0] == 0.5

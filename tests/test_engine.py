@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from lab.engine import Engine, GenerationSettings
-from lab.engine.decode import sample_next
+from lab.llm.engine import Engine
+from lab.ops.sampling import GenerationSettings
+from lab.ops.sampling import sample_next
 from lab.techniques import build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
@@ -104,12 +105,29 @@ def test_continuation_nll_without_a_technique_is_the_models_own_loss(tiny):
 def test_diffusion_technique_slot_is_refused_for_llm(tiny):
     from dataclasses import dataclass
 
-    from lab.techniques.base import Technique
+    from lab.techniques.slots import DenoiserTechnique
 
     @dataclass
-    class FakeDenoiser(Technique):  # defined without a name: not registered, used only here
-        slot = "denoiser"
+    class FakeDenoiser(DenoiserTechnique):  # defined without a name: not registered, used only here
+        pass
 
     model, tok = tiny
-    with pytest.raises(ValueError, match="diffusion"):
+    with pytest.raises(ValueError, match="denoiser slot, which an LLM's decode loop does not have"):
         Engine(model, tok, [FakeDenoiser()])
+
+
+def test_a_technique_for_a_kind_its_slot_ignores_is_refused_when_defined():
+    from dataclasses import dataclass
+
+    from lab.techniques.slots import CacheTechnique, DenoiserTechnique
+
+    with pytest.raises(TypeError, match="applies to diffusion models, whose runs never use its cache slot"):
+        @dataclass
+        class DiffusionKV(CacheTechnique):
+            name = "test_diffusion_kv"
+            applies_to = ("diffusion",)
+    with pytest.raises(TypeError, match="applies to llm models, whose runs never use its denoiser slot"):
+        @dataclass
+        class LLMDenoiser(DenoiserTechnique):
+            name = "test_llm_denoiser"
+            applies_to = ("llm",)

@@ -1,28 +1,29 @@
 import pytest
 
-from lab.experiment import spec_hash, validate
-from lab.techniques import SpecError
+from lab.spec import spec_hash
+from lab.bench.validate import validate
+from lab.errors import SpecError
 
 
 def test_defaults_and_baseline_first(tiny_model_dir):
     spec = validate({"model": str(tiny_model_dir),
                      "variants": [{"name": "bf16", "techniques": [{"name": "weight_dtype"}]}]})
-    assert [v["name"] for v in spec["variants"]] == ["baseline", "bf16"]
-    assert spec["variants"][1]["techniques"] == [{"name": "weight_dtype", "dtype": "bf16"}]
-    assert spec["repeats"] == 3 and spec["workload"] == "chat"
+    assert [v.name for v in spec.variants] == ["baseline", "bf16"]
+    assert spec.variants[1].techniques == [{"name": "weight_dtype", "dtype": "bf16"}]
+    assert spec.repeats == 3 and spec.workload == "chat" and spec.model_kind == "llm"
 
 
 def test_explicit_baseline_is_moved_first(tiny_model_dir):
     spec = validate({"model": str(tiny_model_dir), "variants": [
         {"name": "half", "techniques": [{"name": "weight_dtype"}]}, {"name": "ref", "techniques": []}]})
-    assert [v["name"] for v in spec["variants"]] == ["ref", "half"]
+    assert [v.name for v in spec.variants] == ["ref", "half"]
 
 
 @pytest.mark.parametrize("raw, message", [
     ({"repeats": 0}, "field 'repeats': 0 is out of range; allowed: 1 to 100"),
     ({"workload": "poems"}, "field 'workload': 'poems' is not allowed; allowed: chat, perplexity, needle, grounded, context_qa"),
     ({"colour": "red"}, "unknown field.*colour.*allowed fields: name"),
-    ({"max_new_tokens": "many"}, "field 'max_new_tokens': expected a int"),
+    ({"max_new_tokens": "many"}, "field 'max_new_tokens': expected an int"),
     ({"prompts": 99}, "field 'prompts': 99 is more than the chat workload has; allowed: 1 to 14"),
     ({"variants": [{"name": "x", "techniques": [{"name": "weight_dtype", "dtype": "fp8"}]}]},
      r"variants\[0\] \(x\): technique 'weight_dtype', knob 'dtype'"),
@@ -48,23 +49,23 @@ def test_hash_ignores_name_but_not_settings(tiny_model_dir):
 
 
 def test_shipped_specs_validate():
-    from lab.experiment import load_toml_specs
+    from lab.bench.validate import load_toml_specs
     from lab.paths import ROOT
     for path in sorted((ROOT / "experiments").glob("*.toml")):
         for spec in load_toml_specs(path):
-            assert spec["variants"][0]["techniques"] == []
+            assert spec.variants[0].techniques == []
 
 
 def test_a_spec_file_with_runs_gives_one_experiment_per_run(tmp_path, tiny_model_dir):
-    from lab.experiment import load_toml, load_toml_specs
+    from lab.bench.validate import load_toml, load_toml_specs
     path = tmp_path / "two.toml"
     path.write_text(f'name = "two"\nmodel = "{tiny_model_dir}"\nprompts = 2\n'
                     '[[runs]]\nworkload = "chat"\n[[runs]]\nworkload = "grounded"\nprompts = 3\n'
                     '[[variants]]\ntechniques = [{ name = "prompt_lookup" }]\n')
     chat, grounded = load_toml_specs(path)
-    assert (chat["workload"], chat["prompts"], chat["name"]) == ("chat", 2, "two (chat)")
-    assert (grounded["workload"], grounded["prompts"]) == ("grounded", 3)
-    assert chat["variants"] == grounded["variants"]
+    assert (chat.workload, chat.prompts, chat.name) == ("chat", 2, "two (chat)")
+    assert (grounded.workload, grounded.prompts) == ("grounded", 3)
+    assert chat.variants == grounded.variants
     with pytest.raises(SpecError, match="holds 2 experiments"):
         load_toml(path)
     path.write_text(f'model = "{tiny_model_dir}"\n[[runs]]\nworkload = "poems"\n')

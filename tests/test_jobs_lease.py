@@ -3,7 +3,7 @@ within seconds on cancel or SIGTERM even mid-forward, LAB_WORKER_AUTOSTART=0 hon
 machine's load recorded with every run (with a warning when it was busy).
 
 A long forward pass is simulated by a sitecustomize.py on the workers' PYTHONPATH that wraps
-lab.runner.execute when it is imported (LAB_TEST_RUNNER=sleep:S | raise:MESSAGE | kill): a plain sleep reaches
+lab.bench.run.execute when it is imported (LAB_TEST_RUNNER=sleep:S | raise:MESSAGE | kill): a plain sleep reaches
 no progress point, exactly like a long prefill, and needs no hook in the lab's own code."""
 import os
 import queue
@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import func, select
 
 from lab import jobs, store
-from lab import leases as lab_leases
+from lab.jobs import leases as lab_leases
 from lab.cli import main
-from lab.experiment import validate
-from lab.machine_load import LoadMonitor, busy_reason
+from lab.bench.validate import validate
+from lab.bench.machine_load import LoadMonitor, busy_reason
 from tests.conftest import ROOT
 
 SITECUSTOMIZE = '''
@@ -29,7 +29,7 @@ import importlib.abc, importlib.util, os, signal, sys, time
 
 class _WrapRunner(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != "lab.runner":
+        if name != "lab.bench.run":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

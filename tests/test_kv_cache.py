@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from lab.engine import Engine, GenerationSettings
+from lab.llm.engine import Engine
+from lab.ops.sampling import GenerationSettings
 from lab.techniques import all_techniques, build
-from lab.techniques.kv_cache.press import KVPress, n_kept
+from lab.techniques.kv_cache.base import KVPress, n_kept
 from lab.techniques.kv_cache.quant import dequantize, quantize
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
@@ -102,7 +103,7 @@ def test_mikv_holds_more_than_eviction_and_less_than_full(tiny):
 
 
 def test_mikv_refuses_decode_time_compression():
-    from lab.techniques import SpecError
+    from lab.errors import SpecError
     with pytest.raises(SpecError, match="compress_every.*allowed: 0"):
         build([{"name": "mikv", "compress_every": 4}])
 
@@ -143,7 +144,7 @@ def test_kv_methods_stack_with_bf16_weights(tiny):
 
 
 def test_two_cache_techniques_are_refused():
-    from lab.techniques import SpecError
+    from lab.errors import SpecError
     with pytest.raises(SpecError, match="both use the cache slot"):
         build([{"name": "knorm"}, {"name": "quantized_kv"}])
 
@@ -151,7 +152,7 @@ def test_two_cache_techniques_are_refused():
 def test_weight_returning_attention_matches_sdpa_and_gets_its_mask(tiny):
     """Registered with AttentionMaskInterface too, so the causal mask arrives (without it, mask is None)."""
     model, _ = tiny
-    from lab.engine.attention import WEIGHTS_ATTENTION
+    from lab.ops.attention import WEIGHTS_ATTENTION
     x = torch.tensor([PROMPT[:30]])
     with torch.no_grad():
         ref = model(input_ids=x).logits
@@ -182,7 +183,7 @@ def test_question_after_compressed_context_sees_true_positions(tiny):
 
 
 def test_needle_items_place_the_key_at_the_requested_depth():
-    from lab.workloads import needle_items
+    from lab.llm.workloads import needle_items
     tok = build_byte_tokenizer()
     items = needle_items(tok, [600], [0, 50, 100])
     texts = [tok.decode(i.prompt_ids) for i in items]
@@ -192,7 +193,7 @@ def test_needle_items_place_the_key_at_the_requested_depth():
 
 
 def test_context_qa_items_put_the_question_after_the_context():
-    from lab.workloads import QA, context_qa_items
+    from lab.llm.workloads import QA, context_qa_items
     tok = build_byte_tokenizer()
     items = context_qa_items(tok, 3)
     assert len(items) == 3

@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from lab.engine import Engine, GenerationSettings
+from lab.llm.engine import Engine
+from lab.ops.sampling import GenerationSettings
 from lab.techniques import build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 

@@ -23,7 +23,7 @@ TIE_TOL = 1e-5  # relative: far above float32 rounding of a norm (~1e-7), far be
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from lab.models import load
+    from lab.bench.models import load
     return load("smollm2-135m-instruct", device="cpu")
 
 
@@ -47,7 +47,8 @@ def test_tie_check_accepts_only_ties_at_the_boundary():
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['technique']}@{c['knobs']['compression_ratio']}" for c in CASES])
 def test_same_kept_tokens_and_answer_as_kvpress(smollm2, case):
-    from lab.engine import Engine, GenerationSettings
+    from lab.llm.engine import Engine
+    from lab.ops.sampling import GenerationSettings
     from lab.techniques import build
     golden = json.loads(GOLDEN.read_text())
     engine = Engine(smollm2.model, smollm2.tokenizer, build([{"name": case["technique"], **case["knobs"]}]))

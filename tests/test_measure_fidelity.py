@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from lab.fidelity import agreement, perplexity
-from lab.measure import PeakMemory, environment, percentile, summarize
+from lab.bench.fidelity import agreement, perplexity
+from lab.bench.measure import PeakMemory, environment, percentile, summarize
 
 
 def test_summary_median_and_percentiles():

@@ -4,9 +4,10 @@ a speedup from too little data flagged as such."""
 import pytest
 import torch
 
-from lab.engine import Engine, GenerationSettings
-from lab.engine.decode import Generation
-from lab.runner import _record_pair
+from lab.llm.engine import Engine
+from lab.ops.sampling import GenerationSettings
+from lab.ops.generation import Generation
+from lab.bench.llm_runner import _record_pair
 from lab.techniques import build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
@@ -55,8 +56,8 @@ def test_a_variant_that_stops_early_is_not_more_compressed():
 
 
 def test_headline_speedup_per_workload_is_declared_for_every_llm_workload():
-    from lab.runner import HEADLINE_SPEEDUP
-    from lab.workloads import WORKLOADS
+    from lab.bench.llm_runner import HEADLINE_SPEEDUP
+    from lab.prompts import WORKLOADS
     generation_workloads = set(WORKLOADS) - {"perplexity", "digits", "image_prompts"}
     assert set(HEADLINE_SPEEDUP) == generation_workloads
 
@@ -104,19 +105,20 @@ def test_a_draft_models_own_cache_is_counted_apart_from_the_targets(tiny):
     (1.8, 2.2, 2, 0, "no warm-up, only 2 pairs"),
 ])
 def test_ratio_note_says_when_a_speedup_cannot_be_told_from_noise(p10, p90, n, warmup, expected):
-    from lab.results import ratio_note
+    from lab.views.results import ratio_note
     assert ratio_note(p10, p90, n, warmup) == expected
 
 
 def test_the_table_flags_a_speedup_measured_without_warm_up_and_gives_each_cell_its_n(tiny_spec):
-    from lab import results, runner
-    from lab.experiment import validate
+    from lab.views import results
+    from lab.bench import record, run
+    from lab.bench.validate import validate
     from lab.jobs import submit
     spec = validate({**tiny_spec, "warmup": 0, "repeats": 1, "perplexity_tokens": 0,
                      "variants": [{"name": "snapkv", "techniques": [{"name": "snapkv", "compression_ratio": 0.5}]}]})
-    res = runner.execute(spec)
+    res = run.execute(spec)
     exp_id, _ = submit(spec)
-    runner.save(exp_id, res)
+    record.save(exp_id, res)
     rows = results.summary_rows(results.load_experiment(exp_id))
     cell = rows[1]["Speedup [x]"]
     assert "no warm-up" in cell and "only 2 pairs" in cell and "n=2" in cell
@@ -142,8 +144,8 @@ def big_enough_tiny_llama(tmp_path_factory):
 def test_bf16_shows_its_weight_saving_in_peak_memory(tmp_path_factory):
     """Each variant's peak is measured with only its own weights alive, so bf16's halved weights show up (before,
     every variant's peak held the fp32 original and the bf16 copy alike, and the rise read ~0)."""
-    from lab.experiment import validate
-    from lab.memory_probe import probe
+    from lab.bench.validate import validate
+    from lab.bench.memory_probe import probe
     folder, params = big_enough_tiny_llama(tmp_path_factory)
     spec = validate({"model": str(folder), "workload": "chat", "prompts": 1, "max_new_tokens": 4, "threads": 1,
                      "variants": [{"name": "bf16", "techniques": [{"name": "weight_dtype", "dtype": "bf16"}]}]})

@@ -6,8 +6,11 @@ import sys
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lab import forms, jobs, results, runner
-from lab.experiment import load_toml, load_toml_specs, validate
+from lab import jobs
+from lab.views import forms
+from lab.views import results
+from lab.bench import record, run
+from lab.bench.validate import load_toml, load_toml_specs, validate
 from tests.conftest import ROOT
 
 
@@ -22,7 +25,7 @@ def run_and_store(raw: dict) -> int:
     """Validate, run and save a spec as the worker would; returns the experiment id."""
     spec = validate(raw)
     exp_id, job_id = jobs.submit(spec)
-    runner.save(exp_id, runner.execute(spec))
+    record.save(exp_id, run.execute(spec))
     finish_queued_job(job_id, "done", None, "done")
     return exp_id
 
@@ -156,7 +159,7 @@ def test_llm_lab_kv_views_needle_table_curves_and_kept_tokens(stored_kv_sweep):
 
 
 def test_sweep_frame_starts_every_curve_at_the_baseline(stored_kv_sweep):
-    from lab.kv_views import sweep_frame
+    from lab.views.kv_cache import sweep_frame
     frame = sweep_frame(results.load_experiment(stored_kv_sweep))
     assert list(frame["compression_ratio"]) == [0.0, 0.25, 0.5] and set(frame["method"]) == {"snapkv"}
     assert frame["kv_compression"].iloc[2] > frame["kv_compression"].iloc[1] > 1.0
@@ -186,7 +189,7 @@ def test_llm_lab_speculative_table_token_colours_and_timeline(stored_speculative
 
 
 def test_token_spans_rebuild_the_output_with_rejected_drafts_apart(stored_speculative):
-    from lab.spec_views import round_summary, runs_with_rounds, timeline_rows, token_spans
+    from lab.views.speculative import round_summary, runs_with_rounds, timeline_rows, token_spans
     exp = results.load_experiment(stored_speculative)
     for run in runs_with_rounds(exp):
         for out in run.outputs:

@@ -12,9 +12,10 @@ import torch
 from test_diffusion import OFF, SKIPPING, denoiser_techniques
 from tiny_pipelines import save_tiny_pipeline
 
-from lab.diffusion.runner import DiffusionVariant, image_batches
-from lab.experiment import validate
-from lab.techniques import SpecError, build
+from lab.bench.diffusion_runner import DiffusionVariant, image_batches
+from lab.bench.validate import validate
+from lab.errors import SpecError
+from lab.techniques import build
 
 STEPS = 8
 KINDS = ("flux", "pixart", "sd", "sd3")
@@ -82,7 +83,7 @@ def test_a_technique_declared_unsupported_on_a_denoiser_is_refused_before_the_ru
 
 def test_a_pipeline_folder_is_a_diffusion_model_with_its_own_workload_and_scheduler(folders):
     spec = spec_for(folders["flux"])
-    assert (spec["workload"], spec["sampler"]) == ("image_prompts", "pipeline")
+    assert (spec.workload, spec.sampler, spec.pipeline) == ("image_prompts", "pipeline", True)
     with pytest.raises(SpecError, match="'digits' does not fit the diffusers pipeline.*allowed: image_prompts"):
         spec_for(folders["flux"], workload="digits")
     with pytest.raises(SpecError, match=r"'ddim' does not fit.*own scheduler\); allowed: pipeline"):
@@ -116,7 +117,9 @@ def test_caching_switched_off_equals_the_pipeline_baseline_bit_for_bit(loaded, k
 
 
 def test_a_pipeline_experiment_runs_stores_thumbnails_and_draws_the_comparison(folders, isolated_db):
-    from lab import diffusion_views, jobs, results
+    from lab import jobs
+    from lab.views import diffusion as diffusion_views
+    from lab.views import results
 
     variants = [{"name": "fbc", "techniques": [{"name": "first_block_cache", "threshold": 2.0}]},
                 {"name": "bf16", "techniques": [{"name": "weight_dtype", "dtype": "bf16"}]},
@@ -138,7 +141,7 @@ def test_a_pipeline_experiment_runs_stores_thumbnails_and_draws_the_comparison(f
     assert rows["captions"] == ["lighthouse", "cat-window", "city-rain"]
     assert rows["difference"].min() < 255  # the cache changed something visible
     assert {r["variant"] for r in diffusion_views.step_strip(exp)} == {"baseline", "fbc", "bf16", "4 steps"}
-    from lab.compare import comparison_table
+    from lab.views.compare import comparison_table
     table = comparison_table([run.id for run in exp.runs])
     assert table.loc["image_size"].tolist() == ["32"] * 4 and "classes" not in table.index
     at = page("pages/2_Diffusion_Lab.py", experiment=str(exp_id))
@@ -175,7 +178,8 @@ def page(path: str, **query):
 
 
 def test_the_diffusion_page_queues_a_pipeline_with_the_techniques_that_fit_its_denoiser(folders, isolated_db):
-    from lab import jobs, results
+    from lab import jobs
+    from lab.views import results
     at = page("pages/2_Diffusion_Lab.py")
     next(s for s in at.selectbox if s.label == "Model").select("a diffusers pipeline folder…").run()
     next(t for t in at.text_input if t.label == "Pipeline folder").input(folders["sd"]).run()
@@ -213,8 +217,8 @@ def test_an_image_to_image_pipeline_is_refused_with_the_reason(folders):
 
 def test_mag_cache_calibrates_a_pipeline_on_a_prompt_it_never_scores(loaded, monkeypatch):
     """Before, the calibration ran on the spec's first prompts, the very images it was then scored on."""
-    from lab.diffusion.runner import CALIBRATION_PROMPT
-    from lab.workloads import image_prompts
+    from lab.bench.diffusion_runner import CALIBRATION_PROMPT
+    from lab.llm.workloads import image_prompts
     assert CALIBRATION_PROMPT not in [item.text for item in image_prompts()]
     spec = spec_for(loaded["flux"].name)
     variant = DiffusionVariant(spec, loaded["flux"], build([{"name": "mag_cache"}], model_kind="diffusion"))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lab import results
+from lab.views import results
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.real_model
@@ -13,13 +13,14 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from lab.models import load
+    from lab.bench.models import load
     return load("smollm2-135m-instruct", device="cpu")
 
 
 def test_lab_loop_greedy_equals_transformers_generate_token_for_token(smollm2):
-    from lab.engine import Engine, GenerationSettings
-    from lab.workloads import chat_input_ids, chat_prompts
+    from lab.llm.engine import Engine
+    from lab.ops.sampling import GenerationSettings
+    from lab.llm.workloads import chat_input_ids, chat_prompts
     engine = Engine(smollm2.model, smollm2.tokenizer)
     settings = GenerationSettings(max_new_tokens=40)
     for item in chat_prompts(3):
@@ -72,8 +73,9 @@ DRAFTS = {"prompt_lookup": {}, "draft_model (distilled)": {"name": "draft_model"
 @pytest.fixture(scope="module")
 def greedy_reference(smollm2):
     """Plain greedy outputs of two chat and two grounded prompts (different lengths, so a batch is ragged)."""
-    from lab.engine import Engine, GenerationSettings
-    from lab.workloads import chat_items, grounded_items
+    from lab.llm.engine import Engine
+    from lab.ops.sampling import GenerationSettings
+    from lab.llm.workloads import chat_items, grounded_items
     items = chat_items(smollm2.tokenizer, 2) + grounded_items(smollm2.tokenizer, 2)
     prompts = [it.prompt_ids for it in items]
     settings = GenerationSettings(max_new_tokens=32)
@@ -83,7 +85,7 @@ def greedy_reference(smollm2):
 
 @pytest.mark.parametrize("label", list(DRAFTS))
 def test_speculative_greedy_equals_plain_greedy_batch_1_and_4(smollm2, greedy_reference, label):
-    from lab.engine import Engine
+    from lab.llm.engine import Engine
     from lab.techniques import build
     entry = {"name": label.split(" ")[0], **DRAFTS[label]}
     engine = Engine(smollm2.model, smollm2.tokenizer, build([entry]))
@@ -102,11 +104,11 @@ def reference_perplexity(spec) -> float:
 
     import torch
 
-    from lab.models import load
-    from lab.workloads import perplexity_windows
-    loaded = load(spec["model"], device="cpu")
+    from lab.bench.models import load
+    from lab.llm.workloads import perplexity_windows
+    loaded = load(spec.model, device="cpu")
     nll = n = 0
-    for ids in perplexity_windows(loaded.tokenizer, spec["perplexity_tokens"], spec["perplexity_window"]):
+    for ids in perplexity_windows(loaded.tokenizer, spec.perplexity_tokens, spec.perplexity_window):
         with torch.no_grad():
             logits = loaded.model(torch.tensor([ids])).logits[0].float()
         half = len(ids) // 2

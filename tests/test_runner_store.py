@@ -2,27 +2,29 @@
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from lab import results, runner, store
-from lab.experiment import validate
+from lab import store
+from lab.views import results
+from lab.bench import record, run
+from lab.bench.validate import validate
 from lab.jobs import submit
 
 
 @pytest.fixture
 def ran(tiny_spec):
     spec = validate(tiny_spec)
-    return spec, runner.execute(spec)
+    return spec, run.execute(spec)
 
 
 def test_runner_measures_every_metric_with_the_baseline_interleaved(ran):
     spec, res = ran
     assert [r.name for r in res] == ["baseline", "bf16"]
-    n = spec["repeats"] * spec["prompts"]
+    n = spec.repeats * spec.prompts
     for r in res:
         for name in ("ttft_s", "tpot_ms", "tokens_per_s", "latency_s", "kv_cache_mb", "speedup", "decode_speedup",
                      "prefill_speedup", "decode_tokens_per_s", "prefill_tokens_per_s"):
             assert len(r.samples[name]) == n, name
         assert len(r.samples["peak_mem_mb"]) == 1  # one fresh-process probe per variant
-        assert len(r.samples["agreement"]) == spec["prompts"]
+        assert len(r.samples["agreement"]) == spec.prompts
         assert r.samples["perplexity"][0] > 1
         assert r.environment["threads"] == 1 and r.environment["spec_hash"]
     base, half = res
@@ -32,12 +34,12 @@ def test_runner_measures_every_metric_with_the_baseline_interleaved(ran):
         assert half.samples["prefill_speedup"][i] == pytest.approx(base.samples["ttft_s"][i] / half.samples["ttft_s"][i])
     assert half.samples["speedup"] == half.samples["decode_speedup"]  # chat leads with the decode speedup
     # agreement recomputed from the stored token ids of both variants
-    from lab.fidelity import agreement
+    from lab.bench.fidelity import agreement
     for out, score in zip(half.outputs, half.samples["agreement"]):
         twin = next(o for o in base.outputs if o["item_index"] == out["item_index"])
         assert score == pytest.approx(100 * agreement(twin["token_ids"], out["token_ids"])[0])
     # answer similarity (MiniLM) per item: exactly 100 where the texts are equal, below where they differ
-    assert len(half.samples["answer_similarity"]) == spec["prompts"]
+    assert len(half.samples["answer_similarity"]) == spec.prompts
     for out, sim in zip(half.outputs, half.samples["answer_similarity"]):
         twin = next(o for o in base.outputs if o["item_index"] == out["item_index"])
         assert (sim == 100.0) == (out["text"] == twin["text"]) and sim <= 100.0 + 1e-6
@@ -50,7 +52,7 @@ def test_runner_measures_every_metric_with_the_baseline_interleaved(ran):
 def test_save_writes_runs_metrics_outputs_and_reads_back_as_a_table(ran):
     spec, res = ran
     exp_id, _ = submit(spec)
-    runner.save(exp_id, res)
+    record.save(exp_id, res)
     exp = results.load_experiment(exp_id)
     assert [r.variant for r in exp.runs] == ["baseline", "bf16"] and exp.runs[0].is_baseline
     assert len(exp.runs[0].outputs) == 2 and exp.runs[0].outputs[0].token_ids
@@ -65,7 +67,7 @@ def test_a_failing_save_leaves_nothing_half_written(ran, monkeypatch):
     exp_id, _ = submit(spec)
     res[1].outputs[0]["prompt"] = None  # violates NOT NULL on the second run's output, mid-transaction
     with pytest.raises(Exception):
-        runner.save(exp_id, res)
+        record.save(exp_id, res)
     with store.session() as s:
         assert s.scalar(select(func.count()).select_from(store.Run)) == 0
         assert s.scalar(select(func.count()).select_from(store.Metric)) == 0

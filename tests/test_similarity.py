@@ -5,8 +5,8 @@ import importlib.util
 
 import pytest
 
-from lab import similarity
-from lab.similarity import EmbedderMissing, answer_similarity
+from lab.bench import similarity
+from lab.bench.similarity import EmbedderMissing, answer_similarity
 
 ANSWER = "To sort a list in Python, call sorted(my_list) or my_list.sort()."
 ONE_WORD = "To sort a list in Python, use sorted(my_list) or my_list.sort()."

@@ -5,10 +5,12 @@ from collections import Counter
 import pytest
 import torch
 
-from lab.engine import Engine, GenerationSettings
-from lab.engine.drafters import ModelDrafter, NullDrafter, PromptLookupDrafter, lookup_continuation, truncated_copy
-from lab.engine.decode import warped_probs
-from lab.engine.speculative import AdaptiveK, Proposal, speculative_generate, verify
+from lab.llm.engine import Engine
+from lab.ops.sampling import GenerationSettings
+from lab.llm.speculative import AdaptiveK, speculative_generate, verify
+from lab.ops.sampling import warped_probs
+from lab.ops.drafting import (ModelDrafter, NullDrafter, PromptLookupDrafter, Proposal, lookup_continuation,
+                              truncated_copy)
 from lab.techniques import all_techniques, build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
@@ -186,15 +188,16 @@ def test_truncated_copy_is_a_separate_model_with_the_first_layers(tiny):
 
 
 def test_speculative_refuses_a_cache_technique_beside_it():
-    from lab.techniques import SpecError
+    from lab.errors import SpecError
     with pytest.raises(SpecError, match="rolls the KV cache back"):
         build([{"name": "prompt_lookup"}, {"name": "streaming_llm"}])
 
 
 def test_unknown_draft_model_is_refused_by_name():
-    from lab.techniques import SpecError
+    from lab.errors import SpecError
+    from lab.bench.validate import validate
     with pytest.raises(SpecError, match="knob 'draft'.*no-such-model.*smollm2-distilled"):
-        build([{"name": "draft_model", "draft": "no-such-model"}])
+        validate({"variants": [{"techniques": [{"name": "draft_model", "draft": "no-such-model"}]}]})
 
 
 def test_a_draft_models_weights_are_counted_and_layer_skip_adds_none(tiny):

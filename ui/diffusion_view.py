@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from lab import diffusion_views
+from lab.views import diffusion as diffusion_views
 
 
 def show_diffusion_views(exp) -> None:

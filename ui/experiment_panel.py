@@ -6,9 +6,9 @@ import os
 
 import streamlit as st
 
-from lab import jobs, results
-from lab.experiment import validate
-from lab.techniques import SpecError
+from lab import jobs
+from lab.views import results
+from lab.errors import SpecError
 from ui.results_view import show_experiment, show_job_failure
 
 AUTOSTART = os.environ.get("LAB_WORKER_AUTOSTART", "1") != "0"
@@ -16,11 +16,10 @@ AUTOSTART = os.environ.get("LAB_WORKER_AUTOSTART", "1") != "0"
 
 def submit(raw: dict) -> None:
     try:
-        spec = validate(raw)
+        exp_id, job_id = jobs.submit_raw(raw)
     except SpecError as e:
         st.error(f"Cannot run this experiment: {e}")
         return
-    exp_id, job_id = jobs.submit(spec)
     if AUTOSTART:
         jobs.ensure_worker()
     st.session_state["job_id"] = job_id

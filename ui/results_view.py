@@ -4,11 +4,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from lab import results
-from lab.diffusion_views import is_diffusion
+from lab.views import results
+from lab.views.diffusion import is_diffusion
 from ui.diffusion_view import show_diffusion_views
-from ui.kv_view import show_kv_views
-from ui.spec_view import show_spec_views
+from ui.kv_cache_view import show_kv_views
+from ui.speculative_view import show_spec_views
 
 
 def show_job_failure(job) -> None:

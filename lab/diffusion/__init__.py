@@ -1,5 +1,1 @@
-"""The diffusion side of the lab: digits data, the shipped networks, training, and the pixel-space sampler.
-
-Nothing here imports torch, so specs and pages can name the samplers without loading it."""
-
-SAMPLERS = ("ddim", "dpmsolver++")
+"""The diffusion side of the lab: digits data, the shipped networks, training, pipelines and the pixel-space sampler."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.diffusion.blocks import compute_units
+from lab.ops.blocks import compute_units
 
 
 class BlockCounter:

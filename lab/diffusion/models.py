@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.diffusion.loaded import LoadedDenoiser
+from lab.diffusion.pipelines import load_pipeline, pipeline_info
+from lab.errors import SpecError
 from lab.paths import SHIPPED_DATA
-from lab.techniques.base import SpecError
 
 MODELS_DIR = SHIPPED_DATA / "models"
 
@@ -33,7 +35,6 @@ CLASSIFIER_FOLDER = "digits-classifier"
 def check_denoiser(name: str) -> str:
     """The architecture of a shipped diffusion model or a pipeline folder, or SpecError when it cannot load."""
     if name not in DIFFUSION_MODELS:
-        from lab.diffusion.pipelines import pipeline_info
         return pipeline_info(name).architecture
     shipped = DIFFUSION_MODELS[name]
     if not (MODELS_DIR / shipped.folder / "config.json").exists():
@@ -42,23 +43,8 @@ def check_denoiser(name: str) -> str:
     return shipped.architecture
 
 
-@dataclass
-class LoadedDenoiser:
-    name: str
-    kind: str
-    model: object
-    classifier: object
-    architecture: str
-    device: str
-    dtype: str
-    source: str
-    tokenizer: object = None
-    pipeline: object = None  # a diffusers pipeline the user pointed at (then `model` is its denoiser)
-
-
 def load_denoiser(name: str, device: str) -> LoadedDenoiser:
     if name not in DIFFUSION_MODELS:
-        from lab.diffusion.pipelines import load_pipeline
         return load_pipeline(name, device)
     import torch
     from diffusers import UNet2DModel

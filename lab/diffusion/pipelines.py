@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.techniques.base import SpecError
+from lab.diffusion.loaded import LoadedDenoiser
+from lab.errors import SpecError
+from lab.paths import model_file
 
 DENOISER_COMPONENTS = ("transformer", "unet")
 IMAGE_INPUTS = ("image", "mask_image", "control_image", "video")  # what image-to-image pipelines take
@@ -39,7 +41,6 @@ class PipelineInfo:
 
 def pipeline_folder(name: str) -> Path | None:
     """The folder of a pipeline: a local folder with model_index.json, or a hub id's cached snapshot."""
-    from lab.paths import model_file
     index = model_file(name, "model_index.json")
     return index.parent if index is not None else None
 
@@ -58,26 +59,9 @@ def pipeline_info(name: str) -> PipelineInfo:
                         denoiser_class=index[found[0]][1])
 
 
-def make_cacheable(denoiser):
-    """Give a denoiser diffusers' CacheMixin (enable_cache / cache_context) when its class lacks it.
-
-    diffusers 0.42 mixes CacheMixin into Flux, Wan, HunyuanVideo... but not PixArt, SD3 or the SD UNet,
-    although its hooks only need the blocks and attention modules, which those have. Swapping in a subclass
-    adds the methods without copying or reloading the weights.
-    """
-    from diffusers.models.cache_utils import CacheMixin
-
-    if not isinstance(denoiser, CacheMixin):
-        cls = type(denoiser)
-        denoiser.__class__ = type(f"Cached{cls.__name__}", (cls, CacheMixin), {})
-    return denoiser
-
-
 def load_pipeline(name: str, device: str):
     import torch
     from diffusers import DiffusionPipeline
-
-    from lab.diffusion.models import LoadedDenoiser
 
     info = pipeline_info(name)
     # fp32 on a CPU (no fast bf16 kernels there); bf16 on a GPU, as these pipelines are published
@@ -92,6 +76,8 @@ def load_pipeline(name: str, device: str):
     for part in pipe.components.values():
         if isinstance(part, torch.nn.Module):
             part.eval().requires_grad_(False)
+    from lab.ops.blocks import make_cacheable  # lazy: validation reads this module; blocks imports torch
+
     denoiser = make_cacheable(getattr(pipe, info.denoiser))
     return LoadedDenoiser(name=name, kind="diffusion", model=denoiser, classifier=None,
                           architecture=info.architecture, device=device, dtype=str(dtype).replace("torch.", ""),

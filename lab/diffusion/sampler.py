@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lab.diffusion import SAMPLERS
+from lab.spec import SAMPLERS
 from lab.diffusion.data import IMAGE_SIZE
 from lab.diffusion.nets import NULL_CLASS
 

@@ -1,39 +1,101 @@
-"""Automatic registry of techniques: importing lab.techniques imports every module under it."""
+"""Automatic registry of techniques: defining a Technique subclass with a name registers it.
+
+discover() imports every module under lab/techniques, then the user's own: every .py file in the folders named
+by LAB_TECHNIQUES_PATH (separated like PATH), and every module of the Python entry-point group "lab.techniques".
+A user's technique needs no other file edited: the form, the CLI, validation, the runner and the compare
+view read it from here.
+"""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
+import os
 import pkgutil
+import sys
+from pathlib import Path
 
-from lab.techniques.base import SLOTS, SpecError, shown
+from lab.errors import SpecError, shown
+from lab import metrics
+
+PLUGIN_PATH_VARIABLE = "LAB_TECHNIQUES_PATH"
+ENTRY_POINT_GROUP = "lab.techniques"
 
 _REGISTRY: dict[str, type] = {}
 _discovered = False
+_plugin_files: dict[Path, str] = {}  # a user's technique file -> the module name it was imported as
 
 
 def register(cls: type) -> None:
-    if cls.slot not in SLOTS:
-        raise TypeError(f"{cls.__name__}: slot {cls.slot!r} is not one of {SLOTS}")
+    """Called by Technique.__init_subclass__ for every class that sets a name."""
+    if not cls.slot:
+        raise TypeError(f"{cls.__name__}: a technique subclasses the class of its slot (lab/techniques/slots.py: "
+                        f"WeightsTechnique, AttentionTechnique, CacheTechnique, DecodingTechnique, DenoiserTechnique)")
+    ignored = [k for k in cls.applies_to if k not in cls.model_kinds]
+    if ignored:
+        raise TypeError(f"technique {cls.name!r} applies to {', '.join(ignored)} models, whose runs never use its "
+                        f"{cls.slot} slot (used by: {', '.join(cls.model_kinds)})")
     existing = _REGISTRY.get(cls.name)
     if existing is not None and existing.__qualname__ != cls.__qualname__:
         raise TypeError(f"technique name {cls.name!r} is declared twice ({existing.__module__}, {cls.__module__})")
+    metrics.add(cls.metrics, cls.name)
     _REGISTRY[cls.name] = cls
 
 
 def discover() -> None:
-    """Import every technique module once (they register themselves on import)."""
+    """Import every technique module once (they register themselves on import), then the user's."""
     global _discovered
-    if _discovered:
-        return
-    import lab.techniques as pkg
-    for info in pkgutil.walk_packages(pkg.__path__, prefix="lab.techniques."):
-        if info.name.rsplit(".", 1)[-1] not in ("base", "registry"):
+    if not _discovered:
+        for info in pkgutil.walk_packages([str(Path(__file__).parent)], prefix="lab.techniques."):
             importlib.import_module(info.name)
-    _discovered = True
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            entry.load()
+        _discovered = True
+    for folder in plugin_folders():
+        for path in sorted(folder.glob("*.py")):
+            _import_plugin(path.resolve())
+
+
+def plugin_folders() -> list[Path]:
+    """The folders LAB_TECHNIQUES_PATH names; one that does not exist is an error naming it."""
+    folders = [Path(p) for p in os.environ.get(PLUGIN_PATH_VARIABLE, "").split(os.pathsep) if p]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise SpecError(f"{PLUGIN_PATH_VARIABLE} names folder(s) that do not exist: {', '.join(missing)}; "
+                        f"allowed: folders of technique files, separated by {os.pathsep!r}")
+    return folders
+
+
+def _import_plugin(path: Path) -> None:
+    if path in _plugin_files:
+        return
+    name = f"lab_user_techniques.{path.stem}_{len(_plugin_files)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is being made
+    _plugin_files[path] = name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise SpecError(f"technique file {path} ({PLUGIN_PATH_VARIABLE}) failed to load: "
+                        f"{type(e).__name__}: {e}") from e
+
+
+def forget_plugins() -> None:
+    """Unregister every technique loaded from LAB_TECHNIQUES_PATH (tests load their own and clean up)."""
+    modules = set(_plugin_files.values())
+    for name in [n for n, cls in _REGISTRY.items() if cls.__module__ in modules]:
+        cls = _REGISTRY.pop(name)
+        metrics.remove([m.name for m in cls.metrics], name)
+    for name in modules:
+        sys.modules.pop(name, None)
+    _plugin_files.clear()
 
 
 def all_techniques() -> dict[str, type]:
     discover()
-    return dict(sorted(_REGISTRY.items(), key=lambda kv: (SLOTS.index(kv[1].slot), kv[1].family, kv[0])))
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: (kv[1].slot_order, kv[1].family, kv[0])))
 
 
 def get(name: str) -> type:
@@ -51,25 +113,7 @@ def build(entries: list[dict], model_kind: str = "llm") -> list:
     """
     if not isinstance(entries, list):
         raise SpecError(f"techniques: expected a list of tables, got {shown(entries)}")
-    built = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise SpecError(f"technique #{i + 1}: expected a table with a 'name' field, got {shown(entry)}")
-        if not isinstance(entry["name"], str):
-            raise SpecError(f"technique #{i + 1}, field 'name': expected a string, one of: "
-                            f"{', '.join(all_techniques())}; got {shown(entry['name'])}")
-        params = {k: v for k, v in entry.items() if k != "name"}
-        cls = get(entry["name"])
-        if model_kind not in cls.applies_to:
-            raise SpecError(f"technique '{cls.name}' applies to {', '.join(cls.applies_to)} models, "
-                            f"not to a {model_kind} model")
-        technique = cls.from_params(params)
-        try:
-            technique.check()
-        except OSError as e:  # a knob naming a path the OS cannot take (too long, unreadable) is the knob's error
-            raise SpecError(f"technique '{cls.name}': a knob names a file or folder that cannot be read "
-                            f"({e.strerror or type(e).__name__})") from None
-        built.append(technique)
+    built = [_build_one(i, entry, model_kind) for i, entry in enumerate(entries)]
     by_slot: dict[str, object] = {}
     for t in built:
         if t.slot in by_slot:
@@ -81,4 +125,23 @@ def build(entries: list[dict], model_kind: str = "llm") -> list:
             reason = a.conflicts_with(b) if a is not b else None
             if reason:
                 raise SpecError(f"techniques '{a.name}' and '{b.name}' cannot be combined: {reason}")
-    return sorted(built, key=lambda t: SLOTS.index(t.slot))
+    return sorted(built, key=lambda t: t.slot_order)
+
+
+def _build_one(i: int, entry, model_kind: str):
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise SpecError(f"technique #{i + 1}: expected a table with a 'name' field, got {shown(entry)}")
+    if not isinstance(entry["name"], str):
+        raise SpecError(f"technique #{i + 1}, field 'name': expected a string, one of: "
+                        f"{', '.join(all_techniques())}; got {shown(entry['name'])}")
+    cls = get(entry["name"])
+    if model_kind not in cls.applies_to:
+        raise SpecError(f"technique '{cls.name}' applies to {', '.join(cls.applies_to)} models, "
+                        f"not to a {model_kind} model")
+    technique = cls.from_params({k: v for k, v in entry.items() if k != "name"})
+    try:
+        technique.check()
+    except OSError as e:  # a knob naming a path the OS cannot take (too long, unreadable) is the knob's error
+        raise SpecError(f"technique '{cls.name}': a knob names a file or folder that cannot be read "
+                        f"({e.strerror or type(e).__name__})") from None
+    return technique

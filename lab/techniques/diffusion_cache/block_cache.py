@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.diffusion_cache.hooked import DenoiserCache
+from lab.techniques.diffusion_cache.base import DenoiserCache
 
 HOOK_NAME = "lab_block_reuse"
 
@@ -24,7 +24,7 @@ class BlockCache(DenoiserCache):
 
         from diffusers.hooks import HookRegistry
 
-        from lab.diffusion.blocks import transformer_blocks
+        from lab.ops.blocks import transformer_blocks
 
         @contextlib.contextmanager
         def hooked():

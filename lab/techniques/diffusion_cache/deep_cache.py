@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lab.techniques.base import knob
-from lab.techniques.diffusion_cache.hooked import DenoiserCache
+from lab.techniques.diffusion_cache.base import DenoiserCache
 
 
 @dataclass
@@ -26,7 +26,7 @@ class DeepCache(DenoiserCache):
 
         from diffusers.hooks import HookRegistry
 
-        from lab.techniques.base import SpecError
+        from lab.errors import SpecError
 
         deepest = len(call.model.down_blocks) - 2
         if self.branch > deepest:

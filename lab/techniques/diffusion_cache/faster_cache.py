@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+from lab.techniques.diffusion_cache.base import DiffusersCacheHook
 
 
 @dataclass

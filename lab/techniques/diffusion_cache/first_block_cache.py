@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lab.techniques.base import knob
-from lab.techniques.diffusion_cache.hooked import DROPS_A_STREAM, DiffusersCacheHook
+from lab.techniques.diffusion_cache.base import DROPS_A_STREAM, DiffusersCacheHook
 
 
 @dataclass

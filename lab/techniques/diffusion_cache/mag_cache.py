@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+from lab.techniques.diffusion_cache.base import DiffusersCacheHook
 
 CALIBRATION_SEED = 1_000_003  # not a seed any measured run uses by default: calibrate on other images
 
@@ -62,7 +62,8 @@ def weights_fingerprint(model, samples: int = 256) -> str:
     over it. Cheap on a 12B-parameter denoiser, and any retraining changes it."""
     import hashlib
 
-    import torch
+    import torch  # lazy: techniques are imported by page forms, which must start without torch
+
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, t in model.state_dict().items():
@@ -77,18 +78,15 @@ def calibrate(call) -> list[float]:
     """Run one generation with MagCache in calibration mode and capture its per-step ratios.
 
     diffusers only prints them and then clears its list, so the tail block's calibration step is wrapped to
-    copy each ratio as it is computed. The generation is the call's own uncached run when it has one (a
-    pipeline: its first prompts), else the digits sampler on one image per class.
+    copy each ratio as it is computed. The generation is the call's own uncached run (a pipeline: a
+    calibration prompt; the digits: one image per class).
     """
     import contextlib
-    import dataclasses
     import io
 
-    import torch
     from diffusers import MagCacheConfig
 
-    from lab.diffusion.blocks import transformer_blocks
-    from lab.diffusion.sampler import sample
+    from lab.ops.blocks import transformer_blocks
 
     model = call.model
     model.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=call.steps))
@@ -103,10 +101,7 @@ def calibrate(call) -> list[float]:
     tail._perform_calibration_step = capture
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # diffusers print()s the ratios; we store them instead
-            if call.run_uncached is not None:
-                call.run_uncached(CALIBRATION_SEED)
-            else:
-                sample(dataclasses.replace(call, info={}), torch.arange(10), seed=CALIBRATION_SEED)
+            call.run_uncached(CALIBRATION_SEED)
     finally:
         model.disable_cache()
     return ratios

@@ -3,8 +3,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lab.techniques.base import SpecError, knob
-from lab.techniques.diffusion_cache.hooked import DiffusersCacheHook
+from lab.errors import SpecError
+from lab.techniques.base import knob
+from lab.techniques.diffusion_cache.base import DiffusersCacheHook
 
 
 @dataclass

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.techniques.base import Technique
+from lab.techniques.slots import CacheTechnique
 
 
 @dataclass
-class Fp8KV(Technique):
+class Fp8KV(CacheTechnique):
     name = "fp8_kv"
     family = "kv_cache"
-    slot = "cache"
     title = "fp8 KV cache (transformers QuantizedCache)"
     summary = ("transformers' QuantizedCache, fp8 (e4m3) backend: one scale per tensor, frozen after the "
                "prefill; new tokens are appended in fp8 (values beyond the prefill's range saturate).")

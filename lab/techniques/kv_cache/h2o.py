@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.kv_cache.press import KVPress, protect_recent
+from lab.techniques.kv_cache.base import KVPress, protect_recent
 
 
 def accumulate_attention(state: dict, attentions, kv_heads: int) -> None:

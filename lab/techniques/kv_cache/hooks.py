@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 
-from lab.techniques.kv_cache.press import n_kept
+from lab.techniques.kv_cache.base import n_kept
 
 
 class PressTracker:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.techniques.base import SpecError, knob
+from lab.errors import SpecError
+from lab.techniques.base import knob
 from lab.techniques.kv_cache.h2o import H2O
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.techniques.base import Technique, knob
+from lab.techniques.base import knob
+from lab.techniques.slots import CacheTechnique
 
 
 def make_quantized_layer_class():
@@ -76,10 +77,9 @@ def make_quantized_layer_class():
 
 
 @dataclass
-class QuantizedKV(Technique):
+class QuantizedKV(CacheTechnique):
     name = "quantized_kv"
     family = "kv_cache"
-    slot = "cache"
     title = "Quantized KV cache (int8 / int4)"
     summary = ("Stores every cached key and value in 8 or 4 bits with min-max scales, per token or per channel "
                "(KIVI style for keys; here values too), with a full-precision residual until a block of tokens is "

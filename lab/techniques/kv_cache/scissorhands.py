@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.kv_cache.press import KVPress, protect_recent
+from lab.techniques.kv_cache.base import KVPress, protect_recent
 
 
 def importance_rows(attentions, kv_heads: int, k_len: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.kv_cache.press import KVPress
+from lab.techniques.kv_cache.base import KVPress
 
 
 @dataclass

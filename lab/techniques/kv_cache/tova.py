@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.techniques.kv_cache.press import KVPress
+from lab.techniques.kv_cache.base import KVPress
 from lab.techniques.kv_cache.snapkv import window_attention
 
 

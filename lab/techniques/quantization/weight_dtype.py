@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.techniques.base import Technique, knob
+from lab.techniques.base import knob
+from lab.techniques.slots import WeightsTechnique
 
 _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass
-class WeightDtype(Technique):
+class WeightDtype(WeightsTechnique):
     name = "weight_dtype"
     family = "quantization"
-    slot = "weights"
     title = "Weight dtype cast (bf16 / fp16)"
     summary = ("Stores weights and runs the whole model in a 16-bit float type: half the weight bytes and "
                "KV bytes of fp32; speed depends on the hardware's 16-bit kernels.")

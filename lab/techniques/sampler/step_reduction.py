@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.diffusion import SAMPLERS
-from lab.techniques.base import SpecError, Technique, knob
+from lab.spec import SAMPLERS
+from lab.errors import SpecError
+from lab.techniques.base import knob
+from lab.techniques.slots import DecodingTechnique
 
 
 @dataclass
-class StepReduction(Technique):
+class StepReduction(DecodingTechnique):
     name = "step_reduction"
     family = "sampler"
-    slot = "decoding"
     applies_to = ("diffusion",)
     title = "Fewer sampler steps"
     summary = ("The simple alternative every cache must beat: run the same sampler with fewer steps. At equal "
@@ -26,13 +27,13 @@ class StepReduction(Technique):
                         help="Solver for this variant: 'same' keeps the spec's sampler (the equal-compute curve "
                              "uses these); another one shows what a better solver buys at fewer steps.")
 
-    def check_spec(self, spec: dict) -> None:
-        if spec["sampler"] not in SAMPLERS and self.sampler != "same":  # a pipeline keeps its own scheduler
+    def check_spec(self, spec) -> None:
+        if spec.sampler not in SAMPLERS and self.sampler != "same":  # a pipeline keeps its own scheduler
             raise SpecError(f"technique '{self.name}': sampler {self.sampler!r} cannot replace the scheduler of "
                             f"a diffusers pipeline; allowed: same")
-        if self.steps >= spec["steps"]:
+        if self.steps >= spec.steps:
             raise SpecError(f"technique '{self.name}': steps {self.steps} is not fewer than the baseline's "
-                            f"{spec['steps']}; allowed: 1 to {spec['steps'] - 1}")
+                            f"{spec.steps}; allowed: 1 to {spec.steps - 1}")
 
     def sampler_steps(self, steps: int) -> int:
         return self.steps

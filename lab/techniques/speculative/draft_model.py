@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.techniques.base import SpecError, knob
-from lab.techniques.speculative.draft_verify import DraftVerify
+from lab.errors import SpecError
+from lab.techniques.base import knob
+from lab.techniques.speculative.base import DraftVerify
 
 TRUNCATED, DISTILLED = "truncated", "smollm2-distilled"
 
@@ -15,7 +16,7 @@ class DraftModel(DraftVerify):
     title = "Draft model (small LM drafts, target verifies)"
     summary = (f"A small causal LM proposes k tokens. '{TRUNCATED}' is a copy of the target's first "
                f"draft_layers layers; '{DISTILLED}' is the shipped 4-layer draft distilled from SmolLM2 with a "
-               f"head over the 7544 tokens of its training text (python -m lab.distill); any other value is a local "
+               f"head over the 7544 tokens of its training text (python -m lab.llm.distill); any other value is a local "
                f"folder or cached hub id of a model with the same tokenizer.")
     paper = ("Leviathan et al., Fast Inference from Transformers via Speculative Decoding, ICML 2023 "
              "(arXiv:2211.17192); Kim et al., Big Little Decoder, NeurIPS 2023 (arXiv:2302.07863)")
@@ -30,17 +31,22 @@ class DraftModel(DraftVerify):
             from lab.paths import SHIPPED_DATA
             if not (SHIPPED_DATA / "models" / "smollm2-draft" / "draft.json").exists():
                 raise SpecError(f"technique 'draft_model': the distilled draft is missing from data/models/"
-                                f"smollm2-draft; make it with `python -m lab.distill` or use draft = '{TRUNCATED}'")
-        elif self.draft != TRUNCATED:
-            from lab.models import check_model
-            try:
-                check_model(self.draft)
-            except SpecError as e:
-                raise SpecError(f"technique 'draft_model', knob 'draft': {e}; or use '{DISTILLED}' or "
-                                f"'{TRUNCATED}'") from None
+                                f"smollm2-draft; make it with `python -m lab.llm.distill` or use draft = '{TRUNCATED}'")
+
+    def check_models(self, check_model) -> None:
+        if self.draft in (DISTILLED, TRUNCATED):
+            return
+        try:
+            kind = check_model(self.draft)
+        except SpecError as e:
+            raise SpecError(f"technique 'draft_model', knob 'draft': {e}; or use '{DISTILLED}' or "
+                            f"'{TRUNCATED}'") from None
+        if kind != "llm":
+            raise SpecError(f"technique 'draft_model', knob 'draft': '{self.draft}' is a {kind} model; allowed: "
+                            f"an LLM with the target's tokenizer, '{DISTILLED}' or '{TRUNCATED}'")
 
     def make_drafter(self, engine):
-        from lab.engine.drafters import ModelDrafter
+        from lab.ops.drafting import ModelDrafter
         key = id(engine.model)
         if key not in self._cache:  # built once per prepared model, reused by every generation
             self._cache.clear()
@@ -59,14 +65,13 @@ class DraftModel(DraftVerify):
     def _build(self, engine):
         target = engine.model
         if self.draft == DISTILLED:
-            from lab.distill import load_shipped_draft
+            from lab.ops.distilled_draft import load_shipped_draft
             model, vocab, _ = load_shipped_draft(target)
             return model, vocab
         if self.draft == TRUNCATED:
-            from lab.engine.drafters import truncated_copy
+            from lab.ops.drafting import truncated_copy
             return truncated_copy(target, self.draft_layers), None
-        from lab.models import load
-        loaded = load(self.draft, device=str(engine.device))
+        loaded = engine.load_model(self.draft)
         if loaded.tokenizer.get_vocab() != engine.tokenizer.get_vocab():
             raise ValueError(f"draft model '{self.draft}' has a different tokenizer from the target; speculative "
                              f"decoding needs the same vocabulary")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.speculative.draft_verify import DraftVerify
+from lab.techniques.speculative.base import DraftVerify
 
 
 def kept_layers(n_total: int, n_keep: int, pattern: str) -> list[int]:
@@ -31,6 +31,6 @@ class LayerSkip(DraftVerify):
                         help="spread: evenly spaced, first and last kept; first: the first draft_layers (early exit).")
 
     def make_drafter(self, engine):
-        from lab.engine.drafters import ModelDrafter, decoder_layers, layer_subset
+        from lab.ops.drafting import ModelDrafter, decoder_layers, layer_subset
         n_total = len(decoder_layers(engine.model))
         return ModelDrafter(layer_subset(engine.model, kept_layers(n_total, self.draft_layers, self.pattern)))

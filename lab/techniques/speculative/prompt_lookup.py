@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
-from lab.techniques.speculative.draft_verify import DraftVerify
+from lab.techniques.speculative.base import DraftVerify
 
 
 @dataclass
@@ -24,5 +24,5 @@ class PromptLookup(DraftVerify):
                                                                "is rejected more.")
 
     def make_drafter(self, engine):
-        from lab.engine.drafters import PromptLookupDrafter
+        from lab.ops.drafting import PromptLookupDrafter
         return PromptLookupDrafter(self.ngram_size, min(self.min_ngram, self.ngram_size))

@@ -1,0 +1,1 @@
+"""Measurement: runs a validated spec's variants interleaved and records what they did."""

@@ -1,0 +1,226 @@
+"""Runs an LLM experiment through the interleaved protocol (lab/bench/protocol.py) and scores it against the
+baseline: token agreement, answer similarity, perplexity and, where a workload has answers, accuracy.
+
+Generation workloads time every batch of items through every variant; the perplexity workload times one forward
+per text window. Each metric keeps every sample; lab/bench/record.py summarises them when saving.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from lab.bench import fidelity
+from lab.bench.measure import MB
+from lab.bench.protocol import run_interleaved, scaled
+from lab.bench.similarity import answer_similarity
+from lab.llm.engine import Engine
+from lab.ops.sampling import GenerationSettings
+from lab.llm.workloads import chat_items, context_qa_items, grounded_items, needle_items, perplexity_windows
+from lab.spec import Spec
+from lab.techniques import build
+
+
+def run_llm(spec: Spec, loaded, results, progress) -> None:
+    engines = []
+    for v, res in zip(spec.variants, results):
+        progress(0.02, f"preparing {v.name}")
+        engine = Engine(loaded.model, loaded.tokenizer, build(v.techniques, model_kind="llm"))
+        engines.append(engine)
+        res.environment["dtype"] = str(next(engine.model.parameters()).dtype).replace("torch.", "")
+        res.samples["weight_mb"].append(engine.weight_bytes() / MB)
+    torch.manual_seed(spec.seed)
+    if spec.workload == "perplexity":
+        _run_perplexity_workload(spec, loaded, engines, results, scaled(progress, 0.05, 0.8))
+    else:
+        _run_generation(spec, loaded, engines, results, scaled(progress, 0.05, 0.75))
+        if spec.perplexity_tokens:
+            _score_perplexity(spec, loaded, engines, results, progress)
+    _score_agreement(results)
+    _score_similarity(results)
+    _score_answers(results)
+
+
+def _items(spec, tokenizer):
+    if spec.workload == "needle":
+        return needle_items(tokenizer, spec.needle_lengths, spec.needle_depths, spec.seed)
+    if spec.workload == "context_qa":
+        return context_qa_items(tokenizer, spec.prompts)
+    if spec.workload == "grounded":
+        return grounded_items(tokenizer, spec.prompts)
+    return chat_items(tokenizer, spec.prompts)
+
+
+# The speedup each workload leads with: one no variant can game by the length of its answers. Chat and
+# grounded spend their time decoding, so time per output token; needle and context_qa spend it prefilling a
+# long context, so time to first token. Latency-based tokens/s would reward a variant that rambles on.
+HEADLINE_SPEEDUP = {"chat": "decode_speedup", "grounded": "decode_speedup", "needle": "prefill_speedup",
+                    "context_qa": "prefill_speedup"}
+
+
+def settings_for(spec: Spec):
+    return GenerationSettings(spec.max_new_tokens, spec.temperature, spec.top_p, spec.seed)
+
+
+def first_batch(spec: Spec, tokenizer) -> list:
+    return _items(spec, tokenizer)[:spec.batch_size]
+
+
+def run_batch(engine, engine_name: str, batch: list, settings) -> list:
+    """One batch of workload items through one variant: a list of Generations."""
+    if engine_name == "hf_generate":
+        return [engine.generate_hf(it.prompt_ids + (it.question_ids or []), settings) for it in batch]
+    if len(batch) == 1:
+        return [engine.generate(batch[0].prompt_ids, settings, batch[0].question_ids)]
+    return engine.generate_batch([it.prompt_ids + (it.question_ids or []) for it in batch], settings)
+
+
+def _run_generation(spec: Spec, loaded, engines, results, progress):
+    """Generation workloads: every batch of items through every variant, interleaved per repeat."""
+    items = _items(spec, loaded.tokenizer)
+    batches = [items[i:i + spec.batch_size] for i in range(0, len(items), spec.batch_size)]
+    settings = settings_for(spec)
+
+    def run(k: int, b: int, repeat: int | None) -> list:
+        gens = run_batch(engines[k], results[k].engine, batches[b], settings)
+        if repeat is None:  # warm-up
+            return gens
+        res = results[k]
+        if len(gens) > 1:  # all its tokens over the time its last sequence finished
+            res.samples["batch_tokens_per_s"].append(sum(len(g.token_ids) for g in gens) / max(g.latency for g in gens))
+        for item, gen in zip(batches[b], gens):
+            _record_generation(res, gen, engines[k].techniques)
+            if repeat == 0:
+                res.outputs.append(_output(loaded.tokenizer, item, gen, keep_positions=item is items[0]))
+        return gens
+
+    def pair(_r: int, _b: int, gens_of: dict) -> None:
+        for k in gens_of:  # paired: same items, same repeat, adjacent in time
+            _record_pair(results[k].samples, gens_of[0], gens_of[k], HEADLINE_SPEEDUP[spec.workload])
+
+    run_interleaved(len(engines), len(batches), spec.repeats, spec.warmup, run, pair, progress,
+                    lambda k: results[k].name)
+
+
+def _record_generation(res, gen, techniques) -> None:
+    res.record({"ttft_s": gen.ttft, "tpot_ms": gen.tpot * 1000, "latency_s": gen.latency,
+                "tokens_per_s": len(gen.token_ids) / gen.latency, "prefill_tokens_per_s": gen.prompt_len / gen.ttft,
+                "decode_tokens_per_s": 1.0 / gen.tpot, "new_tokens": len(gen.token_ids),
+                "kv_cache_mb": gen.kv_bytes / MB})
+    for t in techniques:  # the metrics a technique declares beside its knobs
+        res.record(t.measure(gen))
+
+
+def _run_perplexity_workload(spec: Spec, loaded, engines, results, progress):
+    """Perplexity workload: time one forward per window (prefill throughput) and score the text."""
+    windows = perplexity_windows(loaded.tokenizer, spec.prompts * spec.perplexity_window, spec.perplexity_window)
+    totals = [[0.0, 0] for _ in engines]
+
+    def run(k: int, i: int, repeat: int | None) -> float:
+        ids = windows[i]
+        start = time.perf_counter()
+        nll, n = engines[k].continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
+        rate = len(ids) / (time.perf_counter() - start)
+        if repeat is not None:
+            results[k].samples["prefill_tokens_per_s"].append(rate)
+        if repeat == 0:
+            totals[k][0] += nll
+            totals[k][1] += n
+        return rate
+
+    def pair(_r: int, _i: int, rates: dict) -> None:
+        for k in rates:
+            results[k].record({"prefill_speedup": rates[k] / rates[0], "speedup": rates[k] / rates[0]})
+
+    run_interleaved(len(engines), len(windows), spec.repeats, spec.warmup, run, pair, progress,
+                    lambda k: results[k].name, unit="window")
+    for k in range(len(engines)):
+        results[k].samples["perplexity"].append(fidelity.perplexity(*totals[k]))
+
+
+# The speedup each workload leads with: one no variant can game by the length of its answers. Chat and
+# grounded spend their time decoding, so time per output token; needle and context_qa spend it prefilling a
+# long context, so time to first token. Latency-based tokens/s would reward a variant that rambles on.
+HEADLINE_SPEEDUP = {"chat": "decode_speedup", "grounded": "decode_speedup", "needle": "prefill_speedup",
+                    "context_qa": "prefill_speedup"}
+
+
+def _decode_rate(gens) -> float:
+    """Tokens after the first per second of decoding (batch 1: 1/TPOT); nan when nothing was decoded."""
+    tokens = sum(len(g.token_ids) - 1 for g in gens)
+    seconds = max(g.latency for g in gens) - min(g.ttft for g in gens)
+    return tokens / seconds if tokens and seconds > 0 else float("nan")
+
+
+def _record_pair(s: dict, base: list, gens: list, headline: str) -> None:
+    """Ratios of a variant to the baseline on the same items in the same repeat."""
+    s["decode_speedup"].append(_decode_rate(gens) / _decode_rate(base))
+    s["prefill_speedup"].append(min(g.ttft for g in base) / min(g.ttft for g in gens))
+    s["speedup"].append(s[headline][-1])
+    for b, g in zip(base, gens):  # KV bytes when both caches had seen the same number of tokens
+        seen = min(b.tokens_seen, g.tokens_seen)
+        if g.kv_bytes_at(seen):
+            s["kv_compression"].append(b.kv_bytes_at(seen) / g.kv_bytes_at(seen))
+
+
+def _output(tokenizer, item, gen, keep_positions: bool) -> dict:
+    text = tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+    extra = {"prompt_tokens": gen.prompt_len, "token_times": gen.token_times, "stopped_by": gen.stopped_by}
+    if item.info:
+        extra.update(item.info)
+    if item.answer is not None:
+        extra["answer"] = item.answer
+        extra["correct"] = item.answer in text
+    if "spec_rounds" in gen.extra:  # for the page's token colouring and per-round timeline
+        rounds = gen.extra["spec_rounds"]
+        extra["spec_rounds"] = rounds
+        extra["prefill_s"] = gen.token_times[0]
+        extra["token_texts"] = [tokenizer.decode([t]) for t in gen.token_ids]
+        extra["rejected_texts"] = [tokenizer.decode(r["proposed"][r["accepted"]:]) for r in rounds]
+    kept = gen.extra.get("kept_positions")
+    if kept and keep_positions:  # which context tokens each layer and KV head kept, for the page's view
+        extra["kept_positions"] = {str(layer): pos[0].sort(dim=-1).values.tolist() for layer, pos in kept.items()}
+        extra["context_tokens"] = [tokenizer.decode([t]) for t in item.prompt_ids]  # the page has no tokenizer
+    return dict(item_index=item.index, item_key=item.key, prompt=item.text, text=text, token_ids=gen.token_ids,
+                extra=extra)
+
+
+def _score_perplexity(spec, loaded, engines, results, progress):
+    """Perplexity of the second half of each held-out window given its first half as a prefix, which a
+    cache technique compresses first (so KV methods are scored on what they kept)."""
+    windows = perplexity_windows(loaded.tokenizer, spec.perplexity_tokens, spec.perplexity_window)
+    for k, engine in enumerate(engines):
+        progress(0.8 + 0.1 * k / len(engines), f"perplexity: {results[k].name}")
+        nll = n = 0
+        for ids in windows:
+            half = len(ids) // 2
+            a, b = engine.continuation_nll(ids[:half], ids[half:])
+            nll, n = nll + a, n + b
+        results[k].samples["perplexity"].append(fidelity.perplexity(nll, n))
+
+
+def _score_agreement(results: list) -> None:
+    baseline = {o["item_index"]: o["token_ids"] for o in results[0].outputs}
+    for res in results:
+        for out in res.outputs:
+            rate, first = fidelity.agreement(baseline[out["item_index"]], out["token_ids"])
+            res.samples["agreement"].append(100.0 * rate)
+            res.samples["exact_match"].append(100.0 * (out["token_ids"] == baseline[out["item_index"]]))
+            res.samples["first_divergence"].append(first)
+
+
+def _score_similarity(results: list) -> None:
+    """Cosine similarity of each answer's MiniLM embedding with the baseline's answer to the same item: an answer
+    that differs by a word scores near 100, where token agreement drops at the first differing token."""
+    if not results[0].outputs:
+        return
+    baseline = {o["item_index"]: o["text"] for o in results[0].outputs}
+    for res in results:
+        res.samples["answer_similarity"].extend(answer_similarity(
+            [baseline[o["item_index"]] for o in res.outputs], [o["text"] for o in res.outputs]))
+
+
+def _score_answers(results: list) -> None:
+    for res in results:
+        scored = [o["extra"]["correct"] for o in res.outputs if "correct" in o["extra"]]
+        res.samples["answer_accuracy"].extend(100.0 * c for c in scored)

@@ -1,0 +1,141 @@
+"""Timers, memory and environment capture, and the summary statistics every metric is reported with."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+from lab.paths import ROOT
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    p10: float
+    p90: float
+    n: int
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of the finite values; nan when there are none."""
+    xs = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not xs:
+        return float("nan")
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(values: list[float], share: bool = False) -> Summary:
+    """Median with p10/p90; for a share (a 0/100 score per item) the mean, with no spread."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if share:
+        mean = sum(finite) / len(finite) if finite else float("nan")
+        return Summary(mean, mean, mean, len(finite))
+    return Summary(percentile(finite, 50), percentile(finite, 10), percentile(finite, 90), len(finite))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory during a block: RSS sampled every 2 ms on CPU, max_memory_allocated on CUDA.
+
+    Reports the peak in absolute terms and its rise above the level at entry (the working memory the
+    generation itself needed: activations, KV cache, temporaries).
+    """
+
+    def __init__(self, device: str = "cpu", interval: float = 0.002):
+        self.device, self.interval = device, interval
+        self.peak = self.start = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            import torch
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = self.peak = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            import torch
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss_bytes())
+        return False
+
+    @property
+    def rise(self) -> int:
+        return max(0, self.peak - self.start)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(device: str, dtype: str, spec_hash: str) -> dict:
+    """Everything needed to tell whether two runs are comparable."""
+    import torch
+    env = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "dtype": dtype,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "diffusers": _version("diffusers"),
+        "lab_commit": git_commit(),
+        "spec_hash": spec_hash,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return env

@@ -1,0 +1,177 @@
+"""The experiment spec: model + workload + variants, a typed object whose fields are declared the way technique
+knobs are (lab/knobs.py), so the page form, the CLI and validation read the same declaration.
+
+This module checks each field on its own (type, range, choices, length the store keeps). What needs the model
+or the techniques (the model's kind, knobs, context and memory) is checked once in lab/bench/validate.py, which
+returns a Spec with model_kind resolved; nothing after it decides the kind again.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from lab.errors import SpecError, named, shown
+from lab.knobs import KnobInfo, knob, knobs_of
+from lab.prompts import WORKLOADS
+
+ENGINES = ("lab", "hf_generate")  # what runs a variant: the lab's loop, or transformers' generate as the reference
+SAMPLERS = ("ddim", "dpmsolver++")  # the shipped diffusion models' solvers
+PIPELINE_SAMPLER = "pipeline"  # a diffusers pipeline runs its own scheduler
+MODEL_KINDS = ("llm", "diffusion")
+VARIANT_FIELDS = ("name", "techniques", "engine")
+
+
+@dataclass
+class Variant:
+    """One variant: a name, what runs it, and its techniques as validated tables ({'name': ..., knob: value})."""
+    name: str
+    engine: str = "lab"
+    techniques: list[dict] = field(default_factory=list)
+
+    @property
+    def is_baseline(self) -> bool:
+        return not self.techniques and self.engine == "lab"
+
+
+@dataclass
+class Spec:
+    name: str = knob("experiment", help="A short name for the experiment.")
+    description: str = knob("", help="Free text.")
+    model: str = knob("smollm2-135m-instruct", help="Built-in name, local folder, or cached hub id.")
+    device: str = knob("auto", choices=("auto", "cpu", "cuda"), help="auto, cpu or cuda.")
+    workload: str = knob("chat", choices=tuple(WORKLOADS), help=(
+        "chat, grounded, perplexity, needle or context_qa (LLM); digits (the shipped diffusion models' default); "
+        "image_prompts (a diffusers pipeline's default)."))
+    prompts: int = knob(4, min=1, max=1000, help="How many workload items (prompts, text windows or image "
+                                                 "prompts) to use.")
+    max_new_tokens: int = knob(32, min=1, max=4096, unit="tokens", help="Tokens to generate per prompt (chat).")
+    batch_size: int = knob(1, min=1, max=64, help=(
+        "Sequences generated together (generation workloads); above 1 the prompts are left-padded into one batch "
+        "and each sequence stops on its own."))
+    repeats: int = knob(3, min=1, max=100, help="Measured repeats; variants interleave within each repeat.")
+    warmup: int = knob(1, min=0, max=10, help="Unmeasured warm-up passes per variant before the repeats.")
+    seed: int = knob(0, min=0, max=2**31 - 1, help="Seed for sampling; the same for every variant.")
+    threads: int = knob(0, min=0, max=256, help="torch threads for every variant (0: keep torch's default).")
+    temperature: float = knob(0.0, min=0.0, max=5.0, help="0 = greedy; above 0 samples with this temperature.")
+    top_p: float = knob(1.0, min=0.01, max=1.0, help="Nucleus sampling mass (used when temperature > 0).")
+    perplexity_tokens: int = knob(256, min=0, max=100_000, unit="tokens", help=(
+        "Held-out tokens scored for perplexity per variant (0: skip)."))
+    perplexity_window: int = knob(256, min=16, max=8192, unit="tokens", help="Window length for perplexity scoring.")
+    needle_lengths: list = knob([1024, 2048, 4096], min=64, max=32768, unit="tokens",
+                                help="needle workload: context lengths in tokens.")
+    needle_depths: list = knob([0, 25, 50, 75, 100], min=0, max=100, unit="%",
+                               help="needle workload: pass-key depths in % of the context.")
+    classes: list = knob(list(range(10)), min=0, max=9, help="diffusion: the digit classes to generate.")
+    images_per_class: int = knob(1, min=1, max=100, help="diffusion: images generated per class (each with its own "
+                                                         "seed).")
+    steps: int = knob(50, min=1, max=1000, help="diffusion: sampler steps of the baseline.")
+    guidance: float = knob(1.5, min=1.0, max=20.0, help=(
+        "diffusion: classifier-free guidance scale (1 = no guidance; the digits models score best at 1.5)."))
+    sampler: str = knob("ddim", choices=(*SAMPLERS, PIPELINE_SAMPLER), help=(
+        "diffusion: ddim or dpmsolver++ (shipped models); pipeline (a diffusers pipeline's own scheduler, its "
+        "default)."))
+    image_size: int = knob(0, min=0, max=4096, unit="px", help=(
+        "pipeline: image height and width in pixels (0: the pipeline's default)."))
+    variants: list[Variant] = field(default_factory=list)
+    # Resolved once by lab/bench/validate.py from the model; not part of what the user writes or the store keeps.
+    model_kind: str = field(default="llm", compare=False)
+    pipeline: bool = field(default=False, compare=False)  # a diffusers pipeline folder (not a shipped denoiser)
+
+    def to_dict(self) -> dict:
+        """What the store keeps and the spec hash covers: the user's fields and the variants."""
+        out = {k.name: copy.deepcopy(getattr(self, k.name)) for k in FIELDS.values()}
+        out["variants"] = [asdict(v) for v in self.variants]
+        return out
+
+    @classmethod
+    def from_stored(cls, stored: dict, model_kind: str, pipeline: bool = False) -> "Spec":
+        """A spec as the store keeps it (validated when it was submitted), with its resolved model kind."""
+        values = check_fields({k: v for k, v in stored.items() if k != "variants"})
+        variants = [Variant(v["name"], v.get("engine", "lab"), v.get("techniques", [])) for v in stored["variants"]]
+        return cls(**values, variants=variants, model_kind=model_kind, pipeline=pipeline)
+
+    @property
+    def baseline(self) -> Variant:
+        return self.variants[0]
+
+
+FIELDS: dict[str, KnobInfo] = {k.name: k for k in knobs_of(Spec)}
+FIELD_NAMES = (*FIELDS, "variants")
+
+
+def check_fields(raw: dict) -> dict:
+    """Each field of a raw spec checked on its own, defaults filled; the variants are left to the caller."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"the spec: expected a table of fields ({', '.join(FIELD_NAMES)}), got {shown(raw)}")
+    unknown = sorted(named(str(k)) for k in raw if k not in FIELD_NAMES)  # str(): a Python caller's keys
+    if unknown:
+        raise SpecError(f"unknown field(s) {', '.join(unknown)}; allowed fields: {', '.join(FIELD_NAMES)}")
+    values = {name: info.validate(f"field '{name}'", copy.deepcopy(raw[name])) if name in raw
+              else copy.deepcopy(info.default) for name, info in FIELDS.items()}
+    check_length("field 'name'", values["name"], "Experiment", "name")
+    if not values["model"].isprintable():  # no folder or hub id holds control characters; keeps errors on one line
+        raise SpecError(f"field 'model': {shown(values['model'])} holds control characters; allowed: a built-in "
+                        f"name, a local folder or a cached hub id")
+    return values
+
+
+def column_limit(table: str, column: str) -> int:
+    """The length of a String column of the store. Read from the table itself, so the check follows a
+    migration; SQLite ignores the length, PostgreSQL refuses longer text only when the results are saved."""
+    from lab import store  # lazy: store imports SQLAlchemy, which a page's form does not need to start
+    return getattr(store, table).__table__.c[column].type.length
+
+
+def check_length(where: str, value: str, table: str, column: str) -> None:
+    limit = column_limit(table, column)
+    if len(value) > limit:
+        raise SpecError(f"{where}: {len(value)} characters is longer than the store keeps ({table}.{column}); "
+                        f"allowed: at most {limit} characters")
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+
+
+def expand_runs(raw: dict) -> list[dict]:
+    """Raw specs of a file: itself, or one per [[runs]] table merged over the top-level fields."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"the spec: expected a table of fields, got {shown(raw)}")
+    raw = dict(raw)
+    runs = raw.pop("runs", None)
+    if runs is None:
+        return [raw]
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
+        raise SpecError(f"field 'runs': expected a non-empty list of tables ([[runs]]), each overriding fields; "
+                        f"got {shown(runs)}")
+    out = []
+    for override in runs:
+        merged = {**copy.deepcopy(raw), **override}
+        name, workload = raw.get("name", "experiment"), merged.get("workload", "chat")
+        # only a well-typed name is extended; a wrong one is left for validate() to refuse by name
+        if "name" not in override and isinstance(name, str) and isinstance(workload, str):
+            merged["name"] = f"{name} ({workload})"
+        out.append(merged)
+    return out
+
+
+def spec_hash(spec: Spec | dict) -> str:
+    """Hash of what determines the results (name and description excluded)."""
+    data = spec.to_dict() if isinstance(spec, Spec) else spec
+    relevant = {k: v for k, v in data.items() if k not in ("name", "description")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Spec) if f.name in FIELDS]

@@ -1,0 +1,60 @@
+"""The knobs every speculative technique shares, and its place in the engine (the decoding slot)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import knob, metric
+from lab.techniques.slots import DecodingTechnique
+
+
+@dataclass
+class DraftVerify(DecodingTechnique):
+    """Base of the drafts: subclasses only say how to make their drafter (make_drafter)."""
+
+    metrics = (
+        metric("draft_kv_mb", "Draft KV cache", "MB", "Speculative decoding: bytes of the draft model's own KV "
+               "cache at the end of a generation, read from its tensors (prompt lookup keeps none).", False),
+        metric("acceptance_rate", "Acceptance", "%", "Speculative decoding: accepted draft tokens divided by "
+               "proposed draft tokens.", True),
+        metric("mean_accepted", "Accepted per round", "tok", "Speculative decoding: draft tokens accepted per "
+               "draft/verify round (each round also yields one token of the target's own).", True),
+        metric("tokens_per_forward", "Tokens per target forward", "tok", "New tokens divided by target forwards "
+               "(prefill included); plain decoding makes exactly 1.", True),
+        metric("draft_ms", "Draft time", "ms", "Speculative decoding: time spent drafting per generation (the "
+               "draft model's prefill included), in ms.", False),
+        metric("verify_ms", "Verify time", "ms", "Speculative decoding: time of the target's verification "
+               "forwards per generation (prefill excluded), in ms.", False),
+    )
+
+    family = "speculative"
+
+    k: int = knob(4, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward (the start "
+                                                          "value when adaptive).")
+    adaptive: bool = knob(False, help="Grow k by 1 after a round where every draft was accepted, shrink it by 1 "
+                                      "after any rejection (transformers' heuristic schedule).")
+    k_max: int = knob(8, min=1, max=32, unit="tokens", help="Upper bound of k when adaptive.")
+
+    def conflicts_with(self, other) -> str | None:
+        if other.slot == "cache":
+            return ("the draft/verify loop rolls the KV cache back after each rejection, which the compressed "
+                    "caches do not support")
+        return None
+
+    def make_drafter(self, engine):
+        raise NotImplementedError
+
+    def decode_batch(self, engine, prompts: list[list[int]], settings) -> list:
+        return engine.draft_verify(self.make_drafter(engine), prompts, settings, self.k, self.adaptive, self.k_max)
+
+    def measure(self, output) -> dict[str, float]:
+        """The draft/verify counts of one Generation (the loop leaves them in its extra)."""
+        x, values = output.extra, {}
+        if output.draft_kv_bytes:
+            values["draft_kv_mb"] = output.draft_kv_bytes / 2**20
+        if x["drafted"]:
+            values["acceptance_rate"] = 100.0 * x["accepted"] / x["drafted"]
+        values["mean_accepted"] = x["accepted"] / max(x["target_forwards"], 1)
+        values["tokens_per_forward"] = len(output.token_ids) / (x["target_forwards"] + 1)  # + the prefill
+        values["draft_ms"] = 1000 * x["draft_s"]
+        values["verify_ms"] = 1000 * x["verify_s"]
+        return values

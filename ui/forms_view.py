@@ -1,0 +1,67 @@
+"""The variants editor both lab pages share: techniques picked per variant, knobs drawn from declarations."""
+from __future__ import annotations
+
+import streamlit as st
+
+from lab.views import forms
+
+ENGINE_HELP = ("lab: the lab's decode loop, where techniques apply; hf_generate: transformers' own generate, "
+               "the raw reference (takes no technique).")
+
+
+def variant_editor(techniques: dict, preset_variants: list[dict], key: str, max_variants: int = 6,
+                   engines: tuple[str, ...] | None = None) -> list[dict]:
+    """Widgets for the baseline's name and the other variants, initialised from every variant of the preset
+    (names, engines, techniques and their knobs); returns [{'name', 'engine', 'techniques'}, ...], baseline first.
+
+    `key` prefixes every widget key and must name the preset (forms.form_key): a keyed widget keeps its value
+    across reruns even when its default changes, so without it the previous preset's variants would stay.
+    `engines` offers an engine per variant (LLM); without it each variant keeps its preset's engine."""
+    baseline_name, others = forms.split_baseline(preset_variants)
+    most = max(max_variants, len(others))
+    name = st.text_input("Baseline name", value=baseline_name, key=f"{key}baseline_name",
+                         help="The variant with no technique; every other variant is measured against it.")
+    n_variants = st.number_input("Variants besides the baseline", 0, most, value=len(others), key=f"{key}n_variants")
+    variants = [{"name": name, "engine": "lab", "techniques": []}]
+    for i in range(int(n_variants)):
+        pv = others[i] if i < len(others) else {}
+        prefix = f"{key}v{i}_"
+        box = st.container(border=True)
+        vname = box.text_input("Variant name", value=pv.get("name", "" if pv else f"variant-{i + 1}"),
+                               key=f"{prefix}name", placeholder="named after its techniques when empty")
+        engine = pv.get("engine", "lab")
+        if engines:
+            engine = box.selectbox("Engine", engines, index=forms.choice_index(engines, engine, "lab"),
+                                   key=f"{prefix}engine", help=ENGINE_HELP)
+        preset_techniques = [t for t in pv.get("techniques", []) if isinstance(t, dict)]
+        chosen = box.multiselect("Techniques", list(techniques), key=f"{prefix}tech",
+                                 default=[t["name"] for t in preset_techniques if t.get("name") in techniques],
+                                 format_func=lambda n: f"{techniques[n].title} ({techniques[n].slot})")
+        not_offered = [t.get("name") for t in preset_techniques if t.get("name") not in techniques]
+        if not_offered:
+            box.caption(f"Not offered for this model, left out: {', '.join(map(str, not_offered))}.")
+        entries = []
+        for tname in chosen:
+            cls = techniques[tname]
+            box.caption(f"{cls.title}: {cls.summary} Paper: {cls.paper}")
+            preset_knobs = next((t for t in preset_techniques if t.get("name") == tname), {})
+            entries.append({"name": tname, **_knob_widgets(box, cls, preset_knobs, f"{prefix}{tname}")})
+        variants.append({"name": vname, "engine": engine, "techniques": entries})
+    return variants
+
+
+def _knob_widgets(box, cls, preset_knobs: dict, prefix: str) -> dict:
+    values = {}
+    for k in cls.knobs():
+        w, key, value = forms.widget_for(k), f"{prefix}_{k.name}", preset_knobs.get(k.name, k.default)
+        label, help_ = forms.knob_label(k), f"{k.help} Allowed: {k.allowed()}."
+        if w["widget"] == "select":
+            index = forms.choice_index(w["options"], value, k.default)
+            values[k.name] = box.selectbox(label, w["options"], index=index, key=key, help=help_)
+        elif w["widget"] == "checkbox":
+            values[k.name] = box.checkbox(label, value=bool(value), key=key, help=help_)
+        elif w["widget"] == "number":
+            values[k.name] = box.number_input(label, value=k.type(value), step=k.type(w["step"]), key=key, help=help_)
+        else:
+            values[k.name] = box.text_input(label, value=str(value), key=key, help=help_)
+    return values

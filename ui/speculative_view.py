@@ -1,0 +1,41 @@
+"""Speculative decoding views: the output coloured by how each token came, and a per-round timeline."""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from lab.views import speculative as spec_views
+
+
+def show_spec_views(exp) -> None:
+    runs = spec_views.runs_with_rounds(exp)
+    if not runs:
+        return
+    st.markdown("**Speculative decoding** — how each token of the output came")
+    labels = {r.id: r.variant for r in runs}
+    run_id = st.selectbox("Variant", list(labels), format_func=lambda i: labels[i], key="spec_run")
+    run = next(r for r in runs if r.id == run_id)
+    outputs = sorted(run.outputs, key=lambda o: o.item_index)
+    index = st.selectbox("Item", range(len(outputs)), key="spec_item",
+                         format_func=lambda i: f"{i + 1}: {outputs[i].prompt[:70]}")
+    out = outputs[index]
+    summary = spec_views.round_summary(out.extra)
+    st.caption(f"{len(out.token_ids)} tokens in {summary['rounds']} draft/verify rounds (+ prefill): "
+               f"{summary['accepted']} of {summary['proposed']} draft tokens accepted "
+               f"({100 * summary['acceptance']:.0f}%).")
+    st.html(spec_views.legend_html())
+    st.html(spec_views.spans_html(spec_views.token_spans(out.extra, len(out.token_ids))))
+    frame = pd.DataFrame(spec_views.timeline_rows(out.extra))
+    phases = alt.Scale(domain=["prefill", "draft", "verify"], range=["#9ca3af", "#16a34a", "#2563eb"])
+    # a white edge between bars keeps back-to-back rounds apart
+    chart = alt.Chart(frame).mark_bar(stroke="white", strokeWidth=1).encode(
+        x=alt.X("start", title="Time since the start of the generation (s)"), x2="end",
+        y=alt.Y("phase", title=None, sort=["prefill", "draft", "verify"]),
+        color=alt.Color("phase", title="Phase", scale=phases),
+        tooltip=["round", "phase", "proposed", "accepted", alt.Tooltip("start", format=".3f"),
+                 alt.Tooltip("end", format=".3f")],
+    ).properties(height=160)
+    st.altair_chart(chart, width="stretch")
+    st.caption("One bar per round and phase: the drafter proposes, the target verifies all proposals in one "
+               "forward. Hover a bar for how many drafts it accepted.")
