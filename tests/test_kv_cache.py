@@ -5,7 +5,8 @@ import torch
 from lab.llm.engine import Engine
 from lab.ops.sampling import GenerationSettings
 from lab.techniques import all_techniques, build
-from lab.techniques.kv_cache.base import KVPress, n_kept
+from lab.techniques.kv_cache.base import KVPress
+from lab.techniques.kv_cache.hooks import n_kept
 from lab.techniques.kv_cache.quant import dequantize, quantize
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 

@@ -16,12 +16,8 @@ from typing import ClassVar
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
+from lab.techniques.kv_cache.hooks import attach_press, attention_modules
 from lab.techniques.slots import CacheTechnique
-
-
-def n_kept(n: int, ratio: float) -> int:
-    """kvpress's budget: keep int(n * (1 - ratio)) tokens per KV head."""
-    return int(n * (1 - ratio))
 
 
 def protect_recent(scores, window: int):
@@ -62,7 +58,6 @@ class KVPress(CacheTechnique):
 
     # --- slot protocol -----------------------------------------------------------------------------
     def check_model(self, model) -> None:
-        from lab.techniques.kv_cache.hooks import attention_modules
         reason = unsupported_attention(model, attention_modules(model), self)
         if reason:
             raise SpecError(f"technique '{self.name}' cannot run on {type(model).__name__}: {reason}")
@@ -80,7 +75,6 @@ class KVPress(CacheTechnique):
     @contextlib.contextmanager
     def cache_hooks(self, model, cache):
         """Attach the post-attention hooks for one generation; state lives only inside this block."""
-        from lab.techniques.kv_cache.hooks import attach_press
         with attach_press(self, model, cache) as tracker:
             yield tracker
 

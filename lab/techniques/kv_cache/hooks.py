@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 
-from lab.techniques.kv_cache.base import n_kept
+
+def n_kept(n: int, ratio: float) -> int:
+    """kvpress's budget: keep int(n * (1 - ratio)) tokens per KV head."""
+    return int(n * (1 - ratio))
 
 
 class PressTracker:

@@ -43,7 +43,6 @@ class SnapKV(KVPress):
     kernel_size: int = knob(5, min=1, max=63, unit="tokens", help="Average-pooling width over the votes (odd).")
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
-        import torch
         import torch.nn.functional as F
         b, kv_heads, k_len, _ = keys.shape
         window = min(self.window_size, hidden_states.shape[1], k_len - 1)  # a decode step has one query
