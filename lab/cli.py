@@ -5,12 +5,19 @@ import argparse
 import sys
 import time
 
+from lab import jobs
+from lab.bench.models import list_models
+from lab.bench.validate import load_toml_specs
 from lab.errors import SpecError
+from lab.jobs import cancel, worker_loop
+from lab.llm.models import BUILTIN_MODELS, prepare_builtin
+from lab.techniques import all_techniques
+from lab.views import results
+from lab.views.diffusion import equal_compute_rows
+from lab.views.results import busy_runs, text_table
 
 
 def _cmd_run(args) -> int:
-    from lab import jobs
-    from lab.bench.validate import load_toml_specs
     specs = load_toml_specs(args.spec)
     queued = []
     for spec in specs:
@@ -36,7 +43,6 @@ def _cmd_run(args) -> int:
 
 
 def _wait(job_id: int, exp_id: int) -> int:
-    from lab import jobs
     last, hinted = "", False
     while True:
         job = jobs.get_job(job_id)
@@ -64,7 +70,6 @@ def _wait(job_id: int, exp_id: int) -> int:
 
 def _load_lines(exp) -> list[str]:
     """The machine's load during the run, and a warning when it was busy enough to distort the timings."""
-    from lab.views.results import busy_runs
     env = exp.runs[0].environment
     lines = []
     if env.get("other_cpu_share") is not None or env.get("load_avg_max") is not None:
@@ -79,7 +84,6 @@ def _load_lines(exp) -> list[str]:
 
 
 def _show(exp_id: int) -> int:
-    from lab.views import results
     exp = results.load_experiment(exp_id)
     if exp is None:
         print(f"no experiment with id {exp_id}", file=sys.stderr)
@@ -96,13 +100,11 @@ def _show(exp_id: int) -> int:
         print()
         print(results.text_table(results.summary_rows(exp)))
         print("\nmedian (p10–p90) over n samples; speedup is paired against the baseline in the same process")
-        from lab.views.diffusion import equal_compute_rows
         if exp.spec.get("workload") == "digits" and (rows := equal_compute_rows(exp)):
             print("\nagainst fewer steps at equal compute (the step-reduction curve interpolated at each "
                   "variant's blocks computed):")
             print(results.text_table(rows))
     else:
-        from lab import jobs
         job = jobs.job_for_experiment(exp_id)
         if job is not None and job.error:
             print(f"no results: {job.error.splitlines()[0]}")
@@ -110,13 +112,11 @@ def _show(exp_id: int) -> int:
 
 
 def _cmd_list(_args) -> int:
-    from lab.views import results
     print(results.text_table(results.recent_experiments(50)))
     return 0
 
 
 def _cmd_techniques(_args) -> int:
-    from lab.techniques import all_techniques
     for name, cls in all_techniques().items():
         fits = f" / {' or '.join(cls.applies_to)} models" + (f" ({', '.join(cls.denoisers)})" if cls.denoisers else "")
         print(f"{name}  [{cls.family} / slot: {cls.slot}{fits}]  {cls.title}")
@@ -131,33 +131,29 @@ def _cmd_techniques(_args) -> int:
 
 
 def _cmd_models(_args) -> int:
-    from lab.bench.models import list_models
-    from lab.views.results import text_table
     print(text_table(list_models()))
     print("\nAlso: any local model folder, or a hub id already in the local Hugging Face cache.")
     return 0
 
 
 def _cmd_prepare(_args) -> int:
-    from lab.llm.models import BUILTIN_MODELS, prepare_builtin
     for name in BUILTIN_MODELS:
         print(f"{name}: {prepare_builtin(name)}")
     return 0
 
 
 def _cmd_worker(args) -> int:
-    from lab.jobs import worker_loop
     worker_loop(idle_exit=args.idle_exit)
     return 0
 
 
 def _cmd_run_job(args) -> int:
+    # lazy: lab.jobs.process imports torch; pages import this module
     from lab.jobs.process import run_job_child
     return run_job_child(args.job)
 
 
 def _cmd_cancel(args) -> int:
-    from lab.jobs import cancel
     print(f"job {args.job}: {cancel(args.job)}")
     return 0
 

@@ -1,6 +1,7 @@
 """Where the lab keeps its files. LAB_DATA_DIR moves the writable state (database, model caches)."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from pathlib import Path
@@ -32,7 +33,6 @@ def set_parent_death_signal() -> None:
     """Linux: the kernel kills this process the moment its parent dies (PR_SET_PDEATHSIG); a no-op elsewhere.
     Passed as preexec_fn to the processes the lab starts, so none outlives the job that started it."""
     try:
-        import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -47,6 +47,7 @@ def model_file(name: str, filename: str) -> Path | None:
         return path if path.is_file() else None
     if "/" not in name:
         return None
+    # lazy: only for a hub id; seconds to import, and pages read this module
     from huggingface_hub import try_to_load_from_cache
     try:
         hit = try_to_load_from_cache(name, filename)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+from pydoc_data.topics import topics
 
 from lab.errors import SpecError
 from lab.paths import SHIPPED_DATA
@@ -73,7 +74,6 @@ def image_prompts(limit: int | None = None) -> list[Item]:
 
 def heldout_text() -> str:
     """The held-out English text (see module docstring for source and licence)."""
-    from pydoc_data.topics import topics
     return "\n\n".join(topics[k].strip() for k in sorted(topics))
 
 

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from lab import store
 from lab.errors import SpecError, named, shown
 from lab.knobs import KnobInfo, knob, knobs_of
 from lab.prompts import WORKLOADS
@@ -122,7 +123,6 @@ def check_fields(raw: dict) -> dict:
 def column_limit(table: str, column: str) -> int:
     """The length of a String column of the store. Read from the table itself, so the check follows a
     migration; SQLite ignores the length, PostgreSQL refuses longer text only when the results are saved."""
-    from lab import store  # lazy: store imports SQLAlchemy, which a page's form does not need to start
     return getattr(store, table).__table__.c[column].type.length
 
 

@@ -138,6 +138,7 @@ def _sqlite_pragmas(dbapi_conn, _record):
 
 
 def _migrate(url: str) -> None:
+    # lazy: only when the schema is created or upgraded
     from alembic import command
     from alembic.config import Config
 

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from lab.views import forms
-from lab.llm.models import BUILTIN_MODELS, DEFAULT_LLM
+from lab.views.forms import BUILTIN_MODELS, DEFAULT_LLM
 from ui.experiment_panel import show_current_experiment, submit
 from ui.forms_view import variant_editor
 

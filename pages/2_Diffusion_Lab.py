@@ -3,7 +3,7 @@ points at; switch feature caching on, see images and counts."""
 import streamlit as st
 
 from lab.views import forms
-from lab.diffusion.models import DEFAULT_DIFFUSION, DIFFUSION_MODELS
+from lab.views.forms import DEFAULT_DIFFUSION, DIFFUSION_MODELS
 from ui.experiment_panel import show_current_experiment, submit
 from ui.forms_view import variant_editor
 

@@ -9,7 +9,8 @@ import types
 import pytest
 import torch
 
-from lab.bench.diffusion_runner import DiffusionVariant
+from lab.diffusion.variant import DiffusionVariant
+from lab.spec import Spec
 from lab.errors import SpecError
 from lab.techniques import all_techniques, build
 
@@ -45,7 +46,7 @@ def isolated_data(tmp_path, monkeypatch):
 
 
 def generate(model, techniques: list[dict], steps: int = STEPS, guidance: float = 3.0, sampler: str = "ddim"):
-    spec = {"steps": steps, "guidance": guidance, "sampler": sampler}
+    spec = Spec(steps=steps, guidance=guidance, sampler=sampler, model_kind="diffusion")
     loaded = types.SimpleNamespace(model=model, name="tiny", pipeline=None)
     variant = DiffusionVariant(spec, loaded, build(techniques, model_kind="diffusion"))
     variant.prepare()
@@ -239,7 +240,7 @@ def test_pixels_map_the_data_range_onto_0_255():
 
 
 def test_bf16_weights_run_the_denoiser_in_bf16_and_halve_its_bytes(denoisers):
-    spec = {"steps": 4, "guidance": 3.0, "sampler": "ddim"}
+    spec = Spec(steps=4, guidance=3.0, sampler="ddim", model_kind="diffusion")
     loaded = types.SimpleNamespace(model=denoisers["dit"], name="tiny", pipeline=None)
     plain = DiffusionVariant(spec, loaded, [])
     bf16 = DiffusionVariant(spec, loaded, build([{"name": "weight_dtype", "dtype": "bf16"}], model_kind="diffusion"))

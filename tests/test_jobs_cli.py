@@ -125,7 +125,7 @@ def test_cli_bad_spec_is_a_clear_error_and_stores_nothing(tmp_path, capsys, body
 def test_cli_lists_techniques_and_models(capsys):
     assert main(["techniques"]) == 0
     out = capsys.readouterr().out
-    assert "weight_dtype" in out and "'bf16', 'fp16'" in out and "paper:" in out
+    assert "weight_dtype" in out and "bf16, fp16" in out and "paper:" in out
     assert main(["models"]) == 0
     assert "smollm2-135m-instruct" in capsys.readouterr().out
 

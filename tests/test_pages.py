@@ -9,7 +9,8 @@ from streamlit.testing.v1 import AppTest
 from lab import jobs
 from lab.views import forms
 from lab.views import results
-from lab.bench import record, run
+from lab.bench import record
+from lab.bench import run as bench_run
 from lab.bench.validate import load_toml, load_toml_specs, validate
 from tests.conftest import ROOT
 
@@ -25,7 +26,7 @@ def run_and_store(raw: dict) -> int:
     """Validate, run and save a spec as the worker would; returns the experiment id."""
     spec = validate(raw)
     exp_id, job_id = jobs.submit(spec)
-    record.save(exp_id, run.execute(spec))
+    record.save(exp_id, bench_run.execute(spec))
     finish_queued_job(job_id, "done", None, "done")
     return exp_id
 
@@ -207,7 +208,7 @@ def test_token_spans_rebuild_the_output_with_rejected_drafts_apart(stored_specul
 def expected_spec(kind: str, preset: str) -> dict:
     """The spec a preset's file gives, validated as `python -m lab run` would (one per run for [[runs]])."""
     path, index = forms.preset_origins(kind)[preset]
-    return load_toml_specs(path)[index]
+    return load_toml_specs(path)[index].to_dict()
 
 
 def experiment_in_url(at: AppTest) -> int:
@@ -253,7 +254,7 @@ def test_llm_form_after_the_quickstart_runs_kv_quick_as_its_file_says():
     exp_id = pick_preset_then_submit(at, "llm", "quickstart", "kv_quick")
     assert exp_id != quick_id
     stored = results.load_experiment(exp_id).spec
-    assert_same_spec(stored, load_toml(ROOT / "experiments" / "kv_quick.toml"))
+    assert_same_spec(stored, load_toml(ROOT / "experiments" / "kv_quick.toml").to_dict())
     assert [stored[k] for k in ("prompts", "max_new_tokens", "repeats", "perplexity_window")] == [3, 32, 1, 512]
     assert [v["name"] for v in stored["variants"]][:2] == ["baseline", "streaming_llm@0.5"]
 

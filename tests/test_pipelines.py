@@ -12,7 +12,7 @@ import torch
 from test_diffusion import OFF, SKIPPING, denoiser_techniques
 from tiny_pipelines import save_tiny_pipeline
 
-from lab.bench.diffusion_runner import DiffusionVariant, image_batches
+from lab.diffusion.variant import DiffusionVariant, image_batches
 from lab.bench.validate import validate
 from lab.errors import SpecError
 from lab.techniques import build
@@ -217,8 +217,8 @@ def test_an_image_to_image_pipeline_is_refused_with_the_reason(folders):
 
 def test_mag_cache_calibrates_a_pipeline_on_a_prompt_it_never_scores(loaded, monkeypatch):
     """Before, the calibration ran on the spec's first prompts, the very images it was then scored on."""
-    from lab.bench.diffusion_runner import CALIBRATION_PROMPT
-    from lab.llm.workloads import image_prompts
+    from lab.diffusion.variant import CALIBRATION_PROMPT
+    from lab.prompts import image_prompts
     assert CALIBRATION_PROMPT not in [item.text for item in image_prompts()]
     spec = spec_for(loaded["flux"].name)
     variant = DiffusionVariant(spec, loaded["flux"], build([{"name": "mag_cache"}], model_kind="diffusion"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from lab.errors import SpecError, shown
 from lab.llm import workloads
@@ -40,7 +41,6 @@ class _CharCounter:
     chat_template = None
 
     def __call__(self, text: str, add_special_tokens: bool = True):
-        from types import SimpleNamespace
         return SimpleNamespace(input_ids=range(len(text)))
 
 
@@ -188,6 +188,7 @@ def free_memory(device: str) -> tuple[int | None, str]:
     kernel's MemAvailable. None when neither can be read (the check is then skipped)."""
     # torch only here and only for CUDA: pages import this module and must open without loading it
     if device == "cuda" or device == "auto" and Path("/proc/driver/nvidia/version").exists():
+        # lazy: torch loads only to run; validation and pages read this module
         import torch
         if torch.cuda.is_available():
             return torch.cuda.mem_get_info()[0], "free on the GPU"

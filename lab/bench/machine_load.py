@@ -59,6 +59,7 @@ def _proc_stat() -> tuple[float, int] | None:
 
 def _psutil_stat() -> tuple[float, int] | None:
     try:
+        # optional: only where /proc is missing
         import psutil
     except ImportError:
         return None

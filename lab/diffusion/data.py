@@ -5,6 +5,7 @@ The dataset ships inside scikit-learn, so training and scoring need no download.
 from __future__ import annotations
 
 import torch
+from sklearn.datasets import load_digits
 
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
@@ -15,7 +16,6 @@ def load_digits_16(split: str = "all", holdout: float = 0.2, seed: int = 0) -> t
 
     The split is a fixed seeded permutation, so the classifier's held-out accuracy is reproducible.
     """
-    from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0

@@ -11,12 +11,12 @@ import time
 
 import torch
 
+from lab.diffusion.models import load_denoiser
+from lab.diffusion.sampler import DenoiserCall, sample
+
 
 def accuracy(name: str, guidance: float, per_class: int, steps: int = 50, sampler: str = "ddim",
              batch: int = 50) -> dict:
-    from lab.diffusion.models import load_denoiser
-    from lab.diffusion.sampler import DenoiserCall, sample
-
     loaded = load_denoiser(name, "cpu")
     labels = torch.arange(10).repeat(per_class)
     correct, started = 0, time.time()

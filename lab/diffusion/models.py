@@ -46,6 +46,7 @@ def check_denoiser(name: str) -> str:
 def load_denoiser(name: str, device: str) -> LoadedDenoiser:
     if name not in DIFFUSION_MODELS:
         return load_pipeline(name, device)
+    # lazy: these load torch, only to run; validation and pages read this module
     import torch
     from diffusers import UNet2DModel
 
@@ -61,6 +62,7 @@ def load_denoiser(name: str, device: str) -> LoadedDenoiser:
 
 
 def load_classifier(device: str = "cpu"):
+    # lazy: these load torch, only to run; validation and pages read this module
     import torch
     from safetensors.torch import load_file
 

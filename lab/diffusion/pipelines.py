@@ -60,6 +60,7 @@ def pipeline_info(name: str) -> PipelineInfo:
 
 
 def load_pipeline(name: str, device: str):
+    # lazy: torch loads only to run; validation and pages read this module
     import torch
     from diffusers import DiffusionPipeline
 
@@ -116,6 +117,7 @@ def _cast_at_boundary(denoiser, outer) -> list:
     """Hooks that run a denoiser of another dtype (a bf16 weights variant) inside a pipeline: its inputs are
     cast in and its outputs back, so the pipeline's own state keeps its dtype, as the lab's sampler does.
     Timesteps (1-D) stay as given: bf16 cannot hold 999."""
+    # lazy: torch loads only to run; validation and pages read this module
     import torch
 
     inner = next(denoiser.parameters()).dtype
@@ -140,6 +142,7 @@ def _cast_at_boundary(denoiser, outer) -> list:
 
 
 def _call_kwargs(pipe, call, prompts: list[str], seed: int, size: int, step_end) -> dict:
+    # lazy: torch loads only to run; validation and pages read this module
     import torch
 
     params = inspect.signature(pipe.__call__).parameters
@@ -161,6 +164,7 @@ def _call_kwargs(pipe, call, prompts: list[str], seed: int, size: int, step_end)
 
 def generate(pipe, call, prompts: list[str], seed: int, size: int = 0, on_step=None):
     """One batch of images from the pipeline, as a SampleResult with images (B, 3, H, W) in [-1, 1]."""
+    # lazy: these load torch, only to run; validation and pages read this module
     import torch
 
     from lab.diffusion.sampler import SampleResult
@@ -209,6 +213,7 @@ def guidance_in_batch(pipe, guidance: float) -> bool:
 def thumbnail_png(image) -> str:
     """An image (3, H, W) in [-1, 1] as a base64 PNG, its long side at most THUMBNAIL (what the store keeps;
     PSNR and SSIM are computed on the full image before this)."""
+    # lazy: these load torch, only to run; validation and pages read this module
     import torch
     from PIL import Image
 

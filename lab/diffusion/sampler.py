@@ -12,19 +12,19 @@ model's cache context when it has one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from lab.spec import SAMPLERS
 from lab.diffusion.data import IMAGE_SIZE
 from lab.diffusion.nets import NULL_CLASS
+from lab.spec import SAMPLERS
 
 
 def make_scheduler(name: str):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
     betas = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     if name == "ddim":
         # clip_sample bounds the predicted clean image to the data range [-1, 1]
@@ -51,11 +51,15 @@ class DenoiserCall:
     step_index: int = 0
     timestep: int = 999
     info: dict = field(default_factory=dict)  # what a technique reports about the run (e.g. calibration)
-    run_uncached: object = None  # (seed) -> None: one plain generation (a pipeline's; MagCache calibrates on it)
+    # (seed) -> None: one plain generation a technique may calibrate on (MagCache); a pipeline sets its own
+    run_uncached: object = None
+    uncached_inputs: str = "digits 0-9"  # what run_uncached generates, as a calibration file records it
     guidance_batch: bool | None = None  # a pipeline's [uncond; cond] batching, when it differs from ours
 
     def __post_init__(self):
         self.architecture = architecture_of(self.model)
+        if self.run_uncached is None:  # the digits: one image per class, with an info of its own
+            self.run_uncached = lambda seed: sample(dataclasses.replace(self, info={}), torch.arange(10), seed=seed)
 
     @property
     def uses_guidance(self) -> bool:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import DDPMScheduler
+from safetensors.torch import save_file
 
 from lab.diffusion.data import NUM_CLASSES, augment, load_digits_16
 from lab.diffusion.nets import NULL_CLASS, DigitClassifier, build_dit, build_unet
@@ -35,8 +37,6 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def train_denoiser(kind: str, steps: int, batch: int, lr: float, seed: int, out: Path, resume: bool = False) -> dict:
-    from diffusers import DDPMScheduler
-
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_dit() if kind == "dit" else build_unet()
@@ -84,8 +84,6 @@ CLASSIFIER_LR, CLASSIFIER_BATCH = 2e-3, 64
 
 
 def train_classifier(epochs: int, seed: int, out: Path) -> dict:
-    from safetensors.torch import save_file
-
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_train, y_train = load_digits_16("train")

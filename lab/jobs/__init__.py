@@ -20,13 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import delete, exists, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from lab import store
-from lab.paths import ROOT, child_env, data_dir
-from lab.jobs.liveness import HOST, worker_dead as _worker_dead
-from lab.jobs.leases import _release_lease, acquire_lease, device_key, release_leases
 from lab.bench.validate import validate
+from lab.jobs.leases import _release_lease, acquire_lease, device_key, release_leases
+from lab.jobs.liveness import HOST
+from lab.jobs.liveness import worker_dead as _worker_dead
+from lab.paths import ROOT, child_env, data_dir
 from lab.spec import Spec, spec_hash
 from lab.store import Experiment, Job, Lease, Run, Worker, utcnow
 
@@ -179,6 +181,7 @@ def ensure_worker(idle_exit: float = 600.0) -> bool:
 @contextmanager
 def _spawn_lock():
     try:
+        # optional: POSIX only
         import fcntl
     except ImportError:  # no flock (Windows): the device lease still keeps runs apart
         yield
@@ -193,7 +196,6 @@ def _spawn_lock():
 
 def _spawn_lock_path() -> Path:
     """One lock per database: next to a SQLite file, else in the data folder named by the URL's hash."""
-    from sqlalchemy.engine import make_url
     url = store.database_url()
     database = make_url(url).database
     if url.startswith("sqlite") and database and database != ":memory:":

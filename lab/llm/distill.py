@@ -17,12 +17,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from collections import Counter
 
 import torch
+from safetensors.torch import save_file
 
-from lab.ops.distilled_draft import DRAFT_DIR, INIT_LAYERS, build_draft, load_shipped_draft, trained_state, with_new_head
+from lab.llm.engine import Engine
+from lab.llm.models import load
+from lab.llm.workloads import chat_input_ids, perplexity_windows
+from lab.ops.distilled_draft import (
+    DRAFT_DIR,
+    INIT_LAYERS,
+    build_draft,
+    load_shipped_draft,
+    trained_state,
+    with_new_head,
+)
+from lab.ops.sampling import GenerationSettings
+from lab.paths import data_dir
 
 DRAFT_VOCAB = 8192
 
@@ -45,12 +59,7 @@ TOPICS = ["volcanoes", "the printing press", "learning a new language", "saving 
 def self_generated_texts(loaded, minutes: float, max_new: int = 160, batch: int = 16, seed: int = 0) -> list[list[int]]:
     """SmolLM2's own answers (prompt + answer token ids) to TOPICS x TEMPLATES, sampled at temperature 0.7,
     generated in batches for up to `minutes`; cached under data/cache so a resumed training reuses them."""
-    import random
 
-    from lab.llm.engine import Engine
-    from lab.ops.sampling import GenerationSettings
-    from lab.paths import data_dir
-    from lab.llm.workloads import chat_input_ids
 
     cache = data_dir() / "cache" / "distill_self_generated.json"
     if cache.exists():
@@ -98,10 +107,7 @@ def main(argv=None) -> None:
                         help="time for generating SmolLM2's own answers as training text (0: prose only)")
     args = parser.parse_args(argv)
 
-    from safetensors.torch import save_file
 
-    from lab.llm.models import load
-    from lab.llm.workloads import perplexity_windows
 
     torch.manual_seed(args.seed)
     loaded = load("smollm2-135m-instruct", device="cpu")

@@ -70,6 +70,7 @@ def _package_folder(package: str) -> Path | None:
 
 
 def _hub_cached(model_id: str) -> bool:
+    # lazy: only for a hub id; seconds to import, and pages read this module
     from huggingface_hub import try_to_load_from_cache
     try:
         hit = try_to_load_from_cache(model_id, "config.json")
@@ -219,7 +220,8 @@ def default_device() -> str:
 
 def load_llm(name: str, device: str, trust_remote_code: bool = False) -> LoadedModel:
     """Load an LLM by built-in name, local folder or cached hub id (lab/bench/models.py keeps recent ones)."""
-    import torch  # lazy: validation and `lab models` read this module without loading torch
+    # lazy: validation and `lab models` read this module without loading torch
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_llm(name)

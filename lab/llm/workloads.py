@@ -8,9 +8,12 @@
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from pydoc_data.topics import topics
 
 from lab.prompts import QA, Item, chat_prompts, grounded_prompts, heldout_text
+
 
 @dataclass(frozen=True)
 class GenerationItem:
@@ -63,7 +66,6 @@ def needle_items(tokenizer, lengths: list[int], depths: list[int], seed: int = 0
     The context (instruction + filler with the needle) is the part a KV technique compresses; the question
     and the answer prefix follow uncompressed, as in kvpress's protocol.
     """
-    import random
     rng = random.Random(seed)
     filler_ids = tokenizer(FILLER, add_special_tokens=False).input_ids
     items = []
@@ -99,7 +101,6 @@ def grounded_items(tokenizer, limit: int) -> list[GenerationItem]:
 
 def context_qa_items(tokenizer, limit: int) -> list[GenerationItem]:
     """Context: one topic of the language reference (up to 8k characters); question asked after it."""
-    from pydoc_data.topics import topics
     items = []
     for topic, question in QA[:limit]:
         context, rest = _split_chat_qa(tokenizer, topics[topic].strip()[:8000], question)

@@ -7,6 +7,8 @@ transformer_blocks then single_transformer_blocks), which is also where diffuser
 from __future__ import annotations
 
 import torch
+from diffusers.models.attention import FeedForward
+from diffusers.models.cache_utils import CacheMixin
 
 BLOCK_LIST_NAMES = ("transformer_blocks", "single_transformer_blocks", "blocks", "layers")
 
@@ -31,7 +33,6 @@ def block_units(block: torch.nn.Module) -> list[torch.nn.Module]:
     A hook on these children fires only when the work really runs: diffusers' hooks replace the forward of
     a block (first-block cache, MagCache, TaylorSeer) or an attention (PAB, FasterCache) and skip its children.
     """
-    from diffusers.models.attention import FeedForward
 
     units = []
     for module in block.modules():
@@ -71,7 +72,6 @@ def make_cacheable(denoiser):
     although its hooks only need the blocks and attention modules, which those have. Swapping in a subclass
     adds the methods without copying or reloading the weights.
     """
-    from diffusers.models.cache_utils import CacheMixin  # lazy: diffusers takes seconds to import
 
     if not isinstance(denoiser, CacheMixin):
         cls = type(denoiser)

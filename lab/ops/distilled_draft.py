@@ -2,9 +2,12 @@
 shape (target embedding shared, a few target layers, a trimmed head) and how it loads beside a target."""
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from lab.paths import SHIPPED_DATA
 
@@ -15,9 +18,7 @@ INIT_LAYERS = (0, 1, 2, 3)
 def build_draft(target, layer_ids=INIT_LAYERS, vocab_ids: list[int] | None = None):
     """A LlamaForCausalLM-shaped draft: target embedding (shared), copies of some target layers, a trimmed
     head. Returns (draft model, vocab ids as a LongTensor mapping head rows to target token ids)."""
-    import copy
 
-    from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(target.config)
     config.num_hidden_layers = len(layer_ids)
@@ -58,7 +59,6 @@ def trained_state(draft) -> dict:
 def load_shipped_draft(target):
     """The distilled draft for `target` (SmolLM2) from data/models/smollm2-draft, on the target's device and
     dtype; raises FileNotFoundError naming the command that makes it."""
-    from safetensors.torch import load_file
 
     recipe_path = DRAFT_DIR / "draft.json"
     if not recipe_path.exists():

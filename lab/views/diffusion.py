@@ -7,6 +7,8 @@ import io
 
 import numpy as np
 
+from lab.views.results import metric_values
+
 SIDE = 16
 ZOOM = 6  # 16x16 pixels drawn as 96x96
 DRAWN = SIDE * ZOOM  # small images are zoomed up to about this side
@@ -20,6 +22,7 @@ def is_diffusion(exp) -> bool:
 def _image(extra: dict) -> np.ndarray:
     """A stored image: the digits' grey pixels (H x W), or a pipeline's PNG thumbnail (H x W x 3)."""
     if "png" in extra:
+        # lazy: only to draw images; pages read this module
         from PIL import Image
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(extra["png"]))).convert("RGB"))
     return np.asarray(extra["pixels"], dtype=np.uint8).reshape(SIDE, SIDE)
@@ -98,7 +101,6 @@ def equal_compute_rows(exp) -> list[dict]:
     when its PSNR and SSIM are both higher than the curve's; blocks are not equal work (a UNet's outer blocks
     run at full resolution), hence the second reading.
     """
-    from lab.views.results import metric_values
 
     runs = [(run, metric_values(run)) for run in exp.runs]
     sampler = exp.spec.get("sampler", "ddim")

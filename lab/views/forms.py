@@ -6,14 +6,19 @@ import copy
 import tomllib
 from pathlib import Path
 
+from lab.diffusion import models as diffusion_models
 from lab.diffusion.models import DIFFUSION_MODELS
 from lab.diffusion.pipelines import pipeline_info
 from lab.errors import SpecError
 from lab.knobs import KnobInfo
+from lab.llm import models as llm_models
 from lab.paths import ROOT
 from lab.spec import ENGINES, FIELDS, expand_runs
 from lab.techniques import all_techniques
 
+# the pages' model pickers (a page reads lab.views, never the model modules themselves)
+BUILTIN_MODELS, DEFAULT_LLM = llm_models.BUILTIN_MODELS, llm_models.DEFAULT_LLM
+DEFAULT_DIFFUSION = diffusion_models.DEFAULT_DIFFUSION
 EXPERIMENTS_DIR = ROOT / "experiments"
 VARIANT_ENGINES = ENGINES  # what runs a variant: the lab's loop, or transformers' generate as the reference
 

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from lab import store
+from lab.bench.machine_load import busy_reason
 from lab.metrics import METRICS, ORDER, definition
 from lab.store import Experiment, Run
 
@@ -88,7 +89,6 @@ def ratio_note(p10: float | None, p90: float | None, n: int, warmup: int) -> str
 
 def busy_runs(exp: Experiment) -> str | None:
     """Why the experiment's runs count as measured on a busy machine (one reason per distinct cause), or None."""
-    from lab.bench.machine_load import busy_reason
     reasons = {busy_reason(run.environment or {}) for run in exp.runs} - {None}
     return "; ".join(sorted(reasons)) or None
 

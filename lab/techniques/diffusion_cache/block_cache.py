@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
@@ -20,8 +21,7 @@ class BlockCache(DenoiserCache):
     interval: int = knob(2, min=1, max=50, unit="steps", help="Compute every block on every N-th step (1 = never reuse).")
 
     def wrap_denoiser(self, call):
-        import contextlib
-
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from diffusers.hooks import HookRegistry
 
         from lab.ops.blocks import transformer_blocks
@@ -43,6 +43,7 @@ class BlockCache(DenoiserCache):
 def _reuse_hook(call, interval: int):
     # A diffusers ModelHook (written here because diffusers 0.42 has no fixed-interval block cache): the
     # registry swaps the block's forward and keeps the original reachable, as its own cache hooks do.
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     from diffusers.hooks import ModelHook
 
     class ResidualReuseHook(ModelHook):
@@ -67,6 +68,7 @@ def _reuse_hook(call, interval: int):
 def _updated_inputs(block, args, kwargs) -> list:
     """The inputs a block's outputs update, in output order: hidden states alone, or, for a block that
     returns a tuple (Flux: encoder and image streams), what diffusers' block registry says each slot holds."""
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     from diffusers.hooks._helpers import TransformerBlockRegistry
 
     try:

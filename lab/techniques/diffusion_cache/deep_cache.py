@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar
 
+from lab.errors import SpecError
 from lab.techniques.base import knob
 from lab.techniques.diffusion_cache.base import DenoiserCache
 
@@ -22,11 +25,9 @@ class DeepCache(DenoiserCache):
                                              "down/up block pair only; higher runs more of the UNet on cached steps.")
 
     def wrap_denoiser(self, call):
-        import contextlib
-
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from diffusers.hooks import HookRegistry
 
-        from lab.errors import SpecError
 
         deepest = len(call.model.down_blocks) - 2
         if self.branch > deepest:
@@ -53,8 +54,7 @@ UNSUPPORTED = ("attention_mask", "encoder_attention_mask", "down_block_additiona
 def _deep_cache_hook(call, interval: int, branch: int):
     # A diffusers ModelHook replaces the UNet's forward, so the lab's sampler and a pipeline's own loop both
     # reach it through their plain unet(...) call.
-    import inspect
-
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     from diffusers.hooks import ModelHook
 
     class DeepCacheHook(ModelHook):
@@ -77,6 +77,7 @@ def _deep_cache_hook(call, interval: int, branch: int):
 
 
 def _output(unet):
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     from diffusers.models.unets.unet_2d import UNet2DOutput
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
     return UNet2DConditionOutput if hasattr(unet, "get_aug_embed") else UNet2DOutput

@@ -23,6 +23,7 @@ class FasterCache(DiffusersCacheHook):
                        help="Caching applies below this training timestep (0-1000); earlier steps all compute.")
 
     def cache_config(self, call):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from diffusers import FasterCacheConfig
         from diffusers.hooks.faster_cache import _UNCOND_COND_INPUT_KWARGS_IDENTIFIERS
         return FasterCacheConfig(

@@ -22,5 +22,6 @@ class FirstBlockCache(DiffusersCacheHook):
                                  "this (relative L1) since the last computed step; higher skips more.")
 
     def cache_config(self, call):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from diffusers import FirstBlockCacheConfig
         return FirstBlockCacheConfig(threshold=self.threshold)

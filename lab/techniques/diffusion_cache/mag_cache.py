@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass
 
+from lab.paths import data_dir
 from lab.techniques.base import knob
 from lab.techniques.diffusion_cache.base import DiffusersCacheHook
 
@@ -26,7 +30,6 @@ class MagCache(DiffusersCacheHook):
                                   help="This share of the first steps is always computed.")
 
     def calibration_path(self, call):
-        from lab.paths import data_dir
         folder = data_dir() / "cache" / "magcache"
         folder.mkdir(parents=True, exist_ok=True)
         model = re.sub(r"[^\w.-]+", "_", call.model_name).strip("_")[-80:]  # a pipeline's name is its folder path
@@ -42,13 +45,13 @@ class MagCache(DiffusersCacheHook):
             return
         ratios = calibrate(call)
         tmp = path.with_suffix(".partial")
-        inputs = "a held-out calibration prompt" if call.run_uncached else "digits 0-9"
-        tmp.write_text(json.dumps({"ratios": ratios, "seed": CALIBRATION_SEED, "inputs": inputs}))
+        tmp.write_text(json.dumps({"ratios": ratios, "seed": CALIBRATION_SEED, "inputs": call.uncached_inputs}))
         tmp.replace(path)  # atomic: never a half-written calibration
         call.info["mag_ratios"] = ratios
         call.info["calibration"] = f"calibrated and stored {path.name}"
 
     def cache_config(self, call):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from diffusers import MagCacheConfig
         if "mag_ratios" not in call.info:
             self.prepare_denoiser(call)
@@ -60,7 +63,6 @@ class MagCache(DiffusersCacheHook):
 def weights_fingerprint(model, samples: int = 256) -> str:
     """A short hash of a model's weights: every tensor's name, shape and dtype, and `samples` values spread
     over it. Cheap on a 12B-parameter denoiser, and any retraining changes it."""
-    import hashlib
 
     import torch  # lazy: techniques are imported by page forms, which must start without torch
 
@@ -81,9 +83,8 @@ def calibrate(call) -> list[float]:
     copy each ratio as it is computed. The generation is the call's own uncached run (a pipeline: a
     calibration prompt; the digits: one image per class).
     """
-    import contextlib
-    import io
 
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     from diffusers import MagCacheConfig
 
     from lab.ops.blocks import transformer_blocks

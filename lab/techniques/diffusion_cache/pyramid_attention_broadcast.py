@@ -30,6 +30,7 @@ class PyramidAttentionBroadcast(DiffusersCacheHook):
             raise SpecError(f"technique '{self.name}': t_low ({self.t_low}) must be below t_high ({self.t_high})")
 
     def cache_config(self, call):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from diffusers import PyramidAttentionBroadcastConfig
         return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=self.skip_range,
                                                spatial_attention_timestep_skip_range=(self.t_low, self.t_high),

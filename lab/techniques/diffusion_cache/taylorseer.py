@@ -31,6 +31,7 @@ class TaylorSeer(DiffusersCacheHook):
                        help="Forecast whole transformer blocks, or each block's attention and MLP separately.")
 
     def cache_config(self, call):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
         from diffusers import TaylorSeerCacheConfig
         # fp32 factors: the bf16 default loses the small step-to-step differences on a CPU model

@@ -63,11 +63,13 @@ class KVPress(CacheTechnique):
             raise SpecError(f"technique '{self.name}' cannot run on {type(model).__name__}: {reason}")
 
     def make_cache(self, model):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from transformers import DynamicCache
         return DynamicCache(config=model.config)
 
     def attention_needed(self) -> str | None:
         if self.needs_attention_weights or self.needs_decode_weights:
+            # lazy: lab.ops.attention imports torch; pages import this module
             from lab.ops.attention import WEIGHTS_ATTENTION
             return WEIGHTS_ATTENTION
         return None

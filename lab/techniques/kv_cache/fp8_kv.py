@@ -16,5 +16,6 @@ class Fp8KV(CacheTechnique):
     paper = "Micikevicius et al., FP8 Formats for Deep Learning, 2022 (arXiv:2209.05433)"
 
     def make_cache(self, model):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from transformers import QuantizedCache
         return QuantizedCache(backend="fp8", config=model.config)

@@ -12,6 +12,7 @@ def accumulate_attention(state: dict, attentions, kv_heads: int) -> None:
 
     Query heads are summed into their KV head (GQA); tokens new in this forward start from zero.
     """
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     import torch
     b, heads, _q, k_len = attentions.shape
     received = attentions.float().sum(dim=2).view(b, kv_heads, heads // kv_heads, k_len).sum(2)

@@ -75,6 +75,7 @@ def _budget(press, tracker: PressTracker, layer_idx: int, held: int, q_len: int,
 
 
 def _hook(press, tracker: PressTracker):
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     import torch
 
     def hook(module, _args, kwargs, output):

@@ -15,6 +15,7 @@ class Knorm(KVPress):
              "EMNLP 2024 (arXiv:2406.11430)")
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
         # in at least fp32 so a bf16 cache does not tie distinct positions (as kvpress does)
         return -torch.linalg.vector_norm(keys, dim=-1, dtype=torch.promote_types(keys.dtype, torch.float32))

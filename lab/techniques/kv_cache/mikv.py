@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from lab.errors import SpecError
 from lab.techniques.base import knob
 from lab.techniques.kv_cache.h2o import H2O
+from lab.techniques.kv_cache.quant import dequantize, quantize
 
 
 def make_mixed_layer_class():
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    from lab.techniques.kv_cache.quant import dequantize, quantize
 
     class MixedPrecisionLayer(DynamicLayer):
         """Important tokens in `keys`/`values` (full precision); the rest as per-token int codes."""
@@ -60,6 +61,7 @@ class MiKV(H2O):  # H2O's ranking (accumulated attention + recent window); demot
                             "supported; allowed: 0")
 
     def make_cache(self, model):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from transformers import DynamicCache
         layer_class = make_mixed_layer_class()
         cache = DynamicCache(config=model.config)
@@ -68,6 +70,7 @@ class MiKV(H2O):  # H2O's ranking (accumulated attention + recent window); demot
 
     def evict(self, layer, state, keep):
         """Demote instead of drop: the complement of `keep` goes to low precision."""
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
         b, h, n, d = layer.keys.shape
         mask = torch.ones(b, h, n, dtype=torch.bool, device=keep.device).scatter(2, keep, False)

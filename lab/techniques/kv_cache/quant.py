@@ -8,6 +8,7 @@ from __future__ import annotations
 
 def quantize(x, bits: int, dim: int):
     """Quantize along `dim` (the values sharing one scale): x ≈ q * scale + low, q in [0, 2^bits - 1]."""
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     import torch
     levels = 2 ** bits - 1
     low = x.amin(dim=dim, keepdim=True)
@@ -19,6 +20,7 @@ def quantize(x, bits: int, dim: int):
 
 
 def dequantize(q, scale, low, bits: int):
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     import torch
     if bits == 4:
         q = torch.stack([q & 0x0F, q >> 4], dim=-1).flatten(-2)

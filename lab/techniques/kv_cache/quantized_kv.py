@@ -4,15 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
+from lab.techniques.kv_cache.quant import dequantize, quantize
 from lab.techniques.slots import CacheTechnique
 
 
 def make_quantized_layer_class():
     """Build the layer class lazily: it subclasses a transformers class, which imports torch."""
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    from lab.techniques.kv_cache.quant import dequantize, quantize
 
     class QuantizedKVLayer(DynamicLayer):
         """Holds quantized blocks plus a full-precision residual of the newest tokens.
@@ -94,6 +95,7 @@ class QuantizedKV(CacheTechnique):
                            help="Tokens per block for per_channel scales (the residual kept in full precision).")
 
     def make_cache(self, model):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from transformers import DynamicCache
         layer_class = make_quantized_layer_class()
         cache = DynamicCache(config=model.config)

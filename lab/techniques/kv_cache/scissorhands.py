@@ -14,6 +14,7 @@ def importance_rows(attentions, kv_heads: int, k_len: int):
     A key is important for a query when it gets more than the uniform share 1/visible of that query's
     attention (the paper's "attended above average"); query heads are summed into their KV head (GQA).
     """
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     import torch
     b, heads, q_len, _ = attentions.shape
     rows = torch.arange(q_len, device=attentions.device)
@@ -44,6 +45,7 @@ class Scissorhands(KVPress):
         """
         if attentions is None:
             return
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
         k_len = attentions.shape[-1]
         rows = importance_rows(attentions[..., -self.history:, :], module.config.num_key_value_heads, k_len)

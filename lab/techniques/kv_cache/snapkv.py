@@ -1,6 +1,7 @@
 """SnapKV: the last `window_size` queries of the context vote for the keys they attend to."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
@@ -12,8 +13,8 @@ def window_attention(module, hidden_states, keys, window: int, position_embeddin
 
     Queries are recomputed from the layer input (q_proj, RoPE) so this works under sdpa, as in kvpress.
     """
-    import math
 
+    # lazy: torch loads only when a technique runs; pages import every technique to build their forms
     import torch
     b, kv_heads, k_len, head_dim = keys.shape
     heads = module.config.num_attention_heads
@@ -43,6 +44,7 @@ class SnapKV(KVPress):
     kernel_size: int = knob(5, min=1, max=63, unit="tokens", help="Average-pooling width over the votes (odd).")
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch.nn.functional as F
         b, kv_heads, k_len, _ = keys.shape
         window = min(self.window_size, hidden_states.shape[1], k_len - 1)  # a decode step has one query

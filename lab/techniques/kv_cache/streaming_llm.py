@@ -18,6 +18,7 @@ class StreamingLLM(KVPress):
     n_sink: int = knob(4, min=0, max=1024, unit="tokens", help="Initial tokens always kept.")
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
         # The cache is in text order, so slot order is recency: rank by slot, sinks above everything. After
         # the prefill this keeps what kvpress keeps (the sinks and the last n_kept - n_sink tokens); at a

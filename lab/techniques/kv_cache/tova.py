@@ -18,6 +18,7 @@ class TOVA(KVPress):
     recomputes_queries = True  # a single-token forward without weights rebuilds the query from q_proj + RoPE
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch.nn.functional as F
         if attentions is not None:
             weights = attentions[..., -1:, :-1]

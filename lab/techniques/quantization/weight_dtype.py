@@ -2,6 +2,7 @@
 every lower-bit method is judged against."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from lab.techniques.base import knob
@@ -23,8 +24,7 @@ class WeightDtype(WeightsTechnique):
     dtype: str = knob("bf16", choices=("bf16", "fp16"), help="Target float type of weights and activations.")
 
     def transform_weights(self, model):
-        import copy
-
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
 
         # deepcopy first: the cached original model is shared by every variant and must stay untouched.

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lab.errors import SpecError
+from lab.paths import SHIPPED_DATA
 from lab.techniques.base import knob
 from lab.techniques.speculative.base import DraftVerify
 
@@ -28,7 +29,6 @@ class DraftModel(DraftVerify):
 
     def check(self) -> None:
         if self.draft == DISTILLED:
-            from lab.paths import SHIPPED_DATA
             if not (SHIPPED_DATA / "models" / "smollm2-draft" / "draft.json").exists():
                 raise SpecError(f"technique 'draft_model': the distilled draft is missing from data/models/"
                                 f"smollm2-draft; make it with `python -m lab.llm.distill` or use draft = '{TRUNCATED}'")
@@ -46,6 +46,7 @@ class DraftModel(DraftVerify):
                             f"an LLM with the target's tokenizer, '{DISTILLED}' or '{TRUNCATED}'")
 
     def make_drafter(self, engine):
+        # lazy: lab.ops.drafting imports torch; pages import this module
         from lab.ops.drafting import ModelDrafter
         key = id(engine.model)
         if key not in self._cache:  # built once per prepared model, reused by every generation
@@ -65,10 +66,12 @@ class DraftModel(DraftVerify):
     def _build(self, engine):
         target = engine.model
         if self.draft == DISTILLED:
+            # lazy: lab.ops.distilled_draft imports torch; pages import this module
             from lab.ops.distilled_draft import load_shipped_draft
             model, vocab, _ = load_shipped_draft(target)
             return model, vocab
         if self.draft == TRUNCATED:
+            # lazy: lab.ops.drafting imports torch; pages import this module
             from lab.ops.drafting import truncated_copy
             return truncated_copy(target, self.draft_layers), None
         loaded = engine.load_model(self.draft)

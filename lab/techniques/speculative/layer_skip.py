@@ -31,6 +31,7 @@ class LayerSkip(DraftVerify):
                         help="spread: evenly spaced, first and last kept; first: the first draft_layers (early exit).")
 
     def make_drafter(self, engine):
+        # lazy: lab.ops.drafting imports torch; pages import this module
         from lab.ops.drafting import ModelDrafter, decoder_layers, layer_subset
         n_total = len(decoder_layers(engine.model))
         return ModelDrafter(layer_subset(engine.model, kept_layers(n_total, self.draft_layers, self.pattern)))

@@ -24,5 +24,6 @@ class PromptLookup(DraftVerify):
                                                                "is rejected more.")
 
     def make_drafter(self, engine):
+        # lazy: lab.ops.drafting imports torch; pages import this module
         from lab.ops.drafting import PromptLookupDrafter
         return PromptLookupDrafter(self.ngram_size, min(self.min_ngram, self.ngram_size))
