@@ -1,0 +1,1 @@
+"""The Efficiency Lab backend; docs/ARCHITECTURE.md shows its layers."""

@@ -12,6 +12,7 @@ from lab.errors import SpecError
 from lab.jobs import cancel, worker_loop
 from lab.llm.models import BUILTIN_MODELS, prepare_builtin
 from lab.techniques import all_techniques
+from lab.techniques.registry import plugin_errors
 from lab.views import results
 from lab.views.diffusion import equal_compute_rows
 from lab.views.results import busy_runs, text_table
@@ -127,6 +128,10 @@ def _cmd_techniques(_args) -> int:
         for k in cls.knobs():
             unit = f" {k.unit}" if k.unit else ""
             print(f"    --{k.name}: {k.allowed()}{unit}, default {k.default!r}. {k.help}")
+        for m in cls.metrics:
+            print(f"    metric {m.name} [{m.unit}]: {m.definition}")
+    for error in plugin_errors():  # a user's technique file that did not load: said, not swallowed
+        print(f"warning: {error}", file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,5 @@
 """Compare: pick runs from any experiments; a table with a diff-only toggle and a speed-vs-quality scatter."""
 import altair as alt
-import pandas as pd
 import streamlit as st
 
 from lab.views import compare
@@ -28,8 +27,7 @@ if diff_only:
 st.table(table)
 
 points = compare.scatter_points(picked)
-speed_options = [m for m in compare.SPEED_METRICS if m in points.columns]
-quality_options = [m for m in compare.QUALITY_METRICS if m in points.columns]
+speed_options, quality_options = compare.scatter_axes(points)
 if speed_options and quality_options:
     c1, c2 = st.columns(2)
     x = c1.selectbox("Speed axis", speed_options, format_func=column_label)

@@ -74,3 +74,9 @@ def test_pages_are_thin(path):
     outside = sorted(m for m in modules if not any(m == p or m.startswith(p + ".") for p in PAGE_IMPORTS))
     assert outside == [], f"{path} imports {outside}; a page imports only {', '.join(PAGE_IMPORTS)}"
     assert os.path.getsize(file) < 12_000
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT) for p in ROOT.glob("lab/**/*.py") if "migrations" not in p.parts),
+                         ids=str)
+def test_every_module_says_what_it_is(path):
+    assert ast.get_docstring(ast.parse((ROOT / path).read_text())), f"{path} has no module docstring"

@@ -168,3 +168,48 @@ def test_a_users_techniques_run_fill_their_metrics_and_reach_the_store_and_compa
     table = compare.comparison_table(run_ids)
     for label in ("KV bytes per token seen [B]", "Weights zeroed [%]", "Attention calls [calls]"):
         assert label in table.index
+    speed_axis, _quality_axis = compare.scatter_axes(compare.scatter_points(run_ids))
+    assert "user_kv_bytes_per_token" in speed_axis  # measured, lower is better: the scatter offers it
+
+
+def test_a_technique_from_an_installed_package_registers_through_its_entry_point(tmp_path, monkeypatch):
+    """A package that declares `[project.entry-points."lab.techniques"] name = "module"` is imported by discover()."""
+    import importlib.metadata
+
+    (tmp_path / "installed_techniques.py").write_text(USER_TECHNIQUES.replace('name = "user_', 'name = "pkg_'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = importlib.metadata.EntryPoint("mine", "installed_techniques", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points",
+                        lambda group: [entry] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "_discovered", False)
+    try:
+        assert {"pkg_keep_newest", "pkg_zero_small", "pkg_counting_sdpa"} <= set(registry.all_techniques())
+    finally:
+        for name in ("pkg_keep_newest", "pkg_zero_small", "pkg_counting_sdpa"):
+            cls = registry._REGISTRY.pop(name, None)
+            if cls is not None:
+                metrics_of = [m.name for m in cls.metrics]
+                registry.metrics.remove(metrics_of, name)
+        sys.modules.pop("installed_techniques", None)
+
+
+def test_a_missing_folder_or_a_broken_file_is_reported_and_the_lab_keeps_working(tmp_path, monkeypatch):
+    monkeypatch.setenv(registry.PLUGIN_PATH_VARIABLE, str(tmp_path / "nowhere"))
+    try:
+        assert "h2o" in registry.all_techniques()
+        assert any("nowhere, which is not a folder" in e for e in registry.plugin_errors())
+        (tmp_path / "broken.py").write_text("raise RuntimeError('typo in my technique')\n")
+        monkeypatch.setenv(registry.PLUGIN_PATH_VARIABLE, str(tmp_path))
+        assert "h2o" in registry.all_techniques()
+        assert any("broken.py" in e and "failed to load: RuntimeError: typo in my technique" in e
+                   for e in registry.plugin_errors())
+        with pytest.raises(SpecError, match="unknown technique 'mine'.*broken.py.*typo in my technique"):
+            registry.get("mine")
+        from streamlit.testing.v1 import AppTest
+        at = AppTest.from_file(str(ROOT / "pages" / "1_LLM_Lab.py"), default_timeout=60).run()
+        assert not at.exception and any("typo in my technique" in w.value for w in at.warning)
+        (tmp_path / "broken.py").write_text(USER_TECHNIQUES)  # fixed: the next discovery loads it
+        assert "user_zero_small" in registry.all_techniques()
+        assert not any("broken.py" in e for e in registry.plugin_errors())
+    finally:
+        registry.forget_plugins()

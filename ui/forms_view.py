@@ -17,6 +17,8 @@ def variant_editor(techniques: dict, preset_variants: list[dict], key: str, max_
     `key` prefixes every widget key and must name the preset (forms.form_key): a keyed widget keeps its value
     across reruns even when its default changes, so without it the previous preset's variants would stay.
     `engines` offers an engine per variant (LLM); without it each variant keeps its preset's engine."""
+    for error in forms.plugin_errors():
+        st.warning(f"A technique of your own was not loaded: {error}")
     baseline_name, others = forms.split_baseline(preset_variants)
     most = max(max_variants, len(others))
     name = st.text_input("Baseline name", value=baseline_name, key=f"{key}baseline_name",

@@ -8,7 +8,7 @@ from lab.views import results
 from lab.views.diffusion import is_diffusion
 from ui.diffusion_view import show_diffusion_views
 from ui.kv_cache_view import show_kv_views
-from ui.speculative_view import show_spec_views
+from ui.speculative_view import show_speculative_views
 
 
 def show_job_failure(job) -> None:
@@ -45,7 +45,7 @@ def show_experiment(exp) -> None:
         show_diffusion_views(exp)
         return
     show_kv_views(exp)
-    show_spec_views(exp)
+    show_speculative_views(exp)
     _outputs_side_by_side(exp)
 
 

@@ -5,11 +5,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from lab.views import speculative as spec_views
+from lab.views import speculative
 
 
-def show_spec_views(exp) -> None:
-    runs = spec_views.runs_with_rounds(exp)
+def show_speculative_views(exp) -> None:
+    runs = speculative.runs_with_rounds(exp)
     if not runs:
         return
     st.markdown("**Speculative decoding** — how each token of the output came")
@@ -20,13 +20,13 @@ def show_spec_views(exp) -> None:
     index = st.selectbox("Item", range(len(outputs)), key="spec_item",
                          format_func=lambda i: f"{i + 1}: {outputs[i].prompt[:70]}")
     out = outputs[index]
-    summary = spec_views.round_summary(out.extra)
+    summary = speculative.round_summary(out.extra)
     st.caption(f"{len(out.token_ids)} tokens in {summary['rounds']} draft/verify rounds (+ prefill): "
                f"{summary['accepted']} of {summary['proposed']} draft tokens accepted "
                f"({100 * summary['acceptance']:.0f}%).")
-    st.html(spec_views.legend_html())
-    st.html(spec_views.spans_html(spec_views.token_spans(out.extra, len(out.token_ids))))
-    frame = pd.DataFrame(spec_views.timeline_rows(out.extra))
+    st.html(speculative.legend_html())
+    st.html(speculative.spans_html(speculative.token_spans(out.extra, len(out.token_ids))))
+    frame = pd.DataFrame(speculative.timeline_rows(out.extra))
     phases = alt.Scale(domain=["prefill", "draft", "verify"], range=["#9ca3af", "#16a34a", "#2563eb"])
     # a white edge between bars keeps back-to-back rounds apart
     chart = alt.Chart(frame).mark_bar(stroke="white", strokeWidth=1).encode(

@@ -21,7 +21,7 @@ import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
-from lab.diffusion.data import NUM_CLASSES, augment, load_digits_16
+from lab.diffusion.data import augment, load_digits_16
 from lab.diffusion.nets import NULL_CLASS, DigitClassifier, build_dit, build_unet
 from lab.paths import SHIPPED_DATA
 

@@ -24,6 +24,8 @@ ENTRY_POINT_GROUP = "lab.techniques"
 _REGISTRY: dict[str, type] = {}
 _discovered = False
 _plugin_files: dict[Path, str] = {}  # a user's technique file -> the module name it was imported as
+_errors: dict[str, str] = {}  # a user's file or entry point -> why it did not load
+_folder_errors: dict[str, str] = {}  # a folder LAB_TECHNIQUES_PATH names that does not exist -> the message
 
 
 def register(cls: type) -> None:
@@ -43,13 +45,14 @@ def register(cls: type) -> None:
 
 
 def discover() -> None:
-    """Import every technique module once (they register themselves on import), then the user's."""
+    """Import every technique module once (they register themselves on import), then the user's. A user's file
+    that fails to load is skipped and reported by plugin_errors(), so one typo never takes the lab down."""
     global _discovered
     if not _discovered:
         for info in pkgutil.walk_packages([str(Path(__file__).parent)], prefix="lab.techniques."):
             importlib.import_module(info.name)
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            entry.load()
+            _load_user_code(f"entry point {entry.name!r} ({entry.value})", entry.load)
         _discovered = True
     for folder in plugin_folders():
         for path in sorted(folder.glob("*.py")):
@@ -57,29 +60,48 @@ def discover() -> None:
 
 
 def plugin_folders() -> list[Path]:
-    """The folders LAB_TECHNIQUES_PATH names; one that does not exist is an error naming it."""
+    """The folders LAB_TECHNIQUES_PATH names (one that does not exist is reported by plugin_errors())."""
     folders = [Path(p) for p in os.environ.get(PLUGIN_PATH_VARIABLE, "").split(os.pathsep) if p]
-    missing = [str(f) for f in folders if not f.is_dir()]
-    if missing:
-        raise SpecError(f"{PLUGIN_PATH_VARIABLE} names folder(s) that do not exist: {', '.join(missing)}; "
-                        f"allowed: folders of technique files, separated by {os.pathsep!r}")
-    return folders
+    _folder_errors.clear()  # the setting may have changed since the last look
+    for folder in folders:
+        if not folder.is_dir():
+            _folder_errors[str(folder)] = (f"{PLUGIN_PATH_VARIABLE} names {folder}, which is not a folder; allowed: "
+                                           f"folders of technique files, separated by {os.pathsep!r}")
+    return [f for f in folders if f.is_dir()]
+
+
+def plugin_errors() -> list[str]:
+    """Why a user's technique file, folder or entry point could not be loaded (empty when all loaded)."""
+    return [*_folder_errors.values(), *_errors.values()]
 
 
 def _import_plugin(path: Path) -> None:
     if path in _plugin_files:
         return
     name = f"lab_user_techniques.{path.stem}_{len(_plugin_files)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is being made
-    _plugin_files[path] = name
+
+    def load():
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is being made
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+
+    if _load_user_code(f"technique file {path} ({PLUGIN_PATH_VARIABLE})", load):
+        _plugin_files[path] = name
+
+
+def _load_user_code(what: str, load) -> bool:
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[name]
-        raise SpecError(f"technique file {path} ({PLUGIN_PATH_VARIABLE}) failed to load: "
-                        f"{type(e).__name__}: {e}") from e
+        load()
+    except Exception as e:  # any error in a user's code: reported with its cause, the lab's techniques stay
+        _errors[what] = f"{what} failed to load: {type(e).__name__}: {e}"
+        return False
+    _errors.pop(what, None)
+    return True
 
 
 def forget_plugins() -> None:
@@ -91,6 +113,8 @@ def forget_plugins() -> None:
     for name in modules:
         sys.modules.pop(name, None)
     _plugin_files.clear()
+    _errors.clear()
+    _folder_errors.clear()
 
 
 def all_techniques() -> dict[str, type]:
@@ -101,7 +125,8 @@ def all_techniques() -> dict[str, type]:
 def get(name: str) -> type:
     techniques = all_techniques()
     if not isinstance(name, str) or name not in techniques:  # a list name would make the lookup itself raise
-        raise SpecError(f"unknown technique {shown(name)}; registered techniques: {', '.join(techniques)}")
+        failed = "".join(f"; {e}" for e in plugin_errors())
+        raise SpecError(f"unknown technique {shown(name)}; registered techniques: {', '.join(techniques)}{failed}")
     return techniques[name]
 
 

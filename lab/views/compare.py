@@ -6,12 +6,9 @@ import pandas as pd
 from sqlalchemy import select
 
 from lab import store
-from lab.views.results import column_label, fmt, load_runs, ordered_metric_names
+from lab.views.results import column_label, definition, fmt, load_runs, ordered_metric_names
 from lab.store import Experiment, Run
 
-SPEED_METRICS = ["tokens_per_s", "speedup", "tpot_ms", "ttft_s", "latency_s", "prefill_tokens_per_s",
-                 "s_per_image", "blocks_computed", "weight_mb", "kv_cache_mb", "peak_mem_mb"]
-QUALITY_METRICS = ["perplexity", "agreement", "first_divergence", "psnr_db", "ssim", "class_accuracy"]
 ENV_FIELDS = ["device", "device_name", "threads", "dtype", "torch", "transformers", "lab_commit", "spec_hash"]
 
 
@@ -83,3 +80,12 @@ def scatter_points(run_ids: list[int]) -> pd.DataFrame:
         row.update({m.name: m.value for m in run.metrics})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def scatter_axes(points: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The metrics the scatter offers, in catalogue order (technique metrics included): what was measured
+    (speed, memory, counts with a better direction) on x, what was scored against the baseline on y."""
+    names = ordered_metric_names(c for c in points.columns if c != "run")
+    speed = [n for n in names if definition(n).kind == "measured" and definition(n).higher_is_better is not None]
+    quality = [n for n in names if definition(n).kind == "quality"]
+    return speed, quality

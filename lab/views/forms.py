@@ -14,7 +14,7 @@ from lab.knobs import KnobInfo
 from lab.llm import models as llm_models
 from lab.paths import ROOT
 from lab.spec import ENGINES, FIELDS, expand_runs
-from lab.techniques import all_techniques
+from lab.techniques import all_techniques, registry
 
 # the pages' model pickers (a page reads lab.views, never the model modules themselves)
 BUILTIN_MODELS, DEFAULT_LLM = llm_models.BUILTIN_MODELS, llm_models.DEFAULT_LLM
@@ -95,6 +95,11 @@ def techniques_for(kind: str, architecture: str | None = None, denoiser_class: s
     return {name: cls for name, cls in all_techniques().items() if kind in cls.applies_to
             and (architecture is None or not cls.denoisers or architecture in cls.denoisers)
             and denoiser_class not in cls.unsupported_denoisers}
+
+
+def plugin_errors() -> list[str]:
+    """Why a user's technique file (LAB_TECHNIQUES_PATH) or entry point did not load, for the form to show."""
+    return registry.plugin_errors()
 
 
 def pipeline_denoiser(folder: str) -> tuple[str | None, str | None, str | None]:

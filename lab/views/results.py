@@ -8,8 +8,10 @@ from sqlalchemy.orm import selectinload
 
 from lab import store
 from lab.bench.machine_load import busy_reason
-from lab.metrics import METRICS, ORDER, definition
+from lab import metrics
+from lab.metrics import MetricDef
 from lab.store import Experiment, Run
+from lab.techniques.registry import discover
 
 # The summary table shows these, in this order, when present.
 SUMMARY_METRICS = ["speedup", "decode_speedup", "prefill_speedup", "s_per_image", "s_per_step", "blocks_computed",
@@ -30,6 +32,13 @@ def fmt(x: float | None, digits: int = 3) -> str:
     mag = math.floor(math.log10(abs(x)))
     decimals = max(0, digits - 1 - mag)
     return f"{x:.{decimals}f}"
+
+
+def definition(name: str) -> MetricDef:
+    """A metric's definition. A technique declares its own metrics in its file, so the techniques are loaded first
+    (a page may show an experiment before it has built any form)."""
+    discover()
+    return metrics.definition(name)
 
 
 def column_label(name: str) -> str:
@@ -98,7 +107,8 @@ def metric_values(run: Run) -> dict[str, float | None]:
 
 
 def definitions_for(names) -> list[dict]:
-    return [{"Metric": column_label(n), "Definition": definition(n).definition} for n in names if n in METRICS]
+    discover()
+    return [{"Metric": column_label(n), "Definition": definition(n).definition} for n in names if n in metrics.METRICS]
 
 
 def text_table(rows: list[dict]) -> str:
@@ -123,5 +133,8 @@ def recent_experiments(limit: int = 20) -> list[dict]:
 
 
 def ordered_metric_names(names) -> list[str]:
-    known = [n for n in ORDER if n in names]
-    return known + sorted(n for n in names if n not in ORDER)
+    """Metric names in the catalogue's order (the lab's, then techniques' in the order they were declared)."""
+    discover()
+    names = set(names)
+    known = [n for n in metrics.ORDER if n in names]
+    return known + sorted(n for n in names if n not in metrics.ORDER)

@@ -1,3 +1,5 @@
+"""Block cache: every block computed on every N-th step, its residual reused in between (FORA's fixed interval; a
+diffusers ModelHook of our own, as diffusers has no fixed-interval block cache)."""
 from __future__ import annotations
 
 import contextlib

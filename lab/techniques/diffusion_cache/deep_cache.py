@@ -1,3 +1,5 @@
+"""DeepCache for UNets: the deep branch runs every N-th step and its features are reused by the shallow branch
+in between (a diffusers ModelHook replacing the UNet's forward)."""
 from __future__ import annotations
 
 import contextlib

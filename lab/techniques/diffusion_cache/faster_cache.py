@@ -1,3 +1,5 @@
+"""FasterCache: diffusers' FasterCacheConfig, which skips the unconditional half of the guidance batch on most
+steps and reuses attention outputs."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,3 +1,5 @@
+"""First-block cache: diffusers' FirstBlockCacheConfig, the other blocks skipped while the first block's residual
+barely changes."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,3 +1,5 @@
+"""MagCache: diffusers' MagCacheConfig, whole steps skipped while the error predicted from calibrated residual
+magnitude ratios stays small; the ratios are calibrated once per model and stored under data/cache/magcache."""
 from __future__ import annotations
 
 import contextlib

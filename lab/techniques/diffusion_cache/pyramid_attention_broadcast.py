@@ -1,3 +1,5 @@
+"""Pyramid Attention Broadcast: diffusers' PyramidAttentionBroadcastConfig, attention recomputed only every few
+calls inside a band of timesteps."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,3 +1,5 @@
+"""TaylorSeer: diffusers' TaylorSeerCacheConfig, cached modules forecast between computed steps by a Taylor
+expansion over the step index."""
 from __future__ import annotations
 
 from dataclasses import dataclass

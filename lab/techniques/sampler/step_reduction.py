@@ -1,3 +1,5 @@
+"""Fewer sampler steps (the decoding slot of a diffusion model): the baseline every denoiser cache is judged
+against at equal compute."""
 from __future__ import annotations
 
 from dataclasses import dataclass
