@@ -6,7 +6,7 @@ import sys
 import time
 
 from lab import jobs
-from lab.bench.models import list_models
+from lab.bench.loader import list_models
 from lab.bench.validate import load_toml_specs
 from lab.errors import SpecError
 from lab.jobs import cancel, worker_loop

@@ -141,8 +141,8 @@ def test_form_submits_the_last_preset_chosen_whole(server_without_worker):
     kv_quick.toml's, field by field (the run itself is not waited for: no worker runs here)."""
     from playwright.sync_api import expect, sync_playwright
 
-    from lab.views import results
     from lab.bench.validate import load_toml
+    from lab.views import results
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = launch(p)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lab.diffusion.variant import DiffusionVariant
-from lab.spec import Spec
 from lab.errors import SpecError
+from lab.spec import Spec
 from lab.techniques import all_techniques, build
 
 STEPS = 12

@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from lab.llm.engine import Engine
-from lab.ops.sampling import GenerationSettings
-from lab.ops.sampling import sample_next
+from lab.ops.sampling import GenerationSettings, sample_next
 from lab.techniques import build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 

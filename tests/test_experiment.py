@@ -1,8 +1,8 @@
 import pytest
 
-from lab.spec import spec_hash
 from lab.bench.validate import validate
 from lab.errors import SpecError
+from lab.spec import spec_hash
 
 
 def test_defaults_and_baseline_first(tiny_model_dir):

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from lab import jobs, store
-from lab.jobs import leases as lab_leases
-from lab.cli import main
 from lab.bench.validate import validate
+from lab.cli import main
+from lab.jobs import leases as lab_leases
 from tests.conftest import ROOT
 
 

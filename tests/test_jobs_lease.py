@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import func, select
 
 from lab import jobs, store
-from lab.jobs import leases as lab_leases
-from lab.cli import main
-from lab.bench.validate import validate
 from lab.bench.machine_load import LoadMonitor, busy_reason
+from lab.bench.validate import validate
+from lab.cli import main
+from lab.jobs import leases as lab_leases
 from tests.conftest import ROOT
 
 SITECUSTOMIZE = '''

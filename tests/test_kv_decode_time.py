@@ -5,9 +5,9 @@ techniques that cannot attach to a model refuse before the run."""
 import pytest
 import torch
 
+from lab.errors import SpecError
 from lab.llm.engine import Engine
 from lab.ops.sampling import GenerationSettings
-from lab.errors import SpecError
 from lab.techniques import build
 from lab.techniques.kv_cache.base import n_kept
 from tests.conftest import build_byte_tokenizer, build_tiny_llama

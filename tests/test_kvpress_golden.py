@@ -23,7 +23,7 @@ TIE_TOL = 1e-5  # relative: far above float32 rounding of a norm (~1e-7), far be
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from lab.bench.models import load
+    from lab.bench.loader import load
     return load("smollm2-135m-instruct", device="cpu")
 
 

@@ -4,10 +4,10 @@ a speedup from too little data flagged as such."""
 import pytest
 import torch
 
-from lab.llm.engine import Engine
-from lab.ops.sampling import GenerationSettings
-from lab.ops.generation import Generation
 from lab.bench.llm_runner import _record_pair
+from lab.llm.engine import Engine
+from lab.ops.generation import Generation
+from lab.ops.sampling import GenerationSettings
 from lab.techniques import build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
@@ -110,10 +110,10 @@ def test_ratio_note_says_when_a_speedup_cannot_be_told_from_noise(p10, p90, n, w
 
 
 def test_the_table_flags_a_speedup_measured_without_warm_up_and_gives_each_cell_its_n(tiny_spec):
-    from lab.views import results
     from lab.bench import record, run
     from lab.bench.validate import validate
     from lab.jobs import submit
+    from lab.views import results
     spec = validate({**tiny_spec, "warmup": 0, "repeats": 1, "perplexity_tokens": 0,
                      "variants": [{"name": "snapkv", "techniques": [{"name": "snapkv", "compression_ratio": 0.5}]}]})
     res = run.execute(spec)
@@ -144,8 +144,8 @@ def big_enough_tiny_llama(tmp_path_factory):
 def test_bf16_shows_its_weight_saving_in_peak_memory(tmp_path_factory):
     """Each variant's peak is measured with only its own weights alive, so bf16's halved weights show up (before,
     every variant's peak held the fp32 original and the bf16 copy alike, and the rise read ~0)."""
-    from lab.bench.validate import validate
     from lab.bench.memory_probe import probe
+    from lab.bench.validate import validate
     folder, params = big_enough_tiny_llama(tmp_path_factory)
     spec = validate({"model": str(folder), "workload": "chat", "prompts": 1, "max_new_tokens": 4, "threads": 1,
                      "variants": [{"name": "bf16", "techniques": [{"name": "weight_dtype", "dtype": "bf16"}]}]})

@@ -7,11 +7,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lab import jobs
-from lab.views import forms
-from lab.views import results
 from lab.bench import record
 from lab.bench import run as bench_run
 from lab.bench.validate import load_toml, load_toml_specs, validate
+from lab.views import forms, results
 from tests.conftest import ROOT
 
 

@@ -12,8 +12,8 @@ import torch
 from test_diffusion import OFF, SKIPPING, denoiser_techniques
 from tiny_pipelines import save_tiny_pipeline
 
-from lab.diffusion.variant import DiffusionVariant, image_batches
 from lab.bench.validate import validate
+from lab.diffusion.variant import DiffusionVariant, image_batches
 from lab.errors import SpecError
 from lab.techniques import build
 
@@ -235,6 +235,7 @@ def test_mag_cache_calibration_is_keyed_by_the_weights_not_only_the_name(loaded)
     import copy
 
     import torch
+
     from lab.techniques.diffusion_cache.mag_cache import weights_fingerprint
     spec = spec_for(loaded["flux"].name)
     variant = DiffusionVariant(spec, loaded["flux"], build([{"name": "mag_cache"}], model_kind="diffusion"))

@@ -13,14 +13,14 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from lab.bench.models import load
+    from lab.bench.loader import load
     return load("smollm2-135m-instruct", device="cpu")
 
 
 def test_lab_loop_greedy_equals_transformers_generate_token_for_token(smollm2):
     from lab.llm.engine import Engine
-    from lab.ops.sampling import GenerationSettings
     from lab.llm.workloads import chat_input_ids, chat_prompts
+    from lab.ops.sampling import GenerationSettings
     engine = Engine(smollm2.model, smollm2.tokenizer)
     settings = GenerationSettings(max_new_tokens=40)
     for item in chat_prompts(3):
@@ -74,8 +74,8 @@ DRAFTS = {"prompt_lookup": {}, "draft_model (distilled)": {"name": "draft_model"
 def greedy_reference(smollm2):
     """Plain greedy outputs of two chat and two grounded prompts (different lengths, so a batch is ragged)."""
     from lab.llm.engine import Engine
-    from lab.ops.sampling import GenerationSettings
     from lab.llm.workloads import chat_items, grounded_items
+    from lab.ops.sampling import GenerationSettings
     items = chat_items(smollm2.tokenizer, 2) + grounded_items(smollm2.tokenizer, 2)
     prompts = [it.prompt_ids for it in items]
     settings = GenerationSettings(max_new_tokens=32)
@@ -104,7 +104,7 @@ def reference_perplexity(spec) -> float:
 
     import torch
 
-    from lab.bench.models import load
+    from lab.bench.loader import load
     from lab.llm.workloads import perplexity_windows
     loaded = load(spec.model, device="cpu")
     nll = n = 0

@@ -3,10 +3,10 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from lab import store
-from lab.views import results
 from lab.bench import record, run
 from lab.bench.validate import validate
 from lab.jobs import submit
+from lab.views import results
 
 
 @pytest.fixture

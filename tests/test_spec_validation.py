@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lab import store
-from lab.spec import ENGINES, FIELDS, column_limit, expand_runs
-from lab.bench.validate import validate
 from lab.bench.limits import check_memory, estimate_peak_memory
-from lab.llm.models import BUILTIN_MODELS, model_shape
+from lab.bench.validate import validate
 from lab.errors import SpecError
+from lab.llm.models import BUILTIN_MODELS, model_shape
+from lab.spec import ENGINES, FIELDS, column_limit, expand_runs
 from lab.techniques import all_techniques
 
 SMOLLM2 = "smollm2-135m-instruct"

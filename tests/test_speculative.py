@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from lab.llm.engine import Engine
-from lab.ops.sampling import GenerationSettings
 from lab.llm.speculative import AdaptiveK, speculative_generate, verify
-from lab.ops.sampling import warped_probs
-from lab.ops.drafting import (ModelDrafter, NullDrafter, PromptLookupDrafter, Proposal, lookup_continuation,
-                              truncated_copy)
+from lab.ops.drafting import (
+    ModelDrafter,
+    NullDrafter,
+    PromptLookupDrafter,
+    Proposal,
+    lookup_continuation,
+    truncated_copy,
+)
+from lab.ops.sampling import GenerationSettings, warped_probs
 from lab.techniques import all_techniques, build
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
@@ -194,8 +199,8 @@ def test_speculative_refuses_a_cache_technique_beside_it():
 
 
 def test_unknown_draft_model_is_refused_by_name():
-    from lab.errors import SpecError
     from lab.bench.validate import validate
+    from lab.errors import SpecError
     with pytest.raises(SpecError, match="knob 'draft'.*no-such-model.*smollm2-distilled"):
         validate({"variants": [{"techniques": [{"name": "draft_model", "draft": "no-such-model"}]}]})
 

@@ -7,8 +7,8 @@ import os
 import streamlit as st
 
 from lab import jobs
-from lab.views import results
 from lab.errors import SpecError
+from lab.views import results
 from ui.results_view import show_experiment, show_job_failure
 
 AUTOSTART = os.environ.get("LAB_WORKER_AUTOSTART", "1") != "0"

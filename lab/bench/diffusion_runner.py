@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from lab.bench.measure import MB
+from lab.bench.protocol import run_interleaved, scaled
 from lab.diffusion.pipelines import thumbnail_png
 from lab.diffusion.quality import psnr, ssim, to_pixels
 from lab.diffusion.variant import DiffusionVariant, image_batches
-from lab.bench.measure import MB
-from lab.bench.protocol import run_interleaved, scaled
 from lab.spec import Spec
 from lab.techniques import build
 

@@ -15,8 +15,8 @@ from lab.bench.measure import MB
 from lab.bench.protocol import run_interleaved, scaled
 from lab.bench.similarity import answer_similarity
 from lab.llm.engine import Engine
-from lab.ops.sampling import GenerationSettings
 from lab.llm.workloads import chat_items, context_qa_items, grounded_items, needle_items, perplexity_windows
+from lab.ops.sampling import GenerationSettings
 from lab.spec import Spec
 from lab.techniques import build
 
@@ -91,7 +91,7 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
         for item, gen in zip(batches[b], gens):
             _record_generation(res, gen, engines[k].techniques)
             if repeat == 0:
-                res.outputs.append(_output(loaded.tokenizer, item, gen, keep_positions=item is items[0]))
+                res.outputs.append(_output(loaded.tokenizer, item, gen, engines[k].techniques, detail=item is items[0]))
         return gens
 
     def pair(_r: int, _b: int, gens_of: dict) -> None:
@@ -163,7 +163,9 @@ def _record_pair(s: dict, base: list, gens: list, headline: str) -> None:
             s["kv_compression"].append(b.kv_bytes_at(seen) / g.kv_bytes_at(seen))
 
 
-def _output(tokenizer, item, gen, keep_positions: bool) -> dict:
+def _output(tokenizer, item, gen, techniques, detail: bool) -> dict:
+    """One output as the store keeps it: the text, its timings, the item's answer check, and what each technique
+    adds for its page view (detail: the one item whose heavy views, such as kept tokens, are stored)."""
     text = tokenizer.decode(gen.token_ids, skip_special_tokens=True)
     extra = {"prompt_tokens": gen.prompt_len, "token_times": gen.token_times, "stopped_by": gen.stopped_by}
     if item.info:
@@ -171,16 +173,8 @@ def _output(tokenizer, item, gen, keep_positions: bool) -> dict:
     if item.answer is not None:
         extra["answer"] = item.answer
         extra["correct"] = item.answer in text
-    if "spec_rounds" in gen.extra:  # for the page's token colouring and per-round timeline
-        rounds = gen.extra["spec_rounds"]
-        extra["spec_rounds"] = rounds
-        extra["prefill_s"] = gen.token_times[0]
-        extra["token_texts"] = [tokenizer.decode([t]) for t in gen.token_ids]
-        extra["rejected_texts"] = [tokenizer.decode(r["proposed"][r["accepted"]:]) for r in rounds]
-    kept = gen.extra.get("kept_positions")
-    if kept and keep_positions:  # which context tokens each layer and KV head kept, for the page's view
-        extra["kept_positions"] = {str(layer): pos[0].sort(dim=-1).values.tolist() for layer, pos in kept.items()}
-        extra["context_tokens"] = [tokenizer.decode([t]) for t in item.prompt_ids]  # the page has no tokenizer
+    for t in techniques:  # the page has no tokenizer: texts are decoded here
+        extra.update(t.output_extra(gen, tokenizer.decode, item.prompt_ids, detail))
     return dict(item_index=item.index, item_key=item.key, prompt=item.text, text=text, token_ids=gen.token_ids,
                 extra=extra)
 

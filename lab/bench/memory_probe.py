@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from lab.bench import models
+from lab.bench import loader
 from lab.bench.llm_runner import first_batch, run_batch, settings_for
 from lab.bench.measure import MB, PeakMemory
 from lab.bench.validate import stored_spec
@@ -57,11 +57,11 @@ def release_freed_memory() -> None:
 
 
 def probe_variant(spec: Spec, variant: Variant, device: str) -> dict:
-    loaded = models.load(spec.model, device=device)
+    loaded = loader.load(spec.model, device=device)
     techniques = build(variant.techniques, model_kind=loaded.kind)
     weights, work = (_diffusion_work if loaded.kind == "diffusion" else _llm_work)(spec, variant, loaded, techniques)
     del loaded
-    models.unload_all()  # only this variant's own weights stay referenced
+    loader.unload_all()  # only this variant's own weights stay referenced
     release_freed_memory()
     _page_in(weights)
     with PeakMemory(device) as mem:

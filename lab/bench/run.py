@@ -8,9 +8,9 @@ import torch
 
 from lab.bench.diffusion_runner import run_diffusion
 from lab.bench.llm_runner import run_llm
+from lab.bench.loader import load
 from lab.bench.measure import environment
 from lab.bench.memory_probe import probe
-from lab.bench.models import load
 from lab.bench.record import VariantResult
 from lab.llm.models import default_device
 from lab.spec import Spec, spec_hash

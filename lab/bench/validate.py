@@ -6,12 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.bench import limits
-from lab.bench.models import check_model, denoiser_of, is_pipeline, model_kind
+from lab.bench.loader import check_model, denoiser_of, is_pipeline, model_kind
 from lab.errors import SpecError, named, shown
 from lab.llm.models import model_shape
 from lab.prompts import DIFFUSION_WORKLOADS, WORKLOADS, available_items
-from lab.spec import (ENGINES, PIPELINE_SAMPLER, SAMPLERS, VARIANT_FIELDS, Spec, Variant, check_fields, check_length,
-                      expand_runs, read_toml)
+from lab.spec import (
+    ENGINES,
+    PIPELINE_SAMPLER,
+    SAMPLERS,
+    VARIANT_FIELDS,
+    Spec,
+    Variant,
+    check_fields,
+    check_length,
+    expand_runs,
+    read_toml,
+)
 from lab.techniques import build, get
 
 

@@ -10,8 +10,8 @@ from lab.diffusion.counting import BlockCounter
 from lab.diffusion.pipelines import generate, guidance_in_batch, swapped_denoiser
 from lab.diffusion.sampler import DenoiserCall, sample
 from lab.ops.nbytes import model_bytes
-from lab.techniques.slots import refuse_unused_slots
 from lab.prompts import image_prompts
+from lab.techniques.slots import refuse_unused_slots
 
 
 def image_batches(spec) -> list[list]:

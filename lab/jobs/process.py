@@ -14,11 +14,11 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from lab import store
-from lab.jobs import _finish_if
 from lab.bench.machine_load import LoadMonitor
 from lab.bench.record import save
 from lab.bench.run import execute
 from lab.bench.validate import stored_spec
+from lab.jobs import _finish_if
 from lab.paths import set_parent_death_signal
 from lab.store import Experiment, Job
 

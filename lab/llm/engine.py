@@ -15,12 +15,12 @@ import time
 import torch
 from transformers import DynamicCache
 
+from lab.llm.models import load_llm
+from lab.llm.speculative import AdaptiveK, speculative_generate
 from lab.ops.drafting import NullDrafter
 from lab.ops.generation import Generation
 from lab.ops.nbytes import cache_nbytes, model_bytes
 from lab.ops.sampling import GenerationSettings, sample_next
-from lab.llm.models import load_llm
-from lab.llm.speculative import AdaptiveK, speculative_generate
 from lab.techniques.slots import refuse_unused_slots
 
 

@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.paths import model_cache_dir, model_file
 from lab.errors import SpecError
+from lab.paths import model_cache_dir, model_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -219,7 +219,7 @@ def default_device() -> str:
 
 
 def load_llm(name: str, device: str, trust_remote_code: bool = False) -> LoadedModel:
-    """Load an LLM by built-in name, local folder or cached hub id (lab/bench/models.py keeps recent ones)."""
+    """Load an LLM by built-in name, local folder or cached hub id (lab/bench/loader.py keeps recent ones)."""
     # lazy: validation and `lab models` read this module without loading torch
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -25,8 +25,8 @@ import torch
 from lab.ops.drafting import Proposal
 from lab.ops.generation import Generation
 from lab.ops.nbytes import cache_nbytes
-from lab.ops.sampling import sample_next, warped_probs
 from lab.ops.ragged import RaggedBatch, left_padded
+from lab.ops.sampling import sample_next, warped_probs
 
 
 def verify(target_logits: torch.Tensor, proposal: Proposal, settings, generator) -> tuple[torch.Tensor, torch.Tensor]:

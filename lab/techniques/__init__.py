@@ -3,8 +3,14 @@ subclasses the class of its slot (slots.py); the declaration itself is described
 from lab.knobs import KnobInfo, knob
 from lab.techniques.base import Technique, metric
 from lab.techniques.registry import all_techniques, build, get
-from lab.techniques.slots import (SLOTS, AttentionTechnique, CacheTechnique, DecodingTechnique, DenoiserTechnique,
-                                  WeightsTechnique)
+from lab.techniques.slots import (
+                                  SLOTS,
+                                  AttentionTechnique,
+                                  CacheTechnique,
+                                  DecodingTechnique,
+                                  DenoiserTechnique,
+                                  WeightsTechnique,
+)
 
 __all__ = ["SLOTS", "KnobInfo", "Technique", "knob", "metric", "all_techniques", "build", "get", "AttentionTechnique",
            "CacheTechnique", "DecodingTechnique", "DenoiserTechnique", "WeightsTechnique"]

@@ -97,6 +97,11 @@ class Technique:
         return 0
 
     # --- its own metrics ------------------------------------------------------------------------
+    def output_extra(self, output, decode, prompt_ids: list[int], detail: bool) -> dict:
+        """What this technique's page view needs from one LLM output, stored with it (JSON-able). `decode` turns
+        token ids into text; `detail` is true for the one item whose heavy views are kept."""
+        return {}
+
     def measure(self, output) -> dict[str, float]:
         """Values of its own metrics for one output (an LLM Generation, or a diffusion batch's SampleResult);
         a metric without a value this time is left out."""

@@ -15,8 +15,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from lab.errors import SpecError, shown
 from lab import metrics
+from lab.errors import SpecError, shown
 
 PLUGIN_PATH_VARIABLE = "LAB_TECHNIQUES_PATH"
 ENTRY_POINT_GROUP = "lab.techniques"

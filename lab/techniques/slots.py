@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from lab.techniques.base import Technique
 
+
 class WeightsTechnique(Technique):
     slot: ClassVar[str] = "weights"
     slot_order: ClassVar[int] = 0

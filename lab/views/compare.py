@@ -6,8 +6,8 @@ import pandas as pd
 from sqlalchemy import select
 
 from lab import store
-from lab.views.results import column_label, definition, fmt, load_runs, ordered_metric_names
 from lab.store import Experiment, Run
+from lab.views.results import column_label, definition, fmt, load_runs, ordered_metric_names
 
 ENV_FIELDS = ["device", "device_name", "threads", "dtype", "torch", "transformers", "lab_commit", "spec_hash"]
 

@@ -6,9 +6,8 @@ import math
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from lab import store
+from lab import metrics, store
 from lab.bench.machine_load import busy_reason
-from lab import metrics
 from lab.metrics import MetricDef
 from lab.store import Experiment, Run
 from lab.techniques.registry import discover

@@ -10,7 +10,6 @@ from typing import ClassVar
 
 from lab.techniques.slots import DenoiserTechnique
 
-
 # Denoisers whose last block returns None for a stream it no longer updates, which the block-level hooks of
 # diffusers 0.42 (first-block cache, TaylorSeer) try to cache and fail on
 DROPS_A_STREAM = {"SD3Transformer2DModel": "its last block returns no text stream (None), which diffusers 0.42's "

@@ -74,6 +74,14 @@ class KVPress(CacheTechnique):
             return WEIGHTS_ATTENTION
         return None
 
+    def output_extra(self, output, decode, prompt_ids, detail) -> dict:
+        """Which context tokens each layer and KV head kept (first sequence), with the context's token texts."""
+        kept = output.extra.get("kept_positions")
+        if not (kept and detail):
+            return {}
+        return {"kept_positions": {str(layer): pos[0].sort(dim=-1).values.tolist() for layer, pos in kept.items()},
+                "context_tokens": [decode([t]) for t in prompt_ids]}
+
     @contextlib.contextmanager
     def cache_hooks(self, model, cache):
         """Attach the post-attention hooks for one generation; state lives only inside this block."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.spec import SAMPLERS
 from lab.errors import SpecError
+from lab.spec import SAMPLERS
 from lab.techniques.base import knob
 from lab.techniques.slots import DecodingTechnique
 

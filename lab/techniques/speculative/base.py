@@ -58,3 +58,12 @@ class DraftVerify(DecodingTechnique):
         values["draft_ms"] = 1000 * x["draft_s"]
         values["verify_ms"] = 1000 * x["verify_s"]
         return values
+
+    def output_extra(self, output, decode, prompt_ids, detail) -> dict:
+        """The rounds, for the page's token colouring (accepted, corrected, rejected) and per-round timeline."""
+        rounds = output.extra.get("spec_rounds")
+        if rounds is None:
+            return {}
+        return {"spec_rounds": rounds, "prefill_s": output.token_times[0],
+                "token_texts": [decode([t]) for t in output.token_ids],
+                "rejected_texts": [decode(r["proposed"][r["accepted"]:]) for r in rounds]}
