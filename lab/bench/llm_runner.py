@@ -138,13 +138,6 @@ def _run_perplexity_workload(spec: Spec, loaded, engines, results, progress):
         results[k].samples["perplexity"].append(fidelity.perplexity(*totals[k]))
 
 
-# The speedup each workload leads with: one no variant can game by the length of its answers. Chat and
-# grounded spend their time decoding, so time per output token; needle and context_qa spend it prefilling a
-# long context, so time to first token. Latency-based tokens/s would reward a variant that rambles on.
-HEADLINE_SPEEDUP = {"chat": "decode_speedup", "grounded": "decode_speedup", "needle": "prefill_speedup",
-                    "context_qa": "prefill_speedup"}
-
-
 def _decode_rate(gens) -> float:
     """Tokens after the first per second of decoding (batch 1: 1/TPOT); nan when nothing was decoded."""
     tokens = sum(len(g.token_ids) - 1 for g in gens)

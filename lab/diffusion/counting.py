@@ -1,7 +1,7 @@
 """Counts the denoiser work actually computed, per sampler step, with plain torch forward hooks.
 
 diffusers' cache hooks replace a module's forward and call the original only when they compute, so a hook
-on a *child* of a cached module fires exactly when real work happens. The units (lab/diffusion/blocks.py):
+on a *child* of a cached module fires exactly when real work happens. The units (lab/ops/blocks.py):
 - transformers (DiT, PixArt, Flux): each attention's to_q projection and each feed-forward's output layer;
 - UNet: each resnet and attention module of the down, mid and up blocks.
 Each unit counts the rows it processed, so FasterCache dropping the unconditional half of the guidance

@@ -63,7 +63,7 @@ class DiffusionVariant:
     def generate(self, wanted: list, seed: int, device: str):
         counter = BlockCounter(self.call.model)
         wrap = self.cache.wrap_denoiser(self.call) if self.cache else contextlib.nullcontext()
-        with counter, wrap:  # no memory sampler beside a timed run: memory comes from lab/memory_probe.py
+        with counter, wrap:  # no memory sampler beside a timed run: memory comes from lab/bench/memory_probe.py
             if self.pipeline is not None:
                 result = self._pipeline_images([item.text for item in wanted], seed, counter.next_step)
             else:

@@ -1,8 +1,8 @@
 """The job queue (in the store) and the worker process that runs it.
 
 A page or the CLI submits a validated spec: the experiment and its job are written in one transaction. A worker
-(`python -m lab worker`) takes the device's lease (lab/leases.py) before it claims a job, so one job measures
-on a device at a time however many workers run. Each job runs in its own process (lab/job_process.py) that
+(`python -m lab worker`) takes the device's lease (lab/jobs/leases.py) before it claims a job, so one job measures
+on a device at a time however many workers run. Each job runs in its own process (lab/jobs/process.py) that
 saves all results in one transaction; the worker heartbeats, watches the cancel flag and its own stop signal,
 and ends that process within seconds on either, even mid-forward. A job whose worker died is marked failed
 with the reason by whoever looks next (a worker, the page, the CLI), and its lease is freed.
