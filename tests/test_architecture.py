@@ -70,13 +70,14 @@ def test_pages_are_thin(path):
         if isinstance(node, ast.Import):
             modules |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):  # `from lab import x` names the module lab.x
-            modules |= {f"{node.module}.{a.name}" for a in node.names} if node.module in ("lab", "ui") else {node.module}
+            named = {f"{node.module}.{a.name}" for a in node.names}
+            modules |= named if node.module in ("lab", "ui") else {node.module}
     outside = sorted(m for m in modules if not any(m == p or m.startswith(p + ".") for p in PAGE_IMPORTS))
     assert outside == [], f"{path} imports {outside}; a page imports only {', '.join(PAGE_IMPORTS)}"
     assert os.path.getsize(file) < 12_000
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT) for p in ROOT.glob("lab/**/*.py") if "migrations" not in p.parts),
-                         ids=str)
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT) for p in ROOT.glob("lab/**/*.py")
+                                        if "migrations" not in p.parts), ids=str)
 def test_every_module_says_what_it_is(path):
     assert ast.get_docstring(ast.parse((ROOT / path).read_text())), f"{path} has no module docstring"

@@ -43,14 +43,16 @@ KEEP_LOADED = 2  # a worker keeps the last two models in memory; older ones are 
 _lock = threading.Lock()
 
 
-def load(name: str, device: str | None = None):
-    """Load (and keep in memory) a model of either kind: a LoadedModel or a LoadedDenoiser."""
+def load(name: str, device: str | None = None, kind: str | None = None):
+    """Load (and keep in memory) a model: a LoadedModel or a LoadedDenoiser. `kind` is the spec's model_kind,
+    decided once by validation; without it (a caller with only a name) it is decided here the same way."""
     device = device or default_device()
     with _lock:
         if (name, device) in _loaded:
             _loaded[(name, device)] = _loaded.pop((name, device))
             return _loaded[(name, device)]
-        loaded = load_denoiser(name, device) if check_model(name) == "diffusion" else load_llm(name, device)
+        kind = kind or check_model(name)
+        loaded = load_denoiser(name, device) if kind == "diffusion" else load_llm(name, device)
         _loaded[(name, device)] = loaded
         while len(_loaded) > KEEP_LOADED:
             _loaded.pop(next(iter(_loaded)))

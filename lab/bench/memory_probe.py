@@ -37,7 +37,8 @@ def probe(spec: Spec) -> list[dict]:
     """{'peak_mb', 'rise_mb'} per variant of a spec (LLM or diffusion), measured in a child process (or
     {'error': ...} for every variant when the probe could not run)."""
     try:
-        done = subprocess.run([sys.executable, "-m", "lab.bench.memory_probe"], input=json.dumps(spec.to_dict()), text=True,
+        done = subprocess.run([sys.executable, "-m", "lab.bench.memory_probe"], input=json.dumps(spec.to_dict()),
+                              text=True,
                               capture_output=True, cwd=ROOT, env=child_env(), timeout=PROBE_TIMEOUT_S,
                               preexec_fn=set_parent_death_signal)  # never outlive the job
     except subprocess.TimeoutExpired:
@@ -57,7 +58,7 @@ def release_freed_memory() -> None:
 
 
 def probe_variant(spec: Spec, variant: Variant, device: str) -> dict:
-    loaded = loader.load(spec.model, device=device)
+    loaded = loader.load(spec.model, device=device, kind=spec.model_kind)
     techniques = build(variant.techniques, model_kind=loaded.kind)
     weights, work = (_diffusion_work if loaded.kind == "diffusion" else _llm_work)(spec, variant, loaded, techniques)
     del loaded

@@ -33,7 +33,7 @@ def execute(spec: Spec, progress: Callable[[float, str], None] = _noop) -> list[
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available here; use 'auto' or 'cpu'")
     progress(0.0, f"loading {spec.model}")
-    loaded = load(spec.model, device=device)
+    loaded = load(spec.model, device=device, kind=spec.model_kind)
     results = [VariantResult(v.name, v.engine, v.techniques, environment(device, loaded.dtype, spec_hash(spec)))
                for v in spec.variants]
     runner = run_diffusion if spec.model_kind == "diffusion" else run_llm

@@ -1,11 +1,11 @@
 """An explicit decode loop in the style of gpt-fast: prefill once, then one forward per new token.
 
-The Engine applies a variant's techniques at the five slots in canonical order:
-  weights   -> transform a copy of the model (the cached original is never mutated)
-  attention -> choose the attention implementation registered with transformers
-  cache     -> build the KV cache object the loop writes into
-  decoding  -> replace this loop (e.g. draft/verify)
-  denoiser  -> diffusion only; an LLM variant never fills it
+The Engine applies a variant's techniques through the hooks of their slots (lab/techniques/slots.py), in order:
+  weights   -> transform_weights(): a copy of the model (the loaded original is shared and never mutated)
+  attention -> attention_implementation(): the function registered with transformers, switched in per call
+  cache     -> make_cache() and cache_hooks(): the KV cache the loop writes into, and hooks around one generation
+  decoding  -> decode_batch(): the technique owns the loop (draft/verify through draft_verify() below)
+  denoiser  -> refused: an LLM has no denoiser
 """
 from __future__ import annotations
 

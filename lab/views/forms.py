@@ -25,7 +25,8 @@ VARIANT_ENGINES = ENGINES  # what runs a variant: the lab's loop, or transformer
 
 def presets(kind: str | None = None) -> dict[str, dict]:
     """Raw (unvalidated) specs of experiments/*.toml, by file stem (a file with [[runs]] gives one per run,
-    named by its run); the kind's quick start first (quickstart, diffusion_quickstart). `kind` ('llm' or 'diffusion') keeps the specs for that model kind."""
+    named by its run); the kind's quick start first (quickstart, diffusion_quickstart). `kind` ('llm' or
+    'diffusion') keeps the specs for that model kind."""
     return {label: raw for label, (_path, _index, raw) in _preset_entries(kind).items()}
 
 

@@ -17,8 +17,8 @@ class DraftModel(DraftVerify):
     title = "Draft model (small LM drafts, target verifies)"
     summary = (f"A small causal LM proposes k tokens. '{TRUNCATED}' is a copy of the target's first "
                f"draft_layers layers; '{DISTILLED}' is the shipped 4-layer draft distilled from SmolLM2 with a "
-               f"head over the 7544 tokens of its training text (python -m lab.llm.distill); any other value is a local "
-               f"folder or cached hub id of a model with the same tokenizer.")
+               f"head over the 7544 tokens of its training text (python -m lab.llm.distill); any other value is a "
+               f"local folder or cached hub id of a model with the same tokenizer.")
     paper = ("Leviathan et al., Fast Inference from Transformers via Speculative Decoding, ICML 2023 "
              "(arXiv:2211.17192); Kim et al., Big Little Decoder, NeurIPS 2023 (arXiv:2302.07863)")
 
