@@ -9,7 +9,7 @@ from lab.errors import SpecError
 from lab.llm.engine import Engine
 from lab.ops.sampling import GenerationSettings
 from lab.techniques import build
-from lab.techniques.kv_cache.base import n_kept
+from lab.techniques.kv_cache.hooks import n_kept
 from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
 PROMPT = list(range(10, 110))  # 100 context tokens
