@@ -106,9 +106,9 @@ def reference_perplexity(spec) -> float:
 
     from lab.bench.loader import load
     from lab.llm.workloads import perplexity_windows
-    loaded = load(spec.model, device="cpu")
+    loaded = load(spec["model"], device="cpu")
     nll = n = 0
-    for ids in perplexity_windows(loaded.tokenizer, spec.perplexity_tokens, spec.perplexity_window):
+    for ids in perplexity_windows(loaded.tokenizer, spec["perplexity_tokens"], spec["perplexity_window"]):
         with torch.no_grad():
             logits = loaded.model(torch.tensor([ids])).logits[0].float()
         half = len(ids) // 2
