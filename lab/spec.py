@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lab import store
@@ -95,10 +95,6 @@ class Spec:
         variants = [Variant(v["name"], v.get("engine", "lab"), v.get("techniques", [])) for v in stored["variants"]]
         return cls(**values, variants=variants, model_kind=model_kind, pipeline=pipeline)
 
-    @property
-    def baseline(self) -> Variant:
-        return self.variants[0]
-
 
 FIELDS: dict[str, KnobInfo] = {k.name: k for k in knobs_of(Spec)}
 FIELD_NAMES = (*FIELDS, "variants")
@@ -171,7 +167,3 @@ def spec_hash(spec: Spec | dict) -> str:
     data = spec.to_dict() if isinstance(spec, Spec) else spec
     relevant = {k: v for k, v in data.items() if k not in ("name", "description")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(Spec) if f.name in FIELDS]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import ClassVar
 
+from lab.spec import MODEL_KINDS
 from lab.techniques.base import Technique
 
 
@@ -112,7 +113,7 @@ class DenoiserTechnique(Technique):
 
 SLOT_CLASSES = (WeightsTechnique, AttentionTechnique, CacheTechnique, DecodingTechnique, DenoiserTechnique)
 SLOTS = tuple(c.slot for c in SLOT_CLASSES)
-MODEL_SLOTS = {kind: tuple(c.slot for c in SLOT_CLASSES if kind in c.model_kinds) for kind in ("llm", "diffusion")}
+MODEL_SLOTS = {kind: tuple(c.slot for c in SLOT_CLASSES if kind in c.model_kinds) for kind in MODEL_KINDS}
 
 
 def refuse_unused_slots(techniques: list, model_kind: str, what: str) -> None:
