@@ -154,3 +154,18 @@ def test_bf16_shows_its_weight_saving_in_peak_memory(tmp_path_factory):
     fp32_mb, bf16_mb = params * 4 / 2**20, params * 2 / 2**20
     assert fp32["peak_mb"] - fp32["rise_mb"] > fp32_mb  # the weights are in the level the rise starts from
     assert fp32["peak_mb"] - bf16["peak_mb"] > 0.5 * (fp32_mb - bf16_mb), (fp32, bf16, fp32_mb)
+
+
+def test_the_memory_probe_of_an_llm_holds_no_diffusion_libraries():
+    """The probe's own process is what it measures: an LLM variant's peak must not include diffusers and sklearn
+    (about 60 MB that the LLM never uses), so the probe imports each kind's work only for that kind."""
+    import subprocess
+    import sys
+
+    from lab.paths import ROOT, child_env
+    code = ("import sys, lab.bench.memory_probe as m, lab.bench.llm_runner, lab.llm.engine; "
+            "print(sorted(k for k in ('diffusers', 'sklearn') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=child_env(),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

