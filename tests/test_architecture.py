@@ -1,6 +1,7 @@
 """The layering is a contract: .importlinter holds it (layers, no cycles, no torch on the page side) and this test
 runs it, so an import that climbs a layer or closes a cycle fails CI. Imports inside functions stay only where they
-keep torch out of page start-up, each with a comment saying so; pages import only Streamlit, ui and lab.views."""
+keep torch out of page start-up (or, in the memory probe, keep the other model kind's libraries out of the process
+it measures), each with a comment saying so; pages import only Streamlit, ui and lab.views."""
 from __future__ import annotations
 
 import ast
