@@ -22,10 +22,26 @@ def cache_nbytes(cache) -> int:
 
 
 def model_bytes(model) -> int:
-    """Bytes of a model's parameters and buffers as held in memory; tied tensors (embedding == LM head) once."""
+    """Bytes of a model's parameters and buffers as held in memory; tied tensors (embedding == LM head) once.
+    Packed quantized layers are counted by what they hold (int8 codes, scales, zero points, bias)."""
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
-    return total
+    # the quantized Linear holds a LinearPackedParams module, which itself holds the packed (script) object
+    return total + sum(packed_bytes(m) for m in model.modules()
+                       if isinstance(getattr(m, "_packed_params", None), torch.nn.Module))
+
+
+def packed_bytes(module) -> int:
+    """torch.ao's dynamically quantized Linear packs its int8 weight, scales and bias outside the module's
+    parameters and buffers, so model_bytes reads them here."""
+    weight, bias = module._packed_params._weight_bias()
+    total = weight.numel() * weight.element_size()
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        total += sum(t.numel() * t.element_size()
+                     for t in (weight.q_per_channel_scales(), weight.q_per_channel_zero_points()))
+    else:
+        total += 16  # one float64 scale and one int64 zero point
+    return total + (bias.numel() * bias.element_size() if bias is not None else 0)

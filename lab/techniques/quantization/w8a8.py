@@ -1,0 +1,57 @@
+"""W8A8 dynamic: int8 weights and int8 activations in every decoder Linear, through torch.ao's dynamic
+quantization (fbgemm / onednn int8 GEMMs on the CPU).
+
+Weights are quantized once, symmetric int8 (scale = max|w| / 127.5, per tensor or per output channel);
+activations are quantized on the fly per tensor at every call, from that call's own min and max. Per-tensor
+activations are why SmolLM2's perplexity suffers (a few activation channels reach ~2700, so every other channel
+keeps only a few int8 levels): SmoothQuant, which moves the outliers into the weights, is the cure this family
+adds next. torch.ao's eager quantization is deprecated in favour of torchao but is the fast CPU path in torch 2.13.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from lab.errors import SpecError
+from lab.techniques.base import knob
+from lab.techniques.slots import WeightsTechnique
+
+
+@dataclass
+class W8A8Dynamic(WeightsTechnique):
+    name = "w8a8_dynamic"
+    family = "quantization"
+    title = "W8A8 dynamic (int8 weights and activations)"
+    summary = ("Every decoder Linear runs as an int8 GEMM: weights quantized once (symmetric int8, per tensor or "
+               "per output channel), activations quantized per call from their own range. A quarter of the Linear "
+               "weight bytes of fp32; fast int8 kernels on CPU; activation outliers cost quality.")
+    paper = ("Jacob et al., Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only "
+             "Inference, CVPR 2018 (arXiv:1712.05877); torch.ao.quantization.quantize_dynamic")
+
+    weight_scale: str = knob("per_channel", choices=("per_tensor", "per_channel"),
+                             help="One int8 scale for each weight matrix, or one per output channel (row).")
+    lm_head: bool = knob(False, help="Quantize the LM head too (it sees every token's hidden state; off keeps it "
+                                     "in the model's float type).")
+
+    def check_spec(self, spec) -> None:
+        if spec.device == "cuda":
+            raise SpecError(f"technique '{self.name}': torch.ao's dynamic int8 kernels run on the CPU only; "
+                            f"allowed devices: cpu, auto (on a machine without a GPU)")
+
+    def check_model(self, model) -> None:
+        device = next(model.parameters()).device
+        if device.type != "cpu":
+            raise SpecError(f"technique '{self.name}': the model is on {device}; torch.ao's dynamic int8 kernels "
+                            f"run on the CPU only")
+
+    def transform_weights(self, model):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
+        import torch
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+        qconfig = per_channel_dynamic_qconfig if self.weight_scale == "per_channel" else default_dynamic_qconfig
+        head = model.get_output_embeddings()
+        names = {name: qconfig for name, module in model.named_modules()
+                 if isinstance(module, torch.nn.Linear) and (self.lm_head or module is not head)}
+        # deepcopy first: the loaded model is shared by every variant and must stay untouched
+        return quantize_dynamic(copy.deepcopy(model).float(), names, dtype=torch.qint8)
