@@ -186,10 +186,7 @@ def test_a_technique_from_an_installed_package_registers_through_its_entry_point
         assert {"pkg_keep_newest", "pkg_zero_small", "pkg_counting_sdpa"} <= set(registry.all_techniques())
     finally:
         for name in ("pkg_keep_newest", "pkg_zero_small", "pkg_counting_sdpa"):
-            cls = registry._REGISTRY.pop(name, None)
-            if cls is not None:
-                metrics_of = [m.name for m in cls.metrics]
-                registry.metrics.remove(metrics_of, name)
+            registry.unregister(name)
         sys.modules.pop("installed_techniques", None)
 
 

@@ -1,7 +1,8 @@
 """Automatic registry of techniques: defining a Technique subclass with a name registers it.
 
-discover() imports every module under lab/techniques, then the user's own: every .py file in the folders named
-by LAB_TECHNIQUES_PATH (separated like PATH), and every module of the Python entry-point group "lab.techniques".
+discover() imports every module under lab/techniques and every module of the Python entry-point group
+"lab.techniques" (once), then every .py file in the folders named by LAB_TECHNIQUES_PATH (separated like PATH;
+looked at again on every call, so a file added or fixed is picked up).
 A user's technique needs no other file edited: the form, the CLI, validation, the runner and the compare
 view read it from here.
 """
@@ -104,12 +105,18 @@ def _load_user_code(what: str, load) -> bool:
     return True
 
 
+def unregister(name: str) -> None:
+    """Take a technique and its own metrics out of the registry (a user's, when a test is done with it)."""
+    cls = _REGISTRY.pop(name, None)
+    if cls is not None:
+        metrics.remove([m.name for m in cls.metrics], name)
+
+
 def forget_plugins() -> None:
     """Unregister every technique loaded from LAB_TECHNIQUES_PATH (tests load their own and clean up)."""
     modules = set(_plugin_files.values())
     for name in [n for n, cls in _REGISTRY.items() if cls.__module__ in modules]:
-        cls = _REGISTRY.pop(name)
-        metrics.remove([m.name for m in cls.metrics], name)
+        unregister(name)
     for name in modules:
         sys.modules.pop(name, None)
     _plugin_files.clear()
