@@ -88,6 +88,9 @@ _DEFS = [
               "quality", share=True),
     MetricDef("image_exact", "Identical images", "%", "Diffusion: share of images equal to the baseline's bit for "
               "bit (float32, before quantising to pixels).", True, "quality", share=True),
+    MetricDef("calibration_s", "Calibration", "s", "Time a technique spent calibrating before the timed runs (or "
+              "loading a stored calibration): statistics of held-out text that no workload scores. Never inside a "
+              "timed repeat.", False),
     MetricDef("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", "Prompt tokens over the time to first token "
               "(perplexity workload: window tokens over the time of its one forward).", True),
 ]

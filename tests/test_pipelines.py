@@ -236,7 +236,7 @@ def test_mag_cache_calibration_is_keyed_by_the_weights_not_only_the_name(loaded)
 
     import torch
 
-    from lab.techniques.diffusion_cache.mag_cache import weights_fingerprint
+    from lab.ops.calibration import weights_fingerprint
     spec = spec_for(loaded["flux"].name)
     variant = DiffusionVariant(spec, loaded["flux"], build([{"name": "mag_cache"}], model_kind="diffusion"))
     technique = variant.cache

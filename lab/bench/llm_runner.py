@@ -29,6 +29,7 @@ def run_llm(spec: Spec, loaded, results, progress) -> None:
         engines.append(engine)
         res.environment["dtype"] = str(next(engine.model.parameters()).dtype).replace("torch.", "")
         res.samples["weight_mb"].append(engine.weight_bytes() / MB)
+        _record_preparation(res, engine)
     torch.manual_seed(spec.seed)
     if spec.workload == "perplexity":
         _run_perplexity_workload(spec, loaded, engines, results, scaled(progress, 0.05, 0.8))
@@ -39,6 +40,15 @@ def run_llm(spec: Spec, loaded, results, progress) -> None:
     _score_agreement(results)
     _score_similarity(results)
     _score_answers(results)
+
+
+def _record_preparation(res, engine) -> None:
+    """Calibration time (spent before any timed run) and what the techniques found while preparing."""
+    if engine.calibration.notes:
+        res.samples["calibration_s"].append(engine.calibration.seconds)
+        res.environment["calibration"] = f"{'; '.join(engine.calibration.notes)}: {engine.calibration.source}"
+    for t in engine.techniques:
+        res.details.update(t.details())
 
 
 def _items(spec, tokenizer):

@@ -19,6 +19,7 @@ class VariantResult:
     environment: dict = field(default_factory=dict)
     samples: dict = field(default_factory=lambda: defaultdict(list))  # metric -> values
     outputs: list = field(default_factory=list)  # dicts: item_index, item_key, prompt, text, token_ids, extra
+    details: dict = field(default_factory=dict)  # what the techniques found while preparing (per-layer numbers)
 
     def record(self, values: dict[str, float]) -> None:
         """One sample of each metric named (a technique's own metrics come this way)."""
@@ -32,7 +33,7 @@ def save(experiment_id: int, results: list[VariantResult]) -> None:
         exp = s.get(store.Experiment, experiment_id)
         for position, res in enumerate(results):
             run = store.Run(position=position, variant=res.name, is_baseline=position == 0,
-                            params={"techniques": res.techniques, "engine": res.engine},
+                            params={"techniques": res.techniques, "engine": res.engine, "details": res.details},
                             environment=res.environment)
             for name, values in res.samples.items():
                 summary = summarize(values, share=definition(name).share)

@@ -16,12 +16,17 @@ import torch
 from transformers import DynamicCache
 
 from lab.llm.models import load_llm
+from lab.llm.workloads import calibration_windows
 from lab.llm.speculative import AdaptiveK, speculative_generate
+from lab.ops.calibration import Calibration
 from lab.ops.drafting import NullDrafter
 from lab.ops.generation import Generation
 from lab.ops.nbytes import cache_nbytes, model_bytes
 from lab.ops.sampling import GenerationSettings, sample_next
 from lab.techniques.slots import refuse_unused_slots
+
+
+CALIBRATION_SOURCE = "1,024 tokens of CPython's pydoc topic 'typesmapping' (never scored)"
 
 
 class Engine:
@@ -34,8 +39,9 @@ class Engine:
         refuse_unused_slots(self.techniques, "llm", "an LLM's decode loop")
         for t in self.techniques:  # refuse before the run what cannot attach to this model
             t.check_model(model)
+        self.calibration = Calibration(calibration_windows(tokenizer), CALIBRATION_SOURCE)
         if "weights" in self.slots:
-            model = self.slots["weights"].transform_weights(model)
+            model = self.slots["weights"].transform_weights(model, self.calibration)
         self.model = model
         self.device = next(model.parameters()).device
         self.eos_ids = _eos_ids(model, tokenizer)

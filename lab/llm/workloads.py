@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pydoc_data.topics import topics
 
-from lab.prompts import QA, Item, chat_prompts, grounded_prompts, heldout_text
+from lab.prompts import QA, Item, calibration_text, chat_prompts, grounded_prompts, heldout_text
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ def perplexity_windows(tokenizer, n_tokens: int, window: int) -> list[list[int]]
         ids = tokenizer(text[:chars], add_special_tokens=False).input_ids
     ids = ids[:n_tokens]
     return [ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) > 1]
+
+
+def calibration_windows(tokenizer, n_tokens: int = 1024, window: int = 512) -> list[list[int]]:
+    """The first n_tokens of the calibration text (never scored), in windows of `window` tokens."""
+    ids = tokenizer(calibration_text(), add_special_tokens=False).input_ids[:n_tokens]
+    return [ids[i:i + window] for i in range(0, len(ids), window)]
 
 
 # The classic pass-key filler (Mohtashami & Jaggi, Landmark Attention, 2023): repetitive, so only the

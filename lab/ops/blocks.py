@@ -22,8 +22,14 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
+def _is_linear(module: torch.nn.Module) -> bool:
+    """An nn.Linear, or a quantized layer that replaced one (torch.ao's dynamic Linear, lab/ops/quantize.py's
+    layers): all carry in_features and out_features."""
+    return isinstance(module, torch.nn.Linear) or (hasattr(module, "in_features") and hasattr(module, "out_features"))
+
+
 def _last_linear(module: torch.nn.Module) -> torch.nn.Module | None:
-    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    linears = [m for m in module.modules() if _is_linear(m)]
     return linears[-1] if linears else None
 
 
@@ -36,7 +42,7 @@ def block_units(block: torch.nn.Module) -> list[torch.nn.Module]:
 
     units = []
     for module in block.modules():
-        if hasattr(module, "to_q") and isinstance(module.to_q, torch.nn.Linear):
+        if hasattr(module, "to_q") and _is_linear(module.to_q):
             units.append(module.to_q)
         elif isinstance(module, FeedForward):
             units.append(_last_linear(module))

@@ -92,6 +92,11 @@ class Technique:
         """Why this technique cannot run together with `other` (None when it can)."""
         return None
 
+    def details(self) -> dict:
+        """What the technique found while preparing a variant (e.g. per-layer errors, bits per layer), stored
+        with the run for its page view (JSON-able)."""
+        return {}
+
     def extra_weight_bytes(self, engine) -> int:
         """Weights the technique adds beside the model (a draft model's), counted in the variant's weights."""
         return 0

@@ -25,8 +25,10 @@ class WeightsTechnique(Technique):
     slot_order: ClassVar[int] = 0
     model_kinds: ClassVar[tuple[str, ...]] = ("llm", "diffusion")
 
-    def transform_weights(self, model):
-        """A transformed copy of `model` (never `model` itself changed: other variants share it)."""
+    def transform_weights(self, model, calibration=None):
+        """A transformed copy of `model` (never `model` itself changed: other variants share it). `calibration`
+        (lab/ops/calibration.Calibration, LLM runs only) holds held-out text to calibrate on, and counts the
+        time spent doing so."""
         raise NotImplementedError
 
 

@@ -3,7 +3,6 @@ magnitude ratios stays small; the ratios are calibrated once per model and store
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import re
@@ -32,6 +31,9 @@ class MagCache(DiffusersCacheHook):
                                   help="This share of the first steps is always computed.")
 
     def calibration_path(self, call):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
+        from lab.ops.calibration import weights_fingerprint
+
         folder = data_dir() / "cache" / "magcache"
         folder.mkdir(parents=True, exist_ok=True)
         model = re.sub(r"[^\w.-]+", "_", call.model_name).strip("_")[-80:]  # a pipeline's name is its folder path
@@ -60,22 +62,6 @@ class MagCache(DiffusersCacheHook):
         return MagCacheConfig(threshold=self.threshold, max_skip_steps=self.max_skip_steps,
                               retention_ratio=self.retention_ratio, num_inference_steps=call.steps,
                               mag_ratios=call.info["mag_ratios"])
-
-
-def weights_fingerprint(model, samples: int = 256) -> str:
-    """A short hash of a model's weights: every tensor's name, shape and dtype, and `samples` values spread
-    over it. Cheap on a 12B-parameter denoiser, and any retraining changes it."""
-
-    import torch  # lazy: techniques are imported by page forms, which must start without torch
-
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            flat = t.detach().reshape(-1)
-            picked = flat[::max(1, flat.numel() // samples)][:samples].float().cpu()
-            digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            digest.update(picked.numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def calibrate(call) -> list[float]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
+from lab.techniques.quantization.base import swap_linears
 from lab.techniques.slots import WeightsTechnique
 
 
@@ -28,10 +29,16 @@ class W8A8Dynamic(WeightsTechnique):
     paper = ("Jacob et al., Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only "
              "Inference, CVPR 2018 (arXiv:1712.05877); torch.ao.quantization.quantize_dynamic")
 
+    applies_to = ("llm", "diffusion")
+
     weight_scale: str = knob("per_channel", choices=("per_tensor", "per_channel"),
                              help="One int8 scale for each weight matrix, or one per output channel (row).")
-    lm_head: bool = knob(False, help="Quantize the LM head too (it sees every token's hidden state; off keeps it "
-                                     "in the model's float type).")
+    activation_scale: str = knob("per_tensor", choices=("per_tensor", "per_token"),
+                                 help="per_tensor: one activation scale per call (torch.ao / fbgemm, 7-bit "
+                                      "activations); per_token: one per token (torch._int_mm), far less hurt by "
+                                      "outliers.")
+    lm_head: bool = knob(False, help="Quantize an LLM's LM head too (it sees every token's hidden state; off keeps "
+                                     "it in the model's float type). A denoiser has none: all its Linears run int8.")
 
     def check_spec(self, spec) -> None:
         if spec.device == "cuda":
@@ -44,14 +51,18 @@ class W8A8Dynamic(WeightsTechnique):
             raise SpecError(f"technique '{self.name}': the model is on {device}; torch.ao's dynamic int8 kernels "
                             f"run on the CPU only")
 
-    def transform_weights(self, model):
+    def transform_weights(self, model, calibration=None):
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
-        qconfig = per_channel_dynamic_qconfig if self.weight_scale == "per_channel" else default_dynamic_qconfig
-        head = model.get_output_embeddings()
-        names = {name: qconfig for name, module in model.named_modules()
-                 if isinstance(module, torch.nn.Linear) and (self.lm_head or module is not head)}
-        # deepcopy first: the loaded model is shared by every variant and must stay untouched
-        return quantize_dynamic(copy.deepcopy(model).float(), names, dtype=torch.qint8)
+        from lab.ops.quantize import Int8DynamicLinear, decoder_linears, linear_layers
+
+        model = copy.deepcopy(model).float()  # the loaded model is shared by every variant and must stay untouched
+        layers = linear_layers(model) if self.lm_head else decoder_linears(model)
+        per_channel = self.weight_scale == "per_channel"
+        if self.activation_scale == "per_token":
+            swap_linears(model, layers, lambda _n, linear: Int8DynamicLinear(linear, per_channel))
+            return model
+        qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        return quantize_dynamic(model, dict.fromkeys(layers, qconfig), dtype=torch.qint8)

@@ -1,0 +1,89 @@
+"""Weight-only int8 / int4: weights stored as int8 per output channel or int4 per group, activations in bf16.
+
+Kernels: torch's own CPU weight-only GEMMs (aten::_weight_int8pack_mm, _weight_int4pack_mm_for_cpu), which never
+dequantize the whole weight; lab/ops/quantize.py says why not torchao (its CPU paths are slower or absent in the
+release for torch 2.13). On a CPU without fast bf16 (most Intel Xeons before Sapphire Rapids) the bf16 activations
+make these layers slow: the speed column shows what this machine does.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from lab.errors import SpecError
+from lab.techniques.base import knob
+from lab.techniques.quantization.base import CalibratedWeights, layer_row, swap_linears
+
+GROUP_SIZES = (0, 32, 64, 128, 256)  # 0 = per output channel (int8); int4 takes the int4pack kernel's groups
+
+
+@dataclass
+class WeightOnly(CalibratedWeights):
+    name = "weight_only"
+    family = "quantization"
+    title = "Weight-only int8 / int4"
+    summary = ("Stores every decoder Linear's weight as int8 (one scale per output channel) or int4 (a scale and "
+               "zero point per group of input columns) and multiplies bf16 activations by the packed weight "
+               "directly. A quarter (int8) or an eighth plus scales (int4) of the fp32 Linear bytes; the rest of the "
+               "model (embeddings, norms) runs in bf16.")
+    paper = ("Dettmers et al., The case for 4-bit precision: k-bit Inference Scaling Laws, ICML 2023 "
+             "(arXiv:2212.09720); kernels: torch aten _weight_int8pack_mm / _weight_int4pack_mm_for_cpu")
+
+    applies_to = ("llm", "diffusion")
+
+    bits: int = knob(8, choices=(8, 4), unit="bits", help="int8 per output channel, or int4 per group.")
+    group_size: int = knob(0, choices=GROUP_SIZES, unit="columns",
+                           help="Input columns sharing one int4 scale and zero point (must divide every layer's "
+                                "input size); 0 = per output channel, the only choice for int8.")
+
+    def check(self) -> None:
+        if self.bits == 8 and self.group_size:
+            raise SpecError(f"technique '{self.name}': int8 uses one scale per output channel (its kernel has no "
+                            f"groups); allowed group_size for bits=8: 0")
+        if self.bits == 4 and not self.group_size:
+            raise SpecError(f"technique '{self.name}': int4 needs a group size; allowed for bits=4: "
+                            f"{', '.join(map(str, GROUP_SIZES[1:]))}")
+
+    def check_spec(self, spec) -> None:
+        if spec.device == "cuda":
+            raise SpecError(f"technique '{self.name}': its kernels (_weight_int8pack_mm, "
+                            f"_weight_int4pack_mm_for_cpu) run on the CPU; allowed devices: cpu, auto (without a GPU)")
+
+    def check_model(self, model) -> None:
+        """The group size against this model's layers, and the device (the denoiser of a diffusion model too)."""
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
+        from lab.ops.quantize import decoder_linears
+
+        if next(model.parameters()).device.type != "cpu":
+            raise SpecError(f"technique '{self.name}': the model is on {next(model.parameters()).device}; its "
+                            f"kernels run on the CPU only")
+        layers = decoder_linears(model)
+        check_group_size(self.name, self.group_size, layers)
+
+    def transform_weights(self, model, calibration=None):
+        # lazy: torch loads only when a technique runs; pages import every technique to build their forms
+        import torch
+
+        from lab.ops.quantize import WeightOnlyLinear, decoder_linears, fake_quantize, relative_error
+
+        model = copy.deepcopy(model).float()  # the loaded model is shared by every variant
+        names = list(decoder_linears(model))
+        errors = {}
+        for n in names:
+            weight = model.get_submodule(n).weight
+            errors[n] = relative_error(weight, fake_quantize(weight, self.bits, self.group_size))
+        swap_linears(model, names, lambda _n, linear: WeightOnlyLinear(linear, self.bits, self.group_size))
+        self._details = {"layers": [layer_row(n, weight_error=errors[n], bits=self.bits) for n in names]}
+        return model.to(torch.bfloat16)
+
+
+def check_group_size(technique: str, group_size: int, layers: dict) -> None:
+    """Refuse a group size that does not divide a layer's input size, naming the sizes that would."""
+    if not group_size:
+        return
+    for name, linear in layers.items():
+        if linear.in_features % group_size:
+            fits = [g for g in GROUP_SIZES[1:] if all(m.in_features % g == 0 for m in layers.values())]
+            raise SpecError(f"technique '{technique}': group_size {group_size} does not divide the {linear.in_features} "
+                            f"input columns of {name}; group sizes that divide every layer of this model: "
+                            f"{', '.join(map(str, fits)) or 'none'}")
