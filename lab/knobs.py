@@ -14,9 +14,10 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "l
 
 
 def knob(default: Any, *, help: str, unit: str = "", min: float | None = None, max: float | None = None,
-         choices: tuple | None = None) -> Any:
-    """Declare a knob. For a list field, min and max bound each of its whole numbers."""
-    meta = {"help": help, "unit": unit, "min": min, "max": max, "choices": choices}
+         choices: tuple | None = None, slider: tuple | None = None) -> Any:
+    """Declare a knob. For a list field, min and max bound each of its whole numbers. `slider` = (low, high,
+    step): the page offers a slider over that span (files and the CLI still take anything in min..max)."""
+    meta = {"help": help, "unit": unit, "min": min, "max": max, "choices": choices, "slider": slider}
     if isinstance(default, (list, dict)):  # a mutable default must be built per instance
         return field(default_factory=lambda: list(default), metadata={"knob": meta})
     return field(default=default, metadata={"knob": meta})
@@ -45,6 +46,7 @@ class KnobInfo:
     min: float | None = None
     max: float | None = None
     choices: tuple | None = None
+    slider: tuple | None = None  # (low, high, step) of the page's slider
 
     def allowed(self) -> str:
         if self.choices is not None:

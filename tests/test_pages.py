@@ -270,3 +270,30 @@ def test_diffusion_form_submits_every_preset_whole_after_another_one(preset):
     first = "bench_pab_unet" if preset == "diffusion_quickstart" else "diffusion_quickstart"
     exp_id = pick_preset_then_submit(page("pages/2_Diffusion_Lab.py"), "diffusion", first, preset)
     assert_same_spec(results.load_experiment(exp_id).spec, expected_spec("diffusion", preset))
+
+
+@pytest.fixture
+def stored_quantization(tiny_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))  # calibrations land here
+    return run_and_store({**tiny_spec, "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
+        {"name": "sq", "techniques": [{"name": "smoothquant", "alpha": 0.5, "float_layers": 2}]},
+        {"name": "budget small", "techniques": [{"name": "weight_budget", "budget_mb": 0.1, "group_size": 32}]},
+        {"name": "budget large", "techniques": [{"name": "weight_budget", "budget_mb": 0.3, "group_size": 32}]}]})
+
+
+def test_llm_lab_quantization_views_outliers_errors_bits_and_budget_curve(stored_quantization):
+    from lab.views import quantization as quant
+    exp = results.load_experiment(stored_quantization)
+    curve = quant.budget_curve(exp)
+    assert list(curve["variant"])[:2] == ["budget small", "budget large"]  # sorted by weights held
+    assert curve["weight_mb"].iloc[0] < curve["weight_mb"].iloc[1] and curve["perplexity"].notna().all()
+    sq = next(r for r in exp.runs if r.variant == "sq")
+    assert {r["bits"] for r in quant.layer_rows(sq)} == {8, 32}
+    assert "Calibration [s]" in results.summary_rows(exp)[1] and "Calibration [s]" not in results.summary_rows(exp)[0]
+    assert "calibrated and stored" in sq.environment["calibration"] or "reused" in sq.environment["calibration"]
+    at = page("pages/1_LLM_Lab.py", experiment=str(stored_quantization))
+    assert not at.exception and not at.error
+    assert "Quantization" in all_text(at) and "after smoothing" not in all_text(at)  # chart data, not text
+    assert len(at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")) >= 3  # curve, outliers, heatmaps
+    at.selectbox(key="quant_layers_run").set_value(at.selectbox(key="quant_layers_run").options[1]).run()
+    assert not at.exception

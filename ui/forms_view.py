@@ -62,6 +62,9 @@ def _knob_widgets(box, cls, preset_knobs: dict, prefix: str) -> dict:
             values[k.name] = box.selectbox(label, w["options"], index=index, key=key, help=help_)
         elif w["widget"] == "checkbox":
             values[k.name] = box.checkbox(label, value=bool(value), key=key, help=help_)
+        elif w["widget"] == "slider":
+            start = min(max(k.type(value), w["min"]), w["max"])  # a preset beyond the slider's span: its edge
+            values[k.name] = box.slider(label, w["min"], w["max"], start, step=w["step"], key=key, help=help_)
         elif w["widget"] == "number":
             values[k.name] = box.number_input(label, value=k.type(value), step=k.type(w["step"]), key=key, help=help_)
         else:

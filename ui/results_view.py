@@ -8,6 +8,7 @@ from lab.views import results
 from lab.views.diffusion import is_diffusion
 from ui.diffusion_view import show_diffusion_views
 from ui.kv_cache_view import show_kv_views
+from ui.quantization_view import show_quantization_views
 from ui.speculative_view import show_speculative_views
 
 
@@ -46,6 +47,7 @@ def show_experiment(exp) -> None:
         return
     show_kv_views(exp)
     show_speculative_views(exp)
+    show_quantization_views(exp)
     _outputs_side_by_side(exp)
 
 

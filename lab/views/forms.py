@@ -133,7 +133,11 @@ def field_choices(name: str) -> tuple:
 
 
 def widget_for(k: KnobInfo) -> dict:
-    """Which widget a knob needs: select (choices), checkbox (bool), int/float number, or text."""
+    """Which widget a knob needs: select (choices), checkbox (bool), slider (declared), int/float number, or
+    text."""
+    if k.slider is not None:
+        low, high, step = k.slider
+        return {"widget": "slider", "min": k.type(low), "max": k.type(high), "step": k.type(step)}
     if k.choices is not None:
         return {"widget": "select", "options": list(k.choices)}
     if k.type is bool:

@@ -17,8 +17,8 @@ SUMMARY_METRICS = ["speedup", "decode_speedup", "prefill_speedup", "s_per_image"
                    "class_accuracy", "psnr_db", "ssim", "image_exact", "tokens_per_s", "decode_tokens_per_s",
                    "prefill_tokens_per_s", "batch_tokens_per_s", "ttft_s", "tpot_ms", "latency_s", "acceptance_rate",
                    "mean_accepted", "tokens_per_forward", "draft_ms", "verify_ms", "peak_mem_mb", "mem_rise_mb",
-                   "weight_mb", "kv_cache_mb", "draft_kv_mb", "kv_compression", "answer_accuracy", "agreement",
-                   "answer_similarity", "exact_match", "first_divergence", "perplexity"]
+                   "weight_mb", "calibration_s", "kv_cache_mb", "draft_kv_mb", "kv_compression", "answer_accuracy",
+                   "agreement", "answer_similarity", "exact_match", "first_divergence", "perplexity"]
 RATIOS = ("speedup", "decode_speedup", "prefill_speedup")  # paired ratios to the baseline: 1 = no change
 MIN_PAIRS = 3  # fewer paired ratios than this cannot tell a change from the machine's noise
 
