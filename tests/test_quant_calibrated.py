@@ -234,3 +234,17 @@ def test_the_dit_runs_int8_and_holds_fewer_bytes(technique):
     b, _, _ = quantized.generate([1, 2], seed=0, device="cpu")
     assert b.images.shape == a.images.shape and not torch.equal(a.images, b.images)
     assert (a.images - b.images).abs().mean() < 0.3  # close to the float images, not noise
+
+
+def test_group_sizes_and_budgets_that_cannot_work_are_refused_before_anything_loads(tiny_spec):
+    from lab.bench.validate import validate
+
+    def variant(technique):
+        return {**tiny_spec, "variants": [{"name": "v", "techniques": [technique]}]}
+
+    with pytest.raises(SpecError, match="group_size 128 does not divide the 64 input columns of q_proj; group sizes "
+                                        "that divide every layer of this model: 32, 64"):
+        validate(variant({"name": "weight_only", "bits": 4, "group_size": 128}))
+    with pytest.raises(SpecError, match=r"budget_mb 0.02 is below the smallest this model can take \(at least "):
+        validate(variant({"name": "weight_budget", "budget_mb": 0.02, "group_size": 32}))
+    validate(variant({"name": "weight_budget", "budget_mb": 0.3, "group_size": 32}))  # a budget that fits passes

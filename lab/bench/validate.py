@@ -118,6 +118,9 @@ def _check_against_model(built: list, spec: Spec, check_model_exists: bool) -> N
         t.check_spec(spec)
         if check_model_exists:
             t.check_models(check_model)
+    shape = _model_lookup(model_shape, spec.model) if spec.model_kind == "llm" and built else None
+    for t in built if shape is not None else []:
+        t.check_shape(shape)
 
 
 def _check_workload_kind(spec: Spec, raw: dict) -> None:

@@ -80,6 +80,11 @@ class Technique:
         """Checks against the rest of the experiment, a typed lab.spec.Spec (e.g. fewer steps than the baseline);
         raise SpecError."""
 
+    def check_shape(self, shape) -> None:
+        """Checks against an LLM's sizes read from its config before anything loads (lab/llm/models.ModelShape:
+        layers, hidden, heads, kv_heads, head_dim, intermediate, vocab); called by validation when the config is
+        readable. check_model() sees the loaded model later and may check more exactly."""
+
     def check_models(self, check_model) -> None:
         """Checks the models a knob names (a draft model) with `check_model(name)`, which raises SpecError when
         the name cannot load here; called by validation when models are checked."""

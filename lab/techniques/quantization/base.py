@@ -105,6 +105,16 @@ def _repeat_heads(s, repeat: int, head_dim: int):
     return s.reshape(-1, 1, head_dim).expand(-1, repeat, head_dim).reshape(-1)
 
 
+def llama_linear_shapes(shape) -> dict[str, tuple[int, int]]:
+    """(rows, input columns) of each Linear kind of one Llama-style decoder layer, from a config's sizes
+    (lab/llm/models.ModelShape), for checks made before the model loads."""
+    attention = shape.heads * shape.head_dim
+    kv = shape.kv_heads * shape.head_dim
+    return {"q_proj": (attention, shape.hidden), "k_proj": (kv, shape.hidden), "v_proj": (kv, shape.hidden),
+            "o_proj": (shape.hidden, attention), "gate_proj": (shape.intermediate, shape.hidden),
+            "up_proj": (shape.intermediate, shape.hidden), "down_proj": (shape.hidden, shape.intermediate)}
+
+
 def swap_linears(model, names, make) -> None:
     """Replace each named nn.Linear by make(name, linear)."""
     for name in names:

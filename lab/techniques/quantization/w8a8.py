@@ -1,11 +1,12 @@
-"""W8A8 dynamic: int8 weights and int8 activations in every decoder Linear, through torch.ao's dynamic
-quantization (fbgemm / onednn int8 GEMMs on the CPU).
+"""W8A8 dynamic: int8 weights and int8 activations in every decoder Linear (and every Linear of a denoiser).
 
-Weights are quantized once, symmetric int8 (scale = max|w| / 127.5, per tensor or per output channel);
-activations are quantized on the fly per tensor at every call, from that call's own min and max. Per-tensor
-activations are why SmolLM2's perplexity suffers (a few activation channels reach ~2700, so every other channel
-keeps only a few int8 levels): SmoothQuant, which moves the outliers into the weights, is the cure this family
-adds next. torch.ao's eager quantization is deprecated in favour of torchao but is the fast CPU path in torch 2.13.
+Weights are quantized once, symmetric int8 (per tensor or per output channel). Activations are quantized on the
+fly at every call, either per tensor (torch.ao's dynamic Linear: fbgemm, scale from the call's min and max, 7-bit
+range) or per token (lab/ops/quantize.Int8DynamicLinear: torch._int_mm). Per-tensor activations are why
+SmolLM2's perplexity suffers (a few activation channels reach ~2700, so every other channel keeps only a few int8
+levels); per-token scales help, and SmoothQuant (smoothquant.py), which moves the outliers into the weights,
+closes the rest. torch.ao's eager quantization is deprecated in favour of torchao but is the fast per-tensor CPU
+path in torch 2.13.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from lab.errors import SpecError
 from lab.techniques.base import knob
 from lab.techniques.quantization.base import CalibratedWeights, layer_row, swap_linears
-from lab.techniques.quantization.weight_only import check_group_size
+from lab.techniques.quantization.weight_only import check_group_size, shape_layers
 
 BITS = (4, 8, 16)
 MB = 2 ** 20  # as everywhere in the lab (lab/bench/measure.MB)
@@ -45,17 +45,27 @@ class WeightBudget(CalibratedWeights):
             raise SpecError(f"technique '{self.name}': its kernels run on the CPU; allowed devices: cpu, auto "
                             f"(without a GPU)")
 
+    def check_shape(self, shape) -> None:
+        """Before loading: the group size, and a budget below a lower bound of the smallest size (every Linear at
+        4 bits plus the embedding in bf16; check_model() adds the norms and an untied head once loaded)."""
+        layers = shape_layers(shape)
+        check_group_size(self.name, self.group_size, layers)
+        per_layer = sum(layer_bytes(m, 4, self.group_size) for m in layers.values())
+        self._refuse_below(shape.layers * per_layer + 2 * shape.vocab * shape.hidden, "at least ")
+
     def check_model(self, model) -> None:
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from lab.ops.quantize import decoder_linears
 
         layers = decoder_linears(model)
         check_group_size(self.name, self.group_size, layers)
-        smallest = fixed_bytes(model, layers) + sum(layer_bytes(m, 4, self.group_size) for m in layers.values())
+        self._refuse_below(fixed_bytes(model, layers) + sum(layer_bytes(m, 4, self.group_size) for m in layers.values()))
+
+    def _refuse_below(self, smallest: int, bound: str = "") -> None:
         if self.budget_mb * MB < smallest:
             raise SpecError(f"technique '{self.name}': budget_mb {self.budget_mb:g} is below the smallest this model "
-                            f"can take ({smallest / MB:.1f} MB: every Linear at 4 bits, group {self.group_size}, the "
-                            f"rest in bf16); allowed: budget_mb >= {smallest / MB:.1f}")
+                            f"can take ({bound}{smallest / MB:.1f} MB: every Linear at 4 bits, group "
+                            f"{self.group_size}, the rest in bf16); allowed: budget_mb >= {smallest / MB:.1f}")
 
     def transform_weights(self, model, calibration=None):
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms

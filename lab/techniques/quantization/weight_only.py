@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
-from lab.techniques.quantization.base import CalibratedWeights, layer_row, swap_linears
+from lab.techniques.quantization.base import CalibratedWeights, layer_row, llama_linear_shapes, swap_linears
 
 GROUP_SIZES = (0, 32, 64, 128, 256)  # 0 = per output channel (int8); int4 takes the int4pack kernel's groups
 
@@ -49,6 +50,9 @@ class WeightOnly(CalibratedWeights):
             raise SpecError(f"technique '{self.name}': its kernels (_weight_int8pack_mm, "
                             f"_weight_int4pack_mm_for_cpu) run on the CPU; allowed devices: cpu, auto (without a GPU)")
 
+    def check_shape(self, shape) -> None:
+        check_group_size(self.name, self.group_size, shape_layers(shape))
+
     def check_model(self, model) -> None:
         """The group size against this model's layers, and the device (the denoiser of a diffusion model too)."""
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms
@@ -75,6 +79,12 @@ class WeightOnly(CalibratedWeights):
         swap_linears(model, names, lambda _n, linear: WeightOnlyLinear(linear, self.bits, self.group_size))
         self._details = {"layers": [layer_row(n, weight_error=errors[n], bits=self.bits) for n in names]}
         return model.to(torch.bfloat16)
+
+
+def shape_layers(shape) -> dict:
+    """Stand-ins with in_features for the Linears of one decoder layer, from the config's sizes."""
+    return {kind: SimpleNamespace(in_features=cols, out_features=rows, bias=None)
+            for kind, (rows, cols) in llama_linear_shapes(shape).items()}
 
 
 def check_group_size(technique: str, group_size: int, layers: dict) -> None:
