@@ -87,3 +87,19 @@ def test_w8a8_on_a_gpu_is_refused_before_the_run(tiny_spec):
     with pytest.raises(SpecError, match="knob 'weight_scale': 'per_row' is not allowed; allowed: per_tensor, "
                                        "per_channel"):
         validate({**tiny_spec, "variants": [{"techniques": [{"name": "w8a8_dynamic", "weight_scale": "per_row"}]}]})
+
+
+def test_int8_embeddings_hold_a_byte_per_weight_plus_row_scales_and_the_tied_head_stays_float(tiny):
+    model, tok = tiny
+    plain = Engine(model, tok, [w8a8()])
+    with_embeddings = Engine(model, tok, [w8a8(embeddings=True)])
+    rows, dim = model.get_input_embeddings().weight.shape
+    # int8 codes, one float scale and one float zero point per row (torch.ao's float qparams; 4 bytes each);
+    # the tied LM head keeps the float weight it shared, so the float bytes stay
+    assert with_embeddings.weight_bytes() == plain.weight_bytes() + rows * dim + rows * 2 * 4
+    quantized = with_embeddings.model.get_input_embeddings()
+    assert type(quantized) is torch.ao.nn.quantized.Embedding
+    ids = torch.tensor([[1, 2, 3]])
+    assert (quantized(ids) - model.get_input_embeddings()(ids)).abs().max() < 0.05
+    gen = with_embeddings.generate(tok("hello").input_ids, GenerationSettings(max_new_tokens=4))
+    assert len(gen.token_ids) == 4 or gen.stopped_by == "eos"

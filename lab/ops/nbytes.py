@@ -35,11 +35,13 @@ def model_bytes(model) -> int:
 
 
 def packed_bytes(module) -> int:
-    """torch.ao's dynamically quantized Linear packs its int8 weight, scales and bias outside the module's
-    parameters and buffers, so model_bytes reads them here."""
-    weight, bias = module._packed_params._weight_bias()
+    """torch.ao's dynamically quantized Linear (and weight-only Embedding) packs its int8 weight, scales and bias
+    outside the module's parameters and buffers, so model_bytes reads them here."""
+    packed = module._packed_params
+    weight, bias = packed._weight_bias() if hasattr(packed, "_weight_bias") else (packed._weight(), None)
     total = weight.numel() * weight.element_size()
-    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                            torch.per_channel_affine_float_qparams):
         total += sum(t.numel() * t.element_size()
                      for t in (weight.q_per_channel_scales(), weight.q_per_channel_zero_points()))
     else:

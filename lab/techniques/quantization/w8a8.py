@@ -40,6 +40,8 @@ class W8A8Dynamic(WeightsTechnique):
                                       "outliers.")
     lm_head: bool = knob(False, help="Quantize an LLM's LM head too (it sees every token's hidden state; off keeps "
                                      "it in the model's float type). A denoiser has none: all its Linears run int8.")
+    embeddings: bool = knob(False, help="Store the token embedding as int8 too (one scale and offset per row, "
+                                        "torch.ao); a tied LM head then keeps its own float copy.")
 
     def check_spec(self, spec) -> None:
         if spec.device == "cuda":
@@ -62,8 +64,20 @@ class W8A8Dynamic(WeightsTechnique):
         model = copy.deepcopy(model).float()  # the loaded model is shared by every variant and must stay untouched
         layers = linear_layers(model) if self.lm_head else decoder_linears(model)
         per_channel = self.weight_scale == "per_channel"
+        if self.embeddings:
+            model = quantize_embeddings(model)
         if self.activation_scale == "per_token":
             swap_linears(model, layers, lambda _n, linear: Int8DynamicLinear(linear, per_channel))
             return model
         qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
         return quantize_dynamic(model, dict.fromkeys(layers, qconfig), dtype=torch.qint8)
+
+
+def quantize_embeddings(model):
+    """Every nn.Embedding as torch.ao's weight-only int8 embedding (per row, float scale and zero point)."""
+    # lazy: torch loads only when a technique runs
+    import torch
+    from torch.ao.quantization import float_qparams_weight_only_qconfig, quantize_dynamic
+
+    names = [n for n, m in model.named_modules() if type(m) is torch.nn.Embedding]
+    return quantize_dynamic(model, dict.fromkeys(names, float_qparams_weight_only_qconfig), dtype=torch.quint8)
