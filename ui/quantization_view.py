@@ -29,9 +29,9 @@ def _budget_chart(curve) -> None:
     points = alt.Chart(curve).mark_point(filled=True, size=80).encode(
         x=alt.X("weight_mb", title="Weights held (MB)", scale=alt.Scale(zero=False)),
         y=alt.Y("perplexity", title="Perplexity", scale=alt.Scale(zero=False)),
-        color=alt.Color("budget", title="Budget technique"),
+        color=alt.Color("kind", title=""),
         tooltip=["variant", "budget_mb", "weight_mb", "perplexity"])
-    line = alt.Chart(curve[curve["budget"]]).mark_line().encode(x="weight_mb", y="perplexity")
+    line = alt.Chart(curve[curve["kind"] == "weight budget"]).mark_line().encode(x="weight_mb", y="perplexity")
     labels = points.mark_text(align="left", dx=7).encode(text="variant")
     st.altair_chart((line + points + labels).properties(height=320), width="stretch")
     st.caption("Memory against quality: each budget's weights as held (codes, scales, zero points and the bf16 "
@@ -66,7 +66,9 @@ def _heatmaps(frame) -> None:
 
 
 def _heatmap(frame, field: str, title: str, scheme: str, ordinal: bool = False):
+    # symlog: per-layer errors span orders of magnitude (down_proj's outliers) and may be exactly 0
+    scale = alt.Scale(scheme=scheme) if ordinal else alt.Scale(scheme=scheme, type="symlog")
     return alt.Chart(frame).mark_rect().encode(
         x=alt.X("layer:O", title="Decoder layer"), y=alt.Y("module:N", title=""),
-        color=alt.Color(f"{field}:{'O' if ordinal else 'Q'}", title=title, scale=alt.Scale(scheme=scheme)),
-        tooltip=["name", field]).properties(height=220, title=title)
+        color=alt.Color(f"{field}:{'O' if ordinal else 'Q'}", title=title, scale=scale),
+        tooltip=["name", field]).properties(height=alt.Step(22), title=title)

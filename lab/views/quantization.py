@@ -56,8 +56,9 @@ def budget_curve(exp: Experiment) -> pd.DataFrame:
         if budget is None and not (run.is_baseline or [t.get("name") for t in techniques] == ["weight_dtype"]):
             continue
         rows.append({"variant": run.variant, "budget_mb": budget, "weight_mb": metrics.get("weight_mb"),
-                     "perplexity": metrics.get("perplexity"), "budget": budget is not None})
+                     "perplexity": metrics.get("perplexity"),
+                     "kind": "weight budget" if budget is not None else "reference"})
     frame = pd.DataFrame(rows)
-    if frame.empty or not frame["budget"].any() or frame["perplexity"].isna().all():
+    if frame.empty or not (frame["kind"] == "weight budget").any() or frame["perplexity"].isna().all():
         return pd.DataFrame()
     return frame.sort_values("weight_mb").reset_index(drop=True)
