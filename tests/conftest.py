@@ -27,6 +27,19 @@ def isolated_db(tmp_path, monkeypatch):
     store.reset_engines()
 
 
+@pytest.fixture
+def data_in_tmp(tmp_path, monkeypatch):
+    """LAB_DATA_DIR in a temp folder: calibrations (data/cache/quant, magcache) never land in the checkout."""
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_and_tokenizer():
+    """The tiny random Llama and the byte tokenizer, shared by a test module (tests never change them)."""
+    return build_tiny_llama().eval(), build_byte_tokenizer()
+
+
 def build_tiny_llama(seed: int = 0, layers: int = 2, tied: bool = True):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

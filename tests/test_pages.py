@@ -273,9 +273,7 @@ def test_diffusion_form_submits_every_preset_whole_after_another_one(preset):
 
 
 @pytest.fixture
-def stored_quantization(tiny_spec, tmp_path, monkeypatch):
-    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))  # calibrations land here
-    return run_and_store({**tiny_spec, "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
+def stored_quantization(tiny_spec, data_in_tmp):    return run_and_store({**tiny_spec, "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
         {"name": "sq", "techniques": [{"name": "smoothquant", "alpha": 0.5, "float_layers": 2}]},
         {"name": "budget small", "techniques": [{"name": "weight_budget", "budget_mb": 0.1, "group_size": 32}]},
         {"name": "budget large", "techniques": [{"name": "weight_budget", "budget_mb": 0.3, "group_size": 32}]}]})

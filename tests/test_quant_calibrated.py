@@ -22,10 +22,7 @@ from tests.conftest import build_byte_tokenizer, build_tiny_llama
 MB = 2 ** 20
 
 
-@pytest.fixture(autouse=True)
-def calibration_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))  # calibrations land here, not in the checkout
-
+pytestmark = pytest.mark.usefixtures("data_in_tmp")  # calibrations land in a temp folder
 
 @pytest.fixture(scope="module")
 def tok():

@@ -14,20 +14,16 @@ from lab.ops.codebook import DenseSparseLinear, pack_codes, unpack_codes
 from lab.ops.nbytes import model_bytes
 from lab.ops.sampling import GenerationSettings
 from lab.techniques import build
-from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
 PACKING = {3: (8, 3), 4: (2, 1)}  # bits -> (codes per group, bytes per group)
 
 
+pytestmark = pytest.mark.usefixtures("data_in_tmp")  # calibrations land in a temp folder
+
+
 @pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_llama().eval(), build_byte_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def calibration_in_tmp(tmp_path, monkeypatch):
-    """Calibration statistics are stored under LAB_DATA_DIR/cache/quant: a temp folder, never the repo's data."""
-    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+def tiny(tiny_llama_and_tokenizer):
+    return tiny_llama_and_tokenizer
 
 
 def quantized(tiny, **knobs):

@@ -14,21 +14,17 @@ from lab.llm.engine import Engine
 from lab.ops.nbytes import model_bytes
 from lab.ops.sampling import GenerationSettings
 from lab.techniques import build
-from tests.conftest import build_byte_tokenizer, build_tiny_llama
 
 LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.1.self_attn.o_proj",
           "model.layers.1.mlp.down_proj"]  # 64 and 128 input columns, 32 to 128 rows
 
 
+pytestmark = pytest.mark.usefixtures("data_in_tmp")  # calibrations land in a temp folder
+
+
 @pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_llama().eval(), build_byte_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def calibration_in_tmp(tmp_path, monkeypatch):
-    """Calibration statistics are stored under LAB_DATA_DIR/cache/quant: a temp folder, never the repo's data."""
-    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+def tiny(tiny_llama_and_tokenizer):
+    return tiny_llama_and_tokenizer
 
 
 def pruned(tiny, **knobs):

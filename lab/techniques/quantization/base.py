@@ -14,6 +14,7 @@ The division is folded into the op that produces X, so it costs nothing at run t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lab.errors import SpecError
 from lab.techniques.slots import WeightsTechnique
@@ -129,11 +130,24 @@ def layer_row(name: str, **values) -> dict:
     return {"name": name, "layer": layer, "module": parts[-1], **values}
 
 
-class CalibratedWeights(WeightsTechnique):
-    """A weights technique that reads activation statistics of a held-out calibration text (lab/ops/calibration)
-    and reports per-layer numbers (details()) for the page."""
+class QuantizedWeights(WeightsTechnique):
+    """A quantization technique: reports per-layer numbers (details()) for the page, may read the calibration
+    statistics (lab/ops/calibration), and when `cpu_kernels` names kernels that run on the CPU only, refuses a
+    GPU run before it starts and a model on a GPU before it is rewritten."""
 
+    cpu_kernels: ClassVar[str] = ""  # the CPU-only kernels it runs, as the refusal names them; "" = any device
     _details: dict
 
     def details(self) -> dict:
         return getattr(self, "_details", {})
+
+    def check_spec(self, spec) -> None:
+        if self.cpu_kernels and spec.device == "cuda":
+            raise SpecError(f"technique '{self.name}': its kernels ({self.cpu_kernels}) run on the CPU only; "
+                            f"allowed devices: cpu, auto (on a machine without a GPU)")
+
+    def check_model(self, model) -> None:
+        device = next(model.parameters()).device
+        if self.cpu_kernels and device.type != "cpu":
+            raise SpecError(f"technique '{self.name}': the model is on {device}; its kernels ({self.cpu_kernels}) "
+                            f"run on the CPU only")

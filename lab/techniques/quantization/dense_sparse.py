@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
-from lab.techniques.quantization.base import CalibratedWeights, layer_row, swap_linears
+from lab.techniques.quantization.base import QuantizedWeights, layer_row, swap_linears
 
 
 @dataclass
-class DenseSparse(CalibratedWeights):
+class DenseSparse(QuantizedWeights):
     name = "dense_sparse"
     family = "quantization"
     title = "Dense-and-sparse k-means (SqueezeLLM)"

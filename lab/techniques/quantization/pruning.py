@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
-from lab.techniques.quantization.base import CalibratedWeights, layer_row, llama_linear_shapes
+from lab.techniques.quantization.base import QuantizedWeights, layer_row, llama_linear_shapes
 
 SEMI_STRUCTURED_SPARSITY = 0.5  # 2 of every 4 weights
 SEMI_STRUCTURED_DTYPES = ("float16", "bfloat16")  # what torch's 2:4 kernels take (cuSPARSELt has no float32)
@@ -34,7 +34,7 @@ SEMI_STRUCTURED_MULTIPLE = (32, 64)
 
 
 @dataclass
-class Pruning(CalibratedWeights):
+class Pruning(QuantizedWeights):
     name = "pruning"
     family = "quantization"
     title = "Pruning: magnitude or Wanda, unstructured or 2:4"

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
-from lab.techniques.quantization.base import CalibratedWeights, decoder_layers, layer_row, smooth, swap_linears
+from lab.techniques.quantization.base import QuantizedWeights, decoder_layers, layer_row, smooth, swap_linears
 
 
 @dataclass
-class SmoothQuant(CalibratedWeights):
+class SmoothQuant(QuantizedWeights):
     name = "smoothquant"
     family = "quantization"
     title = "SmoothQuant W8A8"
@@ -25,6 +25,7 @@ class SmoothQuant(CalibratedWeights):
                "(folded into the layer norms, up_proj and v_proj, so free at run time), moving the outliers "
                "from activations, which quantize badly, into weights, which quantize well; then every decoder "
                "Linear runs int8 x int8. Calibrated once on held-out text that is never scored.")
+    cpu_kernels = "torch._int_mm, fbgemm"
     paper = ("Xiao et al., SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language "
              "Models, ICML 2023 (arXiv:2211.10438)")
 
@@ -40,16 +41,9 @@ class SmoothQuant(CalibratedWeights):
                              help="Keep this many Linears in float: those with the largest int8 output error on "
                                   "the calibration text.")
 
-    def check_spec(self, spec) -> None:
-        if spec.device == "cuda":
-            raise SpecError(f"technique '{self.name}': its int8 kernels (torch._int_mm, fbgemm) are run here on "
-                            f"the CPU only; allowed devices: cpu, auto (on a machine without a GPU)")
-
     def check_model(self, model) -> None:
+        super().check_model(model)
         decoder_layers(model)  # raises with the supported layouts
-        if next(model.parameters()).device.type != "cpu":
-            raise SpecError(f"technique '{self.name}': the model is on {next(model.parameters()).device}; its "
-                            f"int8 kernels run on the CPU only")
 
     def transform_weights(self, model, calibration=None):
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms

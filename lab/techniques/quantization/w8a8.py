@@ -13,14 +13,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from lab.errors import SpecError
 from lab.techniques.base import knob
-from lab.techniques.quantization.base import swap_linears
-from lab.techniques.slots import WeightsTechnique
+from lab.techniques.quantization.base import QuantizedWeights, swap_linears
 
 
 @dataclass
-class W8A8Dynamic(WeightsTechnique):
+class W8A8Dynamic(QuantizedWeights):
     name = "w8a8_dynamic"
     family = "quantization"
     title = "W8A8 dynamic (int8 weights and activations)"
@@ -31,6 +29,7 @@ class W8A8Dynamic(WeightsTechnique):
              "Inference, CVPR 2018 (arXiv:1712.05877); torch.ao.quantization.quantize_dynamic")
 
     applies_to = ("llm", "diffusion")
+    cpu_kernels = "torch.ao's dynamic int8 Linear (fbgemm), torch._int_mm"
 
     weight_scale: str = knob("per_channel", choices=("per_tensor", "per_channel"),
                              help="One int8 scale for each weight matrix, or one per output channel (row).")
@@ -42,17 +41,6 @@ class W8A8Dynamic(WeightsTechnique):
                                      "it in the model's float type). A denoiser has none: all its Linears run int8.")
     embeddings: bool = knob(False, help="Store the token embedding as int8 too (one scale and offset per row, "
                                         "torch.ao); a tied LM head then keeps its own float copy.")
-
-    def check_spec(self, spec) -> None:
-        if spec.device == "cuda":
-            raise SpecError(f"technique '{self.name}': torch.ao's dynamic int8 kernels run on the CPU only; "
-                            f"allowed devices: cpu, auto (on a machine without a GPU)")
-
-    def check_model(self, model) -> None:
-        device = next(model.parameters()).device
-        if device.type != "cpu":
-            raise SpecError(f"technique '{self.name}': the model is on {device}; torch.ao's dynamic int8 kernels "
-                            f"run on the CPU only")
 
     def transform_weights(self, model, calibration=None):
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms

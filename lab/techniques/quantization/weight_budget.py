@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
-from lab.techniques.quantization.base import CalibratedWeights, layer_row, swap_linears
+from lab.techniques.quantization.base import QuantizedWeights, layer_row, swap_linears
 from lab.techniques.quantization.weight_only import check_group_size, shape_layers
 
 BITS = (4, 8, 16)
@@ -22,13 +22,14 @@ MB = 2 ** 20  # as everywhere in the lab (lab/bench/measure.MB)
 
 
 @dataclass
-class WeightBudget(CalibratedWeights):
+class WeightBudget(QuantizedWeights):
     name = "weight_budget"
     family = "quantization"
     title = "Weight budget (mixed 4 / 8 / 16-bit)"
     summary = ("You give the weights a memory budget in MB; each decoder Linear gets 4, 8 or 16 bits, chosen from "
                "its measured sensitivity (output error on held-out calibration text per byte saved) so the model "
                "fits the budget. The page shows the bits chosen per layer.")
+    cpu_kernels = "_weight_int8pack_mm, _weight_int4pack_mm_for_cpu"
     paper = ("Wang et al., BitStack: Any-Size Compression of Large Language Models in Variable Memory "
              "Environments, ICLR 2025 (arXiv:2410.23918); Dong et al., HAWQ: Hessian AWare Quantization, ICCV 2019")
 
@@ -40,11 +41,6 @@ class WeightBudget(CalibratedWeights):
                                 "default model's own grid (its weights come from a Q4_1 file), where 4 bits lose "
                                 "nothing and every budget picks 4 bits.")
 
-    def check_spec(self, spec) -> None:
-        if spec.device == "cuda":
-            raise SpecError(f"technique '{self.name}': its kernels run on the CPU; allowed devices: cpu, auto "
-                            f"(without a GPU)")
-
     def check_shape(self, shape) -> None:
         """Before loading: the group size, and a budget below a lower bound of the smallest size (every Linear at
         4 bits plus the embedding in bf16; check_model() adds the norms and an untied head once loaded)."""
@@ -54,6 +50,7 @@ class WeightBudget(CalibratedWeights):
         self._refuse_below(shape.layers * per_layer + 2 * shape.vocab * shape.hidden, "at least ")
 
     def check_model(self, model) -> None:
+        super().check_model(model)
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from lab.ops.quantize import decoder_linears
 

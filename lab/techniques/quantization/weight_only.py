@@ -13,13 +13,13 @@ from types import SimpleNamespace
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
-from lab.techniques.quantization.base import CalibratedWeights, layer_row, llama_linear_shapes, swap_linears
+from lab.techniques.quantization.base import QuantizedWeights, layer_row, llama_linear_shapes, swap_linears
 
 GROUP_SIZES = (0, 32, 64, 128, 256)  # 0 = per output channel (int8); int4 takes the int4pack kernel's groups
 
 
 @dataclass
-class WeightOnly(CalibratedWeights):
+class WeightOnly(QuantizedWeights):
     name = "weight_only"
     family = "quantization"
     title = "Weight-only int8 / int4"
@@ -27,6 +27,7 @@ class WeightOnly(CalibratedWeights):
                "zero point per group of input columns) and multiplies bf16 activations by the packed weight "
                "directly. A quarter (int8) or an eighth plus scales (int4) of the fp32 Linear bytes; the rest of the "
                "model (embeddings, norms) runs in bf16.")
+    cpu_kernels = "_weight_int8pack_mm, _weight_int4pack_mm_for_cpu"
     paper = ("Dettmers et al., The case for 4-bit precision: k-bit Inference Scaling Laws, ICML 2023 "
              "(arXiv:2212.09720); kernels: torch aten _weight_int8pack_mm / _weight_int4pack_mm_for_cpu")
 
@@ -45,22 +46,15 @@ class WeightOnly(CalibratedWeights):
             raise SpecError(f"technique '{self.name}': int4 needs a group size; allowed for bits=4: "
                             f"{', '.join(map(str, GROUP_SIZES[1:]))}")
 
-    def check_spec(self, spec) -> None:
-        if spec.device == "cuda":
-            raise SpecError(f"technique '{self.name}': its kernels (_weight_int8pack_mm, "
-                            f"_weight_int4pack_mm_for_cpu) run on the CPU; allowed devices: cpu, auto (without a GPU)")
-
     def check_shape(self, shape) -> None:
         check_group_size(self.name, self.group_size, shape_layers(shape))
 
     def check_model(self, model) -> None:
-        """The group size against this model's layers, and the device (the denoiser of a diffusion model too)."""
+        """The device, and the group size against this model's layers (the denoiser of a diffusion model too)."""
+        super().check_model(model)
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         from lab.ops.quantize import decoder_linears
 
-        if next(model.parameters()).device.type != "cpu":
-            raise SpecError(f"technique '{self.name}': the model is on {next(model.parameters()).device}; its "
-                            f"kernels run on the CPU only")
         layers = decoder_linears(model)
         check_group_size(self.name, self.group_size, layers)
 
