@@ -156,13 +156,13 @@ def test_form_submits_the_last_preset_chosen_whole(server_without_worker):
             experiment_name_shows(page, preset)
         expect(page.get_by_label("Variant name").first).to_have_value("streaming_llm@0.5", timeout=30_000)
         page.get_by_role("button", name="Run experiment").click()
-        deadline, exp = time.time() + 60, None
+        deadline, exp = time.time() + 180, None  # generous: a loaded CI machine, not a speed target
         while exp is None and time.time() < deadline:
             exp = results.load_experiment(1)
             time.sleep(0.5)
         page.screenshot(path=str(ARTIFACTS / "llm_lab_form_preset.png"), full_page=True)
         browser.close()
-    assert exp is not None, "no experiment was stored within 60 s of clicking Run experiment"
+    assert exp is not None, "no experiment was stored within 180 s of clicking Run experiment"
     stored, expected = exp.spec, load_toml(ROOT / "experiments" / "kv_quick.toml").to_dict()
     assert sorted(stored) == sorted(expected)
     for field in expected:  # nothing ignored: both sides went through validate(), no field is derived differently

@@ -40,8 +40,11 @@ class Engine:
         for t in self.techniques:  # refuse before the run what cannot attach to this model
             t.check_model(model)
         self.calibration = Calibration(calibration_windows(tokenizer), CALIBRATION_SOURCE)
-        if "weights" in self.slots:
-            model = self.slots["weights"].transform_weights(model, self.calibration)
+        weights = self.slots.get("weights")
+        if weights is not None and weights.needs_calibration:
+            model = weights.transform_weights(model, self.calibration)
+        elif weights is not None:
+            model = weights.transform_weights(model)
         self.model = model
         self.device = next(model.parameters()).device
         self.eos_ids = _eos_ids(model, tokenizer)

@@ -27,6 +27,7 @@ class DenseSparse(QuantizedWeights):
                "codebook, found by k-means weighted by each input channel's sum of x^2 on held-out calibration "
                "text. A memory and quality study on CPU: compute dequantizes, the speed column shows the cost "
                "(every call rebuilds the float weight, so it runs slower than fp32).")
+    needs_calibration = True
     paper = ("Kim et al., SqueezeLLM: Dense-and-Sparse Quantization, ICML 2024 (arXiv:2306.07629)")
 
     bits: int = knob(4, choices=(3, 4), unit="bits",

@@ -44,6 +44,7 @@ class Pruning(QuantizedWeights):
                "A quality study on CPU: no CPU kernel runs these shapes faster sparse, so the pruned weights stay "
                "dense (same compute, same weight bytes). On CUDA, 2:4 weights run torch's semi-structured sparse "
                "kernel.")
+    needs_calibration = True
     paper = ("Sun et al., A Simple and Effective Pruning Approach for Large Language Models (Wanda), ICLR 2024 "
              "(arXiv:2306.11695)")
 

@@ -26,6 +26,7 @@ class SmoothQuant(QuantizedWeights):
                "from activations, which quantize badly, into weights, which quantize well; then every decoder "
                "Linear runs int8 x int8. Calibrated once on held-out text that is never scored.")
     cpu_kernels = "torch._int_mm, fbgemm"
+    needs_calibration = True
     paper = ("Xiao et al., SmoothQuant: Accurate and Efficient Post-Training Quantization for Large Language "
              "Models, ICML 2023 (arXiv:2211.10438)")
 

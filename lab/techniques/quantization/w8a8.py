@@ -42,7 +42,7 @@ class W8A8Dynamic(QuantizedWeights):
     embeddings: bool = knob(False, help="Store the token embedding as int8 too (one scale and offset per row, "
                                         "torch.ao); a tied LM head then keeps its own float copy.")
 
-    def transform_weights(self, model, calibration=None):
+    def transform_weights(self, model):
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic

@@ -30,6 +30,7 @@ class WeightBudget(QuantizedWeights):
                "its measured sensitivity (output error on held-out calibration text per byte saved) so the model "
                "fits the budget. The page shows the bits chosen per layer.")
     cpu_kernels = "_weight_int8pack_mm, _weight_int4pack_mm_for_cpu"
+    needs_calibration = True
     paper = ("Wang et al., BitStack: Any-Size Compression of Large Language Models in Variable Memory "
              "Environments, ICLR 2025 (arXiv:2410.23918); Dong et al., HAWQ: Hessian AWare Quantization, ICCV 2019")
 

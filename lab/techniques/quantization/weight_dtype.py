@@ -23,7 +23,7 @@ class WeightDtype(WeightsTechnique):
 
     dtype: str = knob("bf16", choices=("bf16", "fp16"), help="Target float type of weights and activations.")
 
-    def transform_weights(self, model, calibration=None):
+    def transform_weights(self, model):
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
 

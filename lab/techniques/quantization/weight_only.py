@@ -58,7 +58,7 @@ class WeightOnly(QuantizedWeights):
         layers = decoder_linears(model)
         check_group_size(self.name, self.group_size, layers)
 
-    def transform_weights(self, model, calibration=None):
+    def transform_weights(self, model):
         # lazy: torch loads only when a technique runs; pages import every technique to build their forms
         import torch
 
