@@ -1,0 +1,99 @@
+"""Sparse attention patterns on the tiny random Llama: the mask against a slow definition, dense equality when the
+pattern covers everything, attended share moving with the window, decode agreeing with prefill, and refusals."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lab.bench.validate import validate
+from lab.errors import SpecError
+from lab.llm.engine import Engine
+from lab.ops.sampling import GenerationSettings
+from lab.techniques import build
+
+IDS = list(b"Attention sinks hold the mass; the window holds the recent words. " * 2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_and_tokenizer):
+    return tiny_llama_and_tokenizer
+
+
+def sink_window(**knobs):
+    return build([{"name": "sink_window", **knobs}], model_kind="llm")
+
+
+def slow_keep(length: int, n_sink: int, window: int) -> torch.Tensor:
+    """The definition, pair by pair: query i sees key j when j <= i and (j < n_sink or i - j < window)."""
+    keep = torch.zeros(length, length, dtype=torch.bool)
+    for i in range(length):
+        for j in range(i + 1):
+            keep[i, j] = j < n_sink or i - j < window
+    return keep
+
+
+@pytest.mark.parametrize("n_sink,window", [(0, 1), (3, 7), (4, 16), (0, 100)])
+def test_the_mask_is_the_sink_and_window_definition(n_sink, window):
+    technique = sink_window(n_sink=n_sink, window=window)[0]
+    pos = torch.arange(40)
+    assert torch.equal(technique.causal_keep(pos[:, None], pos[None, :]), slow_keep(40, n_sink, window))
+
+
+def all_logits(engine, ids):
+    cache = engine.new_cache()
+    with torch.inference_mode(), engine._prepared(cache):
+        return engine.forward(torch.tensor([ids]), cache, 0, logits_to_keep=0)[0].float()
+
+
+def test_a_window_covering_everything_is_dense_attention_exactly(tiny):
+    model, tok = tiny
+    dense, covered = Engine(model, tok), Engine(model, tok, sink_window(n_sink=0, window=len(IDS)))
+    assert torch.equal(all_logits(covered, IDS), all_logits(dense, IDS))
+    settings = GenerationSettings(max_new_tokens=8)
+    assert covered.generate(IDS, settings).token_ids == dense.generate(IDS, settings).token_ids
+
+
+def test_a_short_window_changes_the_output_and_the_attended_share_falls_with_it(tiny):
+    model, tok = tiny
+    dense = all_logits(Engine(model, tok), IDS)
+    shares = []
+    for window in (len(IDS), 32, 8):
+        technique = sink_window(n_sink=2, window=window)
+        engine = Engine(model, tok, technique)
+        gen = engine.generate(IDS, GenerationSettings(max_new_tokens=4))
+        shares.append(technique[0].measure(gen)["attended_share"])
+        if window < len(IDS):
+            assert not torch.allclose(all_logits(engine, IDS), dense, atol=1e-4)
+    assert shares[0] > shares[1] > shares[2] > 0
+    length = len(IDS) + 3  # prompt and the generated tokens fed back (all but the last)
+    expected = 100 * int(slow_keep(length, 2, 8).sum()) / (length * (length + 1) // 2)
+    assert shares[2] == pytest.approx(expected)
+
+
+def test_decoding_one_token_at_a_time_matches_prefill_with_the_pattern(tiny):
+    model, tok = tiny
+    engine = Engine(model, tok, sink_window(n_sink=2, window=6))
+    prefill = all_logits(engine, IDS)
+    cache = engine.new_cache()
+    with torch.inference_mode(), engine._prepared(cache):
+        first = engine.forward(torch.tensor([IDS[:20]]), cache, 0, logits_to_keep=0)[0]
+        steps = [engine.forward(torch.tensor([[t]]), cache, 20 + i)[0, -1] for i, t in enumerate(IDS[20:])]
+    decoded = torch.cat([first, torch.stack(steps)]).float()
+    torch.testing.assert_close(decoded, prefill, rtol=1e-4, atol=1e-4)
+
+
+def test_what_cannot_work_is_refused_with_the_reason(tiny, tiny_spec):
+    model, tok = tiny
+    with pytest.raises(SpecError, match="cannot be combined: an evicting KV cache"):
+        validate({**tiny_spec, "variants": [{"techniques": [{"name": "sink_window", "window": 8},
+                                                             {"name": "snapkv"}]}]})
+    with pytest.raises(SpecError, match=r"covers more than the model's context of 1024 tokens.*allowed: window \+ "
+                                        r"n_sink <= 1024"):
+        validate({**tiny_spec, "variants": [{"techniques": [{"name": "sink_window", "window": 1024}]}]})
+    capped = type(model)(model.config.__class__(**{**model.config.to_dict(), "attn_logit_softcapping": 30.0}))
+    with pytest.raises(SpecError, match="softcapping"):
+        sink_window()[0].check_model(capped)
+    from transformers import GPT2Config, GPT2LMHeadModel
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=260, n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(SpecError, match="no rotary position embedding"):
+        sink_window()[0].check_model(gpt2)
