@@ -11,6 +11,8 @@ from lab.llm.engine import Engine
 from lab.ops.sampling import GenerationSettings
 from lab.techniques import build
 
+pytestmark = pytest.mark.usefixtures("data_in_tmp")  # inductor's kernel cache lands in a temp folder
+
 IDS = list(b"Attention sinks hold the mass; the window holds the recent words. " * 2)
 
 
@@ -97,3 +99,15 @@ def test_what_cannot_work_is_refused_with_the_reason(tiny, tiny_spec):
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=260, n_embd=32, n_layer=1, n_head=2))
     with pytest.raises(SpecError, match="no rotary position embedding"):
         sink_window()[0].check_model(gpt2)
+
+
+def test_the_flex_kernel_computes_what_the_masked_reference_computes(tiny):
+    """The compiled FlexAttention path (prefill) against SDPA with the pattern as a mask: same maths, other
+    summation order; its first call per shape is counted as compile time."""
+    model, tok = tiny
+    ids = IDS * 2  # 134 tokens: two 128-token query blocks, one partly empty
+    flex = sink_window(n_sink=2, window=20, kernel="flex", block_size=64)
+    reference = sink_window(n_sink=2, window=20, kernel="sdpa_mask")
+    got = all_logits(Engine(model, tok, flex), ids)
+    torch.testing.assert_close(got, all_logits(Engine(model, tok, reference), ids), rtol=1e-4, atol=1e-4)
+    assert flex[0].run_metrics()["compile_s"] > 0 and reference[0].run_metrics() == {}

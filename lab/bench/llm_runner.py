@@ -37,6 +37,9 @@ def run_llm(spec: Spec, loaded, results, progress) -> None:
         _run_generation(spec, loaded, engines, results, scaled(progress, 0.05, 0.75))
         if spec.perplexity_tokens:
             _score_perplexity(spec, loaded, engines, results, progress)
+    for engine, res in zip(engines, results):
+        for t in engine.techniques:
+            res.record(t.run_metrics())
     _score_agreement(results)
     _score_similarity(results)
     _score_answers(results)

@@ -102,6 +102,11 @@ class Technique:
         with the run for its page view (JSON-able)."""
         return {}
 
+    def run_metrics(self) -> dict[str, float]:
+        """Values of its own metrics measured once per variant outside the timed repeats (e.g. the time to
+        compile a kernel, spent in warm-up), recorded after the run."""
+        return {}
+
     def extra_weight_bytes(self, engine) -> int:
         """Weights the technique adds beside the model (a draft model's), counted in the variant's weights."""
         return 0

@@ -9,21 +9,36 @@ call to SDPA untouched, so full coverage equals dense attention exactly.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from lab.errors import SpecError
-from lab.techniques.base import metric
+from lab.techniques.base import knob, metric
 from lab.techniques.slots import AttentionTechnique
 
 
+@dataclass
 class StaticPattern(AttentionTechnique):
     """Base of the static patterns: a subclass defines keep(q_pos, k_pos) on broadcastable position tensors."""
 
     family: ClassVar[str] = "sparse_attention"
     batchable: ClassVar[bool] = False  # a ragged batch's holes shift positions; the pattern needs the true ones
-    metrics = (metric("attended_share", "Attended share", "%", "Sparse attention: causal query-key pairs the "
-                      "pattern computes, over all causal pairs of the generation's sequence (prompt and generated "
-                      "tokens), counted from the mask; 100 = dense attention.", False),)
+    metrics = (
+        metric("attended_share", "Attended share", "%", "Sparse attention: causal query-key pairs the pattern "
+               "computes, over all causal pairs of the generation's sequence (prompt and generated tokens), counted "
+               "from the mask; 100 = dense attention.", False),
+        metric("compile_s", "Kernel compile", "s", "Sparse attention: time of the first call of each new shape of "
+               "the compiled FlexAttention kernel (compiling included), all made in warm-up, never in a timed "
+               "repeat; a few seconds at most when inductor's cache on disk already holds the kernels.", False),
+    )
+
+    kernel: str = knob("flex", choices=("flex", "sdpa_mask"),
+                       help="flex: a compiled FlexAttention kernel that skips the key blocks the pattern leaves "
+                            "empty (prefill); sdpa_mask: torch's SDPA with the pattern as a mask, which computes "
+                            "every pair (the quality reference, no speedup). Decode steps use the mask either way.")
+    block_size: int = knob(128, choices=(64, 128, 256), unit="tokens",
+                           help="FlexAttention's block: a key block is skipped when the pattern keeps none of its "
+                                "pairs for a query block.")
 
     def keep(self, q_pos, k_pos):
         raise NotImplementedError
@@ -44,12 +59,27 @@ class StaticPattern(AttentionTechnique):
         if int(kept.sum()) == causal_pairs(keys - queries, keys):  # nothing skipped: exactly dense attention
             return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                           dropout=dropout, **kwargs)
+        if self.kernel == "flex" and queries > 1:
+            # batch 1 (batchable is False), no padding: the model's own mask is the causal one kept already holds
+            return self._flex()(query, key, value, scaling), None
         mask = kept[None, None]
         if attention_mask is not None:  # padding the model's own mask excludes stays excluded
             mask = mask & attention_mask[:, :, -queries:, :keys].bool()
         kwargs.pop("is_causal", None)
         return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout,
                                       is_causal=False, **kwargs)
+
+    def _flex(self):
+        # lazy: torch.compile and flex attention load only when a pattern runs
+        from lab.ops.flex import FlexPattern
+
+        if getattr(self, "_flex_pattern", None) is None:
+            self._flex_pattern = FlexPattern(self.causal_keep, self.block_size)
+        return self._flex_pattern
+
+    def run_metrics(self) -> dict[str, float]:
+        flex = getattr(self, "_flex_pattern", None)
+        return {"compile_s": flex.compile_seconds} if flex is not None else {}
 
     def attended_share(self, length: int) -> float:
         """Percent of the causal pairs of a `length`-token sequence the pattern keeps."""
