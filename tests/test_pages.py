@@ -295,3 +295,22 @@ def test_llm_lab_quantization_views_outliers_errors_bits_and_budget_curve(stored
     assert len(at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")) >= 3  # curve, outliers, heatmaps
     at.selectbox(key="quant_layers_run").set_value(at.selectbox(key="quant_layers_run").options[1]).run()
     assert not at.exception
+
+
+def test_llm_lab_draws_the_mask_of_a_sparse_pattern(tiny_spec, data_in_tmp):
+    from lab.views import sparse_attention as sparse
+    exp_id = run_and_store({**tiny_spec, "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
+        {"name": "window 8", "techniques": [{"name": "sink_window", "n_sink": 2, "window": 8,
+                                              "kernel": "sdpa_mask"}]}]})
+    exp = results.load_experiment(exp_id)
+    window = next(r for r in exp.runs if r.variant == "window 8")
+    frame = sparse.mask_frame(window, 128, cells=16)  # blocks of 8 tokens
+    diagonal = frame[frame["query"] == frame["key"]]["kept"]
+    assert (diagonal == 1).all()  # a block on the diagonal lies inside the window
+    far = frame[(frame["query"] == 120) & (frame["key"] == 64)]["kept"].iloc[0]
+    assert far == 0  # 56+ tokens back, past the window and not a sink
+    assert frame[(frame["query"] == 120) & (frame["key"] == 0)]["kept"].iloc[0] == pytest.approx(2 / 8)  # sinks
+    assert "Attended share [%]" in results.summary_rows(exp)[1]
+    at = page("pages/1_LLM_Lab.py", experiment=str(exp_id))
+    assert not at.exception and not at.error
+    assert "Sparse attention" in all_text(at)

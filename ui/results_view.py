@@ -9,6 +9,7 @@ from lab.views.diffusion import is_diffusion
 from ui.diffusion_view import show_diffusion_views
 from ui.kv_cache_view import show_kv_views
 from ui.quantization_view import show_quantization_views
+from ui.sparse_attention_view import show_sparse_attention_views
 from ui.speculative_view import show_speculative_views
 
 
@@ -48,6 +49,7 @@ def show_experiment(exp) -> None:
     show_kv_views(exp)
     show_speculative_views(exp)
     show_quantization_views(exp)
+    show_sparse_attention_views(exp)
     _outputs_side_by_side(exp)
 
 

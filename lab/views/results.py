@@ -19,6 +19,7 @@ SUMMARY_METRICS = ["speedup", "decode_speedup", "prefill_speedup", "s_per_image"
                    "mean_accepted", "tokens_per_forward", "draft_ms", "verify_ms", "peak_mem_mb", "mem_rise_mb",
                    "weight_mb", "calibration_s", "kv_cache_mb", "draft_kv_mb", "kv_compression", "answer_accuracy",
                    "agreement", "answer_similarity", "exact_match", "first_divergence", "perplexity"]
+NOT_SUMMARISED = ("new_tokens", "images_per_s")  # shown as TPOT/latency and s/image; technique metrics all show
 RATIOS = ("speedup", "decode_speedup", "prefill_speedup")  # paired ratios to the baseline: 1 = no change
 MIN_PAIRS = 3  # fewer paired ratios than this cannot tell a change from the machine's noise
 
@@ -65,10 +66,14 @@ def summary_rows(exp: Experiment) -> list[dict]:
     cannot be told from noise says so beside the number. Ready for a table."""
     rows = []
     warmup = (exp.spec or {}).get("warmup", 1)
+    stored = {m.name for run in exp.runs for m in run.metrics}
+    # the lab's own metrics in their reading order, then any technique's (a new technique needs no edit here)
+    shown = SUMMARY_METRICS + [n for n in ordered_metric_names(stored)
+                               if n not in SUMMARY_METRICS and n not in NOT_SUMMARISED]
     for run in exp.runs:
         metrics = {m.name: m for m in run.metrics}
         row = {"Variant": run.variant}
-        for name in SUMMARY_METRICS:
+        for name in shown:
             m = metrics.get(name)
             if m is None:
                 continue
