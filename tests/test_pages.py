@@ -287,7 +287,8 @@ def test_llm_lab_quantization_views_outliers_errors_bits_and_budget_curve(stored
     assert curve["weight_mb"].iloc[0] < curve["weight_mb"].iloc[1] and curve["perplexity"].notna().all()
     sq = next(r for r in exp.runs if r.variant == "sq")
     assert {r["bits"] for r in quant.layer_rows(sq)} == {8, 32}
-    assert "Calibration [s]" in results.summary_rows(exp)[1] and "Calibration [s]" not in results.summary_rows(exp)[0]
+    rows = results.summary_rows(exp)
+    assert "Calibration [s]" in rows[1] and "Calibration [s]" not in rows[0]
     assert "calibrated and stored" in sq.environment["calibration"] or "reused" in sq.environment["calibration"]
     at = page("pages/1_LLM_Lab.py", experiment=str(stored_quantization))
     assert not at.exception and not at.error
