@@ -88,6 +88,11 @@ _DEFS = [
               "quality", share=True),
     MetricDef("image_exact", "Identical images", "%", "Diffusion: share of images equal to the baseline's bit for "
               "bit (float32, before quantising to pixels).", True, "quality", share=True),
+    MetricDef("attention_share", "Attention share", "%", "Share of a dense prefill of the workload's first input "
+              "spent in the attention op (SDPA over q, k, v), measured once after the timed runs on the baseline "
+              "model; the same for every row.", None),
+    MetricDef("amdahl_ceiling", "Ceiling", "x", "The prefill speedup a pattern cannot pass: 1 / (1 - s (1 - a)) "
+              "with s the attention share and a the attended share; free attention gives 1 / (1 - s).", None),
     MetricDef("calibration_s", "Calibration", "s", "Time a technique spent calibrating before the timed runs (or "
               "loading a stored calibration): statistics of held-out text that no workload scores. Never inside a "
               "timed repeat.", False),

@@ -6,11 +6,13 @@ per text window. Each metric keeps every sample; lab/bench/record.py summarises 
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 
 from lab.bench import fidelity
+from lab.bench.attention_profile import amdahl_ceiling, attention_share
 from lab.bench.measure import MB
 from lab.bench.protocol import run_interleaved, scaled
 from lab.bench.similarity import answer_similarity
@@ -40,6 +42,9 @@ def run_llm(spec: Spec, loaded, results, progress) -> None:
     for engine, res in zip(engines, results):
         for t in engine.techniques:
             res.record(t.run_metrics())
+    if any(t.slot == "attention" for engine in engines for t in engine.techniques):
+        progress(0.95, "attention's share of the prefill")
+        _record_attention_ceiling(spec, loaded, engines, results)
     _score_agreement(results)
     _score_similarity(results)
     _score_answers(results)
@@ -52,6 +57,19 @@ def _record_preparation(res, engine) -> None:
         res.environment["calibration"] = f"{'; '.join(engine.calibration.notes)}: {engine.calibration.source}"
     for t in engine.techniques:
         res.details.update(t.details())
+
+
+def _record_attention_ceiling(spec, loaded, engines, results) -> None:
+    """Attention's share of the baseline's prefill of the first input, and each variant's Amdahl ceiling."""
+    if spec.workload == "perplexity":
+        ids = perplexity_windows(loaded.tokenizer, spec.perplexity_window, spec.perplexity_window)[0]
+    else:
+        item = _items(spec, loaded.tokenizer)[0]
+        ids = item.prompt_ids + (item.question_ids or [])
+    share = attention_share(engines[0], ids)
+    for res in results:
+        attended = statistics.median(res.samples["attended_share"]) / 100 if res.samples.get("attended_share") else 1
+        res.record({"attention_share": 100 * share, "amdahl_ceiling": amdahl_ceiling(share, attended)})
 
 
 def _items(spec, tokenizer):
