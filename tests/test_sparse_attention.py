@@ -111,3 +111,16 @@ def test_the_flex_kernel_computes_what_the_masked_reference_computes(tiny):
     got = all_logits(Engine(model, tok, flex), ids)
     torch.testing.assert_close(got, all_logits(Engine(model, tok, reference), ids), rtol=1e-4, atol=1e-4)
     assert flex[0].run_metrics()["compile_s"] > 0 and reference[0].run_metrics() == {}
+
+
+def test_the_perplexity_workload_reports_the_attended_share_of_its_windows(tiny_spec):
+    from lab.bench import run
+    spec = validate({**tiny_spec, "workload": "perplexity", "perplexity_tokens": 96, "perplexity_window": 48,
+                     "repeats": 1, "warmup": 0, "variants": [
+                         {"name": "w8", "techniques": [{"name": "sink_window", "n_sink": 1, "window": 8,
+                                                        "kernel": "sdpa_mask"}]}]})
+    by_name = {r.name: r for r in run.execute(spec)}
+    expected = 100 * int(slow_keep(48, 1, 8).sum()) / (48 * 49 // 2)
+    assert by_name["w8"].samples["attended_share"] == [pytest.approx(expected)]
+    assert by_name["w8"].samples["amdahl_ceiling"][0] > 1
+    assert by_name["baseline"].samples["amdahl_ceiling"] == [pytest.approx(1.0)]

@@ -67,7 +67,11 @@ def _record_attention_ceiling(spec, loaded, engines, results) -> None:
         item = _items(spec, loaded.tokenizer)[0]
         ids = item.prompt_ids + (item.question_ids or [])
     share = attention_share(engines[0], ids)
-    for res in results:
+    for engine, res in zip(engines, results):
+        pattern = engine.slots.get("attention")
+        if pattern is not None and hasattr(pattern, "attended_share") and not res.samples.get("attended_share"):
+            # the perplexity workload makes no generations to measure: its timed forwards are whole windows
+            res.record({"attended_share": pattern.attended_share(len(ids))})
         attended = statistics.median(res.samples["attended_share"]) / 100 if res.samples.get("attended_share") else 1
         res.record({"attention_share": 100 * share, "amdahl_ceiling": amdahl_ceiling(share, attended)})
 
