@@ -36,17 +36,26 @@ class FlexPattern:
         self.causal_keep, self.block_size = causal_keep, block_size
         self.compiled_shapes: set = set()
         self.compile_seconds = 0.0
+        self._mask_for, self._mask = None, None  # the last BlockMask and the (queries, keys, device) it is for
+
+    def block_mask(self, queries: int, keys: int, device):
+        """The pattern's BlockMask for queries at the last positions of `keys`; every layer of one forward asks
+        for the same one, and building it costs ~0.5 s at 8k tokens, so the last one is kept."""
+        if self._mask_for != (queries, keys, device):
+            offset = torch.tensor(keys - queries, device=device)  # a tensor: a new offset is no new kernel
+
+            def mask_mod(_b, _h, q_idx, kv_idx):
+                return self.causal_keep(q_idx + offset, kv_idx)
+
+            self._mask = create_block_mask(mask_mod, None, None, queries, keys, device=device,
+                                           BLOCK_SIZE=self.block_size)
+            self._mask_for = (queries, keys, device)
+        return self._mask
 
     def __call__(self, query, key, value, scaling=None) -> torch.Tensor:
         """Attention output [batch, queries, heads, dim] for queries at the last positions of the keys."""
         queries, keys = query.shape[2], key.shape[2]
-        offset = torch.tensor(keys - queries, device=query.device)  # a tensor: a new offset is no new kernel
-
-        def mask_mod(_b, _h, q_idx, kv_idx):
-            return self.causal_keep(q_idx + offset, kv_idx)
-
-        block_mask = create_block_mask(mask_mod, None, None, queries, keys, device=query.device,
-                                       BLOCK_SIZE=self.block_size)
+        block_mask = self.block_mask(queries, keys, query.device)
         shape = (queries, keys, query.dtype, query.shape[1], key.shape[1])
         start = time.perf_counter()
         out = _kernel()(query, key, value, block_mask=block_mask, scale=scaling,
