@@ -48,26 +48,40 @@ class StaticPattern(AttentionTechnique):
         return self.keep(q_pos, k_pos) & (k_pos <= q_pos)
 
     def attend(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        # lazy: torch and transformers load only when a technique runs; pages import every technique
-        import torch
+        # lazy: transformers loads only when a technique runs; pages import every technique
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         queries, keys = query.shape[2], key.shape[2]
-        q_pos = torch.arange(keys - queries, keys, device=query.device)[:, None]
-        k_pos = torch.arange(keys, device=query.device)[None, :]
-        kept = self.causal_keep(q_pos, k_pos)
-        if int(kept.sum()) == causal_pairs(keys - queries, keys):  # nothing skipped: exactly dense attention
+        if self._covers_all(queries, keys):  # nothing skipped: exactly dense attention
             return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                           dropout=dropout, **kwargs)
         if self.kernel == "flex" and queries > 1:
-            # batch 1 (batchable is False), no padding: the model's own mask is the causal one kept already holds
+            # batch 1 (batchable is False), no padding: the model's own mask is the causal one the pattern keeps
             return self._flex()(query, key, value, scaling), None
+        kept = self._kept(queries, keys, query.device)
         mask = kept[None, None]
         if attention_mask is not None:  # padding the model's own mask excludes stays excluded
             mask = mask & attention_mask[:, :, -queries:, :keys].bool()
         kwargs.pop("is_causal", None)
         return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout,
                                       is_causal=False, **kwargs)
+
+    def _kept(self, queries: int, keys: int, device):
+        """The pattern's causal mask [queries, keys] for queries at the last positions of the keys."""
+        # lazy: torch loads only when a technique runs
+        import torch
+
+        q_pos = torch.arange(keys - queries, keys, device=device)[:, None]
+        return self.causal_keep(q_pos, torch.arange(keys, device=device)[None, :])
+
+    def _covers_all(self, queries: int, keys: int) -> bool:
+        """Whether the pattern keeps every causal pair of this shape. Every layer of a forward asks the same
+        question, and at 8k tokens the mask it is read from holds 64M entries, so each answer is kept."""
+        known = self.__dict__.setdefault("_coverage", {})
+        if (queries, keys) not in known:
+            kept = int(self._kept(queries, keys, "cpu").sum())
+            known[queries, keys] = kept == causal_pairs(keys - queries, keys)
+        return known[queries, keys]
 
     def _flex(self):
         # lazy: torch.compile and flex attention load only when a pattern runs
