@@ -273,7 +273,8 @@ def test_diffusion_form_submits_every_preset_whole_after_another_one(preset):
 
 
 @pytest.fixture
-def stored_quantization(tiny_spec, data_in_tmp):    return run_and_store({**tiny_spec, "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
+def stored_quantization(tiny_spec, data_in_tmp):
+    return run_and_store({**tiny_spec, "repeats": 1, "warmup": 0, "max_new_tokens": 4, "variants": [
         {"name": "sq", "techniques": [{"name": "smoothquant", "alpha": 0.5, "float_layers": 2}]},
         {"name": "budget small", "techniques": [{"name": "weight_budget", "budget_mb": 0.1, "group_size": 32}]},
         {"name": "budget large", "techniques": [{"name": "weight_budget", "budget_mb": 0.3, "group_size": 32}]}]})
@@ -322,3 +323,26 @@ def test_llm_lab_draws_the_mask_of_a_sparse_pattern(tiny_spec, data_in_tmp):
     at = page("pages/1_LLM_Lab.py", experiment=str(exp_id))
     assert not at.exception and not at.error
     assert "Sparse attention" in all_text(at)
+    assert len(at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")) >= 2  # the mask beside dense attention
+    at.selectbox(key="sparse_head").set_value(3).run()
+    assert not at.exception
+
+
+def test_the_mask_of_a_layer_and_head_sits_beside_the_dense_attention_of_the_same_text(tiny_spec, data_in_tmp):
+    import numpy as np
+
+    from lab.views import sparse_attention as sparse
+    exp_id = run_and_store({**tiny_spec, "repeats": 1, "warmup": 0, "max_new_tokens": 2, "variants": [
+        {"name": "window 8", "techniques": [{"name": "sink_window", "n_sink": 2, "window": 8,
+                                              "kernel": "sdpa_mask"}]},
+        {"name": "top-k", "techniques": [{"name": "block_topk", "top_k": 0, "block_size": 64}]}]})
+    exp = results.load_experiment(exp_id)
+    window = next(r for r in exp.runs if r.variant == "window 8")
+    assert sparse.map_choices(exp, window) == ([0, 1], 4)  # the tiny Llama: 2 layers, 4 query heads
+    frame = sparse.maps_frame(exp, window, 1, 3)
+    length = sparse.recorded_maps(window)["length"]
+    assert frame.groupby("query")["dense"].sum().to_numpy() == pytest.approx(np.ones(min(64, length)), abs=1e-2)
+    by_knobs = sparse.mask_frame(window, length, cells=64)  # the static pattern from its knobs, same cells
+    assert frame["kept"].to_numpy() == pytest.approx(by_knobs["kept"].to_numpy(), abs=1e-3, nan_ok=True)
+    top_k = next(r for r in exp.runs if r.variant == "top-k")
+    assert sparse.map_choices(exp, top_k) == ([0, 1], 4)

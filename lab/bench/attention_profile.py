@@ -51,3 +51,92 @@ def attention_share(engine, ids: list[int]) -> float:
 def amdahl_ceiling(share: float, attended: float) -> float:
     """The prefill speedup bound when a fraction `attended` of attention's work remains."""
     return 1.0 / (1.0 - share * (1.0 - attended))
+
+
+MAPPED = "lab_attention_maps"
+
+
+class _Maps:
+    """What the mapping attention records during one prefill (a class: the registered function is global)."""
+    layers: tuple[int, ...] = ()
+    cells: int = 64
+    patterns: dict = {}  # variant name -> pattern technique
+    dense: dict = {}  # layer -> [heads, cells, cells]
+    kept: dict = {}  # (variant, layer) -> [heads, cells, cells]
+
+
+def _mapping_sdpa(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    layer = getattr(module, "layer_idx", 0)
+    if layer in _Maps.layers:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        _Maps.dense[layer] = dense_cells(query, key, scale, _Maps.cells)
+        for name, pattern in _Maps.patterns.items():
+            _Maps.kept[name, layer] = kept_cells(pattern.token_mask(layer, query, key), _Maps.cells)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
+register_attention(MAPPED, _mapping_sdpa, "sdpa")
+
+
+def cell_edges(length: int, cells: int) -> torch.Tensor:
+    return torch.linspace(0, length, min(cells, length) + 1).long()
+
+
+def _reduce_keys(rows: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """[..., keys] -> [..., cells]: sums over each key cell."""
+    running = torch.nn.functional.pad(rows.double().cumsum(-1), (1, 0))
+    return running[..., edges[1:]] - running[..., edges[:-1]]
+
+
+def dense_cells(query: torch.Tensor, key: torch.Tensor, scale: float, cells: int) -> torch.Tensor:
+    """[heads, cells, cells]: the causal softmax attention of each query head, as the mean attention mass a query
+    of a query cell gives to the keys of a key cell. Row by row of cells, so an 8k prefill never holds the whole
+    queries x keys matrix."""
+    heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
+    groups, edges = heads // key.shape[1], cell_edges(queries, cells)
+    k_edges = cell_edges(keys, cells) if queries == keys else edges
+    out = torch.zeros(heads, len(edges) - 1, len(k_edges) - 1)
+    k_pos = torch.arange(keys)
+    for c in range(len(edges) - 1):
+        rows = slice(int(edges[c]), int(edges[c + 1]))
+        q_pos = torch.arange(rows.start, rows.stop) + (keys - queries)
+        for h in range(heads):
+            scores = (query[0, h, rows].float() @ key[0, h // groups].float().T) * scale
+            scores = scores.masked_fill(k_pos[None] > q_pos[:, None], float("-inf"))
+            probs = torch.softmax(scores, -1)
+            out[h, c] = _reduce_keys(probs, k_edges).mean(0).float()
+    return out
+
+
+def kept_cells(mask: torch.Tensor, cells: int) -> torch.Tensor:
+    """[heads, cells, cells]: the share of each cell's causal pairs a [heads|1, queries, keys] mask keeps (NaN
+    where a cell holds no causal pair)."""
+    queries, keys = mask.shape[-2], mask.shape[-1]
+    edges = cell_edges(queries, cells)
+    k_edges = cell_edges(keys, cells) if queries == keys else edges
+    causal = (torch.arange(keys - queries, keys)[:, None] >= torch.arange(keys)[None]).float()
+    out = torch.zeros(mask.shape[0], len(edges) - 1, len(k_edges) - 1)
+    for c in range(len(edges) - 1):
+        rows = slice(int(edges[c]), int(edges[c + 1]))
+        pairs = _reduce_keys(causal[rows], k_edges).sum(0)
+        kept = _reduce_keys(mask[:, rows].float(), k_edges).sum(1)
+        out[:, c] = (kept / pairs).float()  # 0/0 -> NaN: no causal pair in the cell
+    return out
+
+
+@torch.inference_mode()
+def attention_maps(engine, ids: list[int], patterns: dict, layers: tuple[int, ...], cells: int = 64) -> dict:
+    """One dense prefill of `ids` on the baseline engine, recording at `layers` the dense attention (mean mass
+    per cell) and what each pattern keeps of the same queries and keys (share of causal pairs per cell). Returns
+    {"dense": {layer: array}, "kept": {(variant, layer): array}} as float16 numpy arrays."""
+    model, previous = engine.model, engine.model.config._attn_implementation
+    _Maps.layers, _Maps.cells, _Maps.patterns, _Maps.dense, _Maps.kept = tuple(layers), cells, patterns, {}, {}
+    model.set_attn_implementation(MAPPED)
+    try:
+        engine.forward(torch.tensor([ids], device=engine.device), engine.new_cache(), 0)
+    finally:
+        model.set_attn_implementation(previous)
+        for pattern in patterns.values():
+            pattern.forget_calls()  # these calls were no part of any measured run
+    return {"dense": {k: v.half().numpy() for k, v in _Maps.dense.items()},
+            "kept": {k: v.half().numpy() for k, v in _Maps.kept.items()}}

@@ -6,13 +6,14 @@ per text window. Each metric keeps every sample; lab/bench/record.py summarises 
 """
 from __future__ import annotations
 
+import base64
 import statistics
 import time
 
 import torch
 
 from lab.bench import fidelity
-from lab.bench.attention_profile import amdahl_ceiling, attention_share
+from lab.bench.attention_profile import amdahl_ceiling, attention_maps, attention_share
 from lab.bench.measure import MB
 from lab.bench.protocol import run_interleaved, scaled
 from lab.bench.similarity import answer_similarity
@@ -74,6 +75,27 @@ def _record_attention_ceiling(spec, loaded, engines, results) -> None:
             res.record({"attended_share": pattern.attended_share(len(ids))})
         attended = statistics.median(res.samples["attended_share"]) / 100 if res.samples.get("attended_share") else 1
         res.record({"attention_share": 100 * share, "amdahl_ceiling": amdahl_ceiling(share, attended)})
+    _record_attention_maps(loaded, engines, results, ids)
+
+
+def _record_attention_maps(loaded, engines, results, ids: list[int]) -> None:
+    """The page's picture: the dense attention of the first input at three layers (on the baseline) and what
+    each pattern keeps of the same queries and keys, per head, in 64 x 64 cells (float16, base64)."""
+    n_layers = loaded.model.config.num_hidden_layers
+    layers = tuple(sorted({0, n_layers // 2, n_layers - 1}))
+    patterns = {res.name: engine.slots["attention"] for engine, res in zip(engines, results)
+                if hasattr(engine.slots.get("attention"), "token_mask")}
+    maps = attention_maps(engines[0], ids, patterns, layers)
+    results[0].details["attention_maps"] = {"length": len(ids), "layers": list(layers),
+                                            "dense": {str(k): _encoded(v) for k, v in maps["dense"].items()}}
+    for res in results:
+        kept = {str(layer): _encoded(v) for (name, layer), v in maps["kept"].items() if name == res.name}
+        if kept:
+            res.details["attention_maps"] = {"length": len(ids), "layers": list(layers), "kept": kept}
+
+
+def _encoded(array) -> dict:
+    return {"shape": list(array.shape), "float16": base64.b64encode(array.tobytes()).decode()}
 
 
 def _items(spec, tokenizer):

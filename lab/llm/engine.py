@@ -16,15 +16,14 @@ import torch
 from transformers import DynamicCache
 
 from lab.llm.models import load_llm
-from lab.llm.workloads import calibration_windows
 from lab.llm.speculative import AdaptiveK, speculative_generate
+from lab.llm.workloads import calibration_windows
 from lab.ops.calibration import Calibration
 from lab.ops.drafting import NullDrafter
 from lab.ops.generation import Generation
 from lab.ops.nbytes import cache_nbytes, model_bytes
 from lab.ops.sampling import GenerationSettings, sample_next
 from lab.techniques.slots import refuse_unused_slots
-
 
 CALIBRATION_SOURCE = "1,024 tokens of CPython's pydoc topic 'typesmapping' (never scored)"
 
@@ -45,6 +44,9 @@ class Engine:
             model = weights.transform_weights(model, self.calibration)
         elif weights is not None:
             model = weights.transform_weights(model)
+        for t in self.techniques:
+            if t.needs_calibration and t.slot != "weights":
+                t.calibrate(model, self.calibration)
         self.model = model
         self.device = next(model.parameters()).device
         self.eos_ids = _eos_ids(model, tokenizer)

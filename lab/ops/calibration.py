@@ -43,12 +43,9 @@ class Calibration:
         """Per Linear input channel: max |x| ("absmax") and sum of x^2 ("sqsum") over the calibration tokens;
         loaded when stored for these weights and windows, else computed and stored."""
         start = time.perf_counter()
-        path = self._path(model)
+        path = self._path(model, "quant")
         if path.exists():
-            stats = torch.load(path, weights_only=True)
-            self.seconds += time.perf_counter() - start
-            self.notes.append(f"reused {path.name}")
-            return stats
+            return self._reuse(path, start)
         stats: dict[str, dict[str, torch.Tensor]] = {}
 
         def collect(name, _module, rows):
@@ -57,14 +54,55 @@ class Calibration:
             s["sqsum"] += (rows * rows).sum(0).cpu()
 
         self.run(model, collect)
+        self._store(stats, path)
+        return stats
+
+    @torch.inference_mode()
+    def attention_stats(self, model, span: int = 64) -> dict[str, torch.Tensor]:
+        """Where each layer's heads put their attention over the calibration windows: "offsets" [layers, heads,
+        window] the mass at each distance query - key (the slash lines), "columns" [layers, heads, span] the mass
+        on each of the first `span` keys (the vertical lines). Loaded when stored, else computed and stored."""
+        # lazy: the weight-returning attention registers itself with transformers on import
+        from lab.ops.attention import WEIGHTS_ATTENTION
+
+        start = time.perf_counter()
+        path = self._path(model, "sparse")
+        if path.exists():
+            return self._reuse(path, start)
+        offsets, columns = None, None
+        previous = model.config._attn_implementation
+        model.set_attn_implementation(WEIGHTS_ATTENTION)
+        try:
+            device = next(model.parameters()).device
+            for ids in self.windows:
+                out = model(input_ids=torch.tensor([ids], device=device), use_cache=False, output_attentions=True)
+                probs = torch.stack(out.attentions)[:, 0].float().cpu()  # [layers, heads, n, n]
+                n = probs.shape[-1]
+                at = torch.stack([torch.diagonal(probs, -d, 2, 3).sum(-1) for d in range(n)], -1)
+                cols = probs[..., :span].sum(2)
+                offsets = at if offsets is None else offsets[..., :n] + at[..., :offsets.shape[-1]]
+                columns = cols if columns is None else columns + cols
+        finally:
+            model.set_attn_implementation(previous)
+        stats = {"offsets": offsets, "columns": columns}
+        self._store(stats, path)
+        self.seconds += time.perf_counter() - start
+        return stats
+
+    def _reuse(self, path, start: float):
+        stats = torch.load(path, weights_only=True)
+        self.seconds += time.perf_counter() - start
+        self.notes.append(f"reused {path.name}")
+        return stats
+
+    def _store(self, stats, path) -> None:
         tmp = path.with_suffix(".partial")
         torch.save(stats, tmp)
         tmp.replace(path)  # atomic: never a half-written calibration
         self.notes.append(f"calibrated and stored {path.name}")
-        return stats
 
-    def _path(self, model):
-        folder = data_dir() / "cache" / "quant"
+    def _path(self, model, kind: str):
+        folder = data_dir() / "cache" / kind
         folder.mkdir(parents=True, exist_ok=True)
         source = Path(str(getattr(model.config, "name_or_path", "") or "model")).name  # a folder: its last part
         name = re.sub(r"[^\w.-]+", "_", source).strip("_")[-60:]

@@ -44,6 +44,9 @@ class Technique:
     # diffusion: denoiser classes of that architecture it is known to fail on, each with the reason
     unsupported_denoisers: ClassVar[dict[str, str]] = {}
     metrics: ClassVar[tuple[MetricDef, ...]] = ()  # metrics of its own, filled by measure()
+    # True: an LLM run hands it the held-out calibration text (lab/ops/calibration.Calibration) before any timed
+    # run: weights techniques through transform_weights(model, calibration), the others through calibrate()
+    needs_calibration: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -96,6 +99,10 @@ class Technique:
     def conflicts_with(self, other: "Technique") -> str | None:
         """Why this technique cannot run together with `other` (None when it can)."""
         return None
+
+    def calibrate(self, model, calibration) -> None:
+        """Learn what the technique needs from held-out text (needs_calibration), once per variant."""
+        raise NotImplementedError
 
     def details(self) -> dict:
         """What the technique found while preparing a variant (e.g. per-layer errors, bits per layer), stored

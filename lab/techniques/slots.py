@@ -25,10 +25,9 @@ class WeightsTechnique(Technique):
     slot_order: ClassVar[int] = 0
     model_kinds: ClassVar[tuple[str, ...]] = ("llm", "diffusion")
 
-    # True: an LLM run calls transform_weights(model, calibration), where calibration
+    # needs_calibration (Technique): an LLM run calls transform_weights(model, calibration), where calibration
     # (lab/ops/calibration.Calibration) holds held-out text to calibrate on and counts the time spent on it;
-    # False (the default, and every technique written before calibration existed): transform_weights(model)
-    needs_calibration: ClassVar[bool] = False
+    # without it (every technique written before calibration existed): transform_weights(model)
 
     def transform_weights(self, model, calibration=None):
         """A transformed copy of `model` (never `model` itself changed: other variants share it)."""

@@ -1,4 +1,5 @@
-"""A static sparse-attention pattern, kvpress style: a pattern is one function, keep(query_pos, key_pos) -> bool.
+"""Sparse-attention patterns, kvpress style: a static pattern is one function, keep(query_pos, key_pos) -> bool;
+a pattern that differs per layer and head, or is chosen per call (block top-k), gives its mask per call instead.
 
 The cache stays whole (nothing is evicted); each attention call computes only the causal pairs the pattern keeps.
 Query i of a call sits at position (keys - queries + i): the cache holds every earlier token in order, which is
@@ -18,15 +19,16 @@ from lab.techniques.slots import AttentionTechnique
 
 
 @dataclass
-class StaticPattern(AttentionTechnique):
-    """Base of the static patterns: a subclass defines keep(q_pos, k_pos) on broadcastable position tensors."""
+class SparsePattern(AttentionTechnique):
+    """Base of every attention pattern: the kernel knobs, the metrics, and attend(), which asks the subclass for
+    the pattern of one call: token_mask() (the reference path and decode steps) or flex_mask() (prefill)."""
 
     family: ClassVar[str] = "sparse_attention"
     batchable: ClassVar[bool] = False  # a ragged batch's holes shift positions; the pattern needs the true ones
     metrics = (
         metric("attended_share", "Attended share", "%", "Sparse attention: causal query-key pairs the pattern "
                "computes, over all causal pairs of the generation's sequence (prompt and generated tokens), counted "
-               "from the mask; 100 = dense attention.", False),
+               "from the mask, averaged over layers and heads; 100 = dense attention.", False),
         metric("compile_s", "Kernel compile", "s", "Sparse attention: time of the first call of each new shape of "
                "the compiled FlexAttention kernel (compiling included), all made in warm-up, never in a timed "
                "repeat; a few seconds at most when inductor's cache on disk already holds the kernels.", False),
@@ -38,14 +40,25 @@ class StaticPattern(AttentionTechnique):
                             "every pair (the quality reference, no speedup). Decode steps use the mask either way.")
     block_size: int = knob(128, choices=(64, 128, 256), unit="tokens",
                            help="FlexAttention's block: a key block is skipped when the pattern keeps none of its "
-                                "pairs for a query block.")
+                                "pairs for a query block. A length that is no multiple of it is padded by the kernel.")
 
-    def keep(self, q_pos, k_pos):
+    def covers_all(self, queries: int, keys: int) -> bool:
+        """Whether the pattern keeps every causal pair of this call's shape (then attention is dense SDPA)."""
         raise NotImplementedError
 
-    def causal_keep(self, q_pos, k_pos):
-        """The pattern restricted to causal pairs (a key never after its query)."""
-        return self.keep(q_pos, k_pos) & (k_pos <= q_pos)
+    def token_mask(self, layer: int, query, key):
+        """Boolean [heads or 1, queries, keys]: the pairs computed, for queries at the last positions of the keys."""
+        raise NotImplementedError
+
+    def flex_mask(self, layer: int, query, key):
+        """The BlockMask of the same pairs for the FlexAttention kernel."""
+        raise NotImplementedError
+
+    def dense_call(self, queries: int, keys: int, heads: int) -> None:
+        """A call the pattern covered whole (for patterns that count what their calls computed)."""
+
+    def forget_calls(self) -> None:
+        """Drop what was counted of calls outside a measured run (the page's attention maps)."""
 
     def attend(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         # lazy: transformers loads only when a technique runs; pages import every technique
@@ -53,34 +66,25 @@ class StaticPattern(AttentionTechnique):
 
         queries, keys = query.shape[2], key.shape[2]
         if self._covers_all(queries, keys):  # nothing skipped: exactly dense attention
+            self.dense_call(queries, keys, query.shape[1])
             return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                           dropout=dropout, **kwargs)
+        layer = getattr(module, "layer_idx", 0)
         if self.kernel == "flex" and queries > 1:
             # batch 1 (batchable is False), no padding: the model's own mask is the causal one the pattern keeps
-            return self._flex()(query, key, value, scaling), None
-        kept = self._kept(queries, keys, query.device)
-        mask = kept[None, None]
+            return self._flex()(query, key, value, self.flex_mask(layer, query, key), scaling), None
+        mask = self.token_mask(layer, query, key)[None]
         if attention_mask is not None:  # padding the model's own mask excludes stays excluded
             mask = mask & attention_mask[:, :, -queries:, :keys].bool()
         kwargs.pop("is_causal", None)
         return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout,
                                       is_causal=False, **kwargs)
 
-    def _kept(self, queries: int, keys: int, device):
-        """The pattern's causal mask [queries, keys] for queries at the last positions of the keys."""
-        # lazy: torch loads only when a technique runs
-        import torch
-
-        q_pos = torch.arange(keys - queries, keys, device=device)[:, None]
-        return self.causal_keep(q_pos, torch.arange(keys, device=device)[None, :])
-
     def _covers_all(self, queries: int, keys: int) -> bool:
-        """Whether the pattern keeps every causal pair of this shape. Every layer of a forward asks the same
-        question, and at 8k tokens the mask it is read from holds 64M entries, so each answer is kept."""
+        """covers_all(), asked by every layer of a forward with the same shape, so each answer is kept."""
         known = self.__dict__.setdefault("_coverage", {})
         if (queries, keys) not in known:
-            kept = int(self._kept(queries, keys, "cpu").sum())
-            known[queries, keys] = kept == causal_pairs(keys - queries, keys)
+            known[queries, keys] = self.covers_all(queries, keys)
         return known[queries, keys]
 
     def _flex(self):
@@ -88,24 +92,12 @@ class StaticPattern(AttentionTechnique):
         from lab.ops.flex import FlexPattern
 
         if getattr(self, "_flex_pattern", None) is None:
-            self._flex_pattern = FlexPattern(self.causal_keep, self.block_size)
+            self._flex_pattern = FlexPattern(self.block_size)
         return self._flex_pattern
 
     def run_metrics(self) -> dict[str, float]:
         flex = getattr(self, "_flex_pattern", None)
         return {"compile_s": flex.compile_seconds} if flex is not None else {}
-
-    def attended_share(self, length: int) -> float:
-        """Percent of the causal pairs of a `length`-token sequence the pattern keeps."""
-        # lazy: torch loads only when a technique runs
-        import torch
-
-        pos = torch.arange(length)
-        return 100.0 * int(self.causal_keep(pos[:, None], pos[None, :]).sum()) / causal_pairs(0, length)
-
-    def measure(self, output) -> dict[str, float]:
-        # every token but the last generated one was fed through the attention
-        return {"attended_share": self.attended_share(output.prompt_len + max(len(output.token_ids) - 1, 0))}
 
     def conflicts_with(self, other) -> str | None:
         if getattr(other, "compression_ratio", None) is not None:
@@ -127,6 +119,47 @@ class StaticPattern(AttentionTechnique):
         if getattr(config, "rope_theta", None) is None and not getattr(config, "rope_parameters", None):
             raise SpecError(f"technique '{self.name}': {type(model).__name__} has no rotary position embedding; "
                             f"the patterns are written for RoPE attention (Llama, Mistral, Qwen2, SmolLM2)")
+
+
+@dataclass
+class StaticPattern(SparsePattern):
+    """A pattern every layer and head shares: a subclass defines keep(q_pos, k_pos) on broadcastable positions."""
+
+    def keep(self, q_pos, k_pos):
+        raise NotImplementedError
+
+    def causal_keep(self, q_pos, k_pos):
+        """The pattern restricted to causal pairs (a key never after its query)."""
+        return self.keep(q_pos, k_pos) & (k_pos <= q_pos)
+
+    def token_mask(self, layer: int, query, key):
+        return self._kept(query.shape[2], key.shape[2], query.device)[None]
+
+    def flex_mask(self, layer: int, query, key):
+        return self._flex().static_mask(self.causal_keep, query.shape[2], key.shape[2], query.device)
+
+    def _kept(self, queries: int, keys: int, device):
+        """The pattern's causal mask [queries, keys] for queries at the last positions of the keys."""
+        # lazy: torch loads only when a technique runs
+        import torch
+
+        q_pos = torch.arange(keys - queries, keys, device=device)[:, None]
+        return self.causal_keep(q_pos, torch.arange(keys, device=device)[None, :])
+
+    def covers_all(self, queries: int, keys: int) -> bool:
+        return int(self._kept(queries, keys, "cpu").sum()) == causal_pairs(keys - queries, keys)
+
+    def attended_share(self, length: int) -> float:
+        """Percent of the causal pairs of a `length`-token sequence the pattern keeps."""
+        # lazy: torch loads only when a technique runs
+        import torch
+
+        pos = torch.arange(length)
+        return 100.0 * int(self.causal_keep(pos[:, None], pos[None, :]).sum()) / causal_pairs(0, length)
+
+    def measure(self, output) -> dict[str, float]:
+        # every token but the last generated one was fed through the attention
+        return {"attended_share": self.attended_share(output.prompt_len + max(len(output.token_ids) - 1, 0))}
 
 
 def causal_pairs(start: int, end: int) -> int:

@@ -1,0 +1,77 @@
+"""Block top-k attention (Quest's page selection, MInference's block-sparse pattern, HiP's pruning in one step):
+per query block, keep the key blocks with the highest estimated score, plus the sink block and the most recent
+ones. The choice is made per call, per layer and head, from the call's own queries and keys, so a needle far back
+in the context can still be found, which a fixed window cannot do."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.techniques.base import knob
+from lab.techniques.sparse_attention.base import SparsePattern, causal_pairs
+
+
+@dataclass
+class BlockTopK(SparsePattern):
+    name = "block_topk"
+    title = "Block top-k attention"
+    summary = ("Each query block scores every earlier key block by the product of their mean query and mean key "
+               "(the block's average logit) and attends to the top_k best, plus the first block (attention sinks) "
+               "and the most recent blocks; chosen again at every call, per layer and head. The KV cache stays "
+               "whole; decode steps choose per token.")
+    paper = ("Tang et al., Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference, ICML 2024 "
+             "(arXiv:2406.10774); Jiang et al., MInference 1.0, NeurIPS 2024 (arXiv:2407.02490); Lee et al., HiP "
+             "Attention (arXiv:2406.09827)")
+
+    top_k: int = knob(8, min=0, max=4096, unit="blocks",
+                      help="Key blocks each query block keeps by estimated score, beyond the sink block and the "
+                           "most recent blocks (block_size tokens each).")
+
+    def covers_all(self, queries: int, keys: int) -> bool:
+        # every query block keeps at least one forced block and top_k more: with so few blocks, all of them
+        return -(-keys // self.block_size) <= self.top_k + 1
+
+    def _select(self, query, key):
+        # lazy: torch loads only when a technique runs
+        from lab.ops.block_select import select_blocks
+
+        blocks = select_blocks(query, key, self.block_size, self.top_k)
+        self._count(blocks.kept_pairs(), causal_pairs(key.shape[2] - query.shape[2], key.shape[2]) * query.shape[1])
+        return blocks
+
+    def dense_call(self, queries: int, keys: int, heads: int) -> None:
+        pairs = causal_pairs(keys - queries, keys) * heads
+        self._count(pairs, pairs)
+
+    def forget_calls(self) -> None:
+        self.__dict__.pop("_counts", None)
+
+    def _count(self, kept: int, causal: int) -> None:
+        counts = self.__dict__.setdefault("_counts", [0, 0])  # kept and causal pairs since the last reading
+        counts[0] += kept
+        counts[1] += causal
+
+    def token_mask(self, layer: int, query, key):
+        # lazy: torch loads only when a technique runs
+        from lab.ops.block_select import token_mask
+
+        return token_mask(self._select(query, key), query.shape[2], key.shape[2], self.block_size)
+
+    def flex_mask(self, layer: int, query, key):
+        # lazy: torch loads only when a technique runs
+        from lab.ops.flex import blocks_to_mask, causal_mod
+
+        queries, keys = query.shape[2], key.shape[2]
+        blocks = self._select(query, key)
+        return blocks_to_mask(blocks.partial, blocks.full, causal_mod(keys - queries), self.block_size, queries,
+                              keys)
+
+    def _measured_share(self) -> float:
+        """Percent of causal pairs kept by the calls since the last reading (dense calls count in full)."""
+        kept, total = self.__dict__.pop("_counts", [0, 0])
+        return 100.0 * kept / total if total else 100.0
+
+    def attended_share(self, length: int) -> float:
+        return self._measured_share()
+
+    def measure(self, output) -> dict[str, float]:
+        return {"attended_share": self._measured_share()}
