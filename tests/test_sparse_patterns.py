@@ -34,27 +34,41 @@ def all_logits(engine, ids):
         return engine.forward(torch.tensor([ids]), cache, 0, logits_to_keep=0)[0].float()
 
 
-def slow_block_topk(query, key, block, top_k):
-    """Block top-k pair by pair: query block i keeps key block j when j is 0, crosses i's causal diagonal, is the
-    last block wholly before i's first query, or is among the top_k other wholly-before blocks by the mean of all
-    q.k scores between the two blocks."""
+def slow_block_topk(query, key, block, top_k, score="mean", window=1, coverage=0.0):
+    """Block top-k pair by pair: query block i keeps key block j when j is 0, crosses i's causal diagonal, is
+    wholly before i's first query and holds one of the `window` keys before it, or is among the top_k other
+    wholly-before blocks by score: "mean", the mean of all q.k scores between the two blocks; "max", the largest
+    score of the block's mean query with one of its keys; "mass", the softmax attention of the block's mean query
+    (over the keys up to its last query) summed over the block's keys. With coverage, blocks are taken best first
+    only while the mass kept (forced blocks included) is below coverage."""
     heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
     offset, groups = keys - queries, heads // key.shape[1]
     keep = torch.zeros(heads, queries, keys, dtype=torch.bool)
+    n_blocks = math.ceil(keys / block)
     for h in range(heads):
         for i in range(math.ceil(queries / block)):
-            q_rows = range(i * block, min((i + 1) * block, queries))
+            q_rows = list(range(i * block, min((i + 1) * block, queries)))
             first, last = offset + q_rows[0], offset + q_rows[-1]
-            whole = [j for j in range(math.ceil(keys / block)) if min((j + 1) * block, keys) - 1 <= first]
-            crossing = [j for j in range(math.ceil(keys / block)) if j * block <= last and j not in whole]
-            forced = set(crossing) | {0} | ({whole[-1]} if whole else set())
-            score = {}
-            for j in whole:
-                if j not in forced:
-                    k_rows = range(j * block, min((j + 1) * block, keys))
-                    pair_scores = query[0, h, list(q_rows)] @ key[0, h // groups, list(k_rows)].T
-                    score[j] = float(pair_scores.mean())
-            chosen = forced | set(sorted(score, key=score.get, reverse=True)[:top_k])
+            whole = [j for j in range(n_blocks) if min((j + 1) * block, keys) - 1 <= first]
+            crossing = [j for j in range(n_blocks) if j * block <= last and j not in whole]
+            recent = {j for j in whole if min((j + 1) * block, keys) - 1 >= first - window}
+            forced = set(crossing) | {0} | recent
+            mean_query = query[0, h, q_rows].mean(0)
+            probs = torch.softmax(mean_query @ key[0, h // groups, :last + 1].T * query.shape[-1] ** -0.5, -1)
+            scores = {}
+            for j in range(n_blocks):
+                k_rows = list(range(j * block, min((j + 1) * block, keys)))
+                if score == "mean":
+                    scores[j] = float((query[0, h, q_rows] @ key[0, h // groups, k_rows].T).mean())
+                elif score == "max":
+                    scores[j] = float((mean_query @ key[0, h // groups, k_rows].T).max())
+                else:
+                    scores[j] = float(probs[[r for r in k_rows if r <= last]].sum())
+            chosen, kept = set(forced), sum(scores[j] for j in forced)
+            for j in sorted((j for j in whole if j not in forced), key=scores.get, reverse=True):
+                if len(chosen - forced) < top_k and (coverage == 0 or kept < coverage):
+                    chosen.add(j)
+                    kept += scores[j]
             for r in q_rows:
                 for j in chosen:
                     for c in range(j * block, min((j + 1) * block, keys)):
@@ -62,13 +76,16 @@ def slow_block_topk(query, key, block, top_k):
     return keep
 
 
-@pytest.mark.parametrize("queries,keys", [(40, 40), (1, 37), (5, 37), (33, 33)])
-def test_block_topk_keeps_the_blocks_its_definition_names(queries, keys):
+@pytest.mark.parametrize("score,window,top_k,coverage", [("mean", 1, 2, 0), ("max", 1, 2, 0), ("mean", 12, 2, 0),
+                                                         ("mass", 1, 2, 0), ("mass", 1, 4, 0.5), ("mass", 1, 4, 0.8)])
+@pytest.mark.parametrize("queries,keys", [(40, 40), (1, 37), (5, 37), (33, 33), (64, 64)])
+def test_block_topk_keeps_the_blocks_its_definition_names(queries, keys, score, window, top_k, coverage):
     torch.manual_seed(queries + keys)
-    query, key = torch.randn(1, 4, queries, 8), torch.randn(1, 2, keys, 8)
-    got = token_mask(select_blocks(query, key, 8, 2), queries, keys, 8)
-    assert torch.equal(got, slow_block_topk(query, key, 8, 2))
-    assert select_blocks(query, key, 8, 2).kept_pairs() == int(got.sum())
+    query, key = torch.randn(1, 4, queries, 8) * 2, torch.randn(1, 2, keys, 8)
+    blocks = select_blocks(query, key, 8, top_k, score, window, coverage)
+    got = token_mask(blocks, queries, keys, 8)
+    assert torch.equal(got, slow_block_topk(query, key, 8, top_k, score, window, coverage))
+    assert blocks.kept_pairs() == int(got.sum())
 
 
 def test_block_topk_with_every_block_is_dense_attention_exactly(tiny):
@@ -86,8 +103,8 @@ def test_block_topk_flex_kernel_matches_the_masked_reference_and_fewer_blocks_at
     dense = all_logits(Engine(model, tok), ids)
     shares = []
     for top_k in (3, 1, 0):
-        flex = technique("block_topk", top_k=top_k, block_size=64)
-        reference = technique("block_topk", top_k=top_k, block_size=64, kernel="sdpa_mask")
+        flex = technique("block_topk", top_k=top_k, block_size=64, window=1)
+        reference = technique("block_topk", top_k=top_k, block_size=64, window=1, kernel="sdpa_mask")
         got = all_logits(Engine(model, tok, flex), ids)
         torch.testing.assert_close(got, all_logits(Engine(model, tok, reference), ids), rtol=1e-4, atol=1e-4)
         assert not torch.allclose(got, dense, atol=1e-4)
@@ -185,3 +202,13 @@ def test_a_block_size_the_kernel_does_not_offer_is_refused_with_the_allowed_ones
         validate({**tiny_spec, "variants": [{"techniques": [{"name": "block_topk", "block_size": 100}]}]})
     with pytest.raises(SpecError, match=r"slashes.*allowed|slashes.*between|slashes.*<= 512|slashes.*512"):
         validate({**tiny_spec, "variants": [{"techniques": [{"name": "vertical_slash", "slashes": 1000}]}]})
+
+
+def test_a_lower_coverage_keeps_fewer_blocks_and_the_technique_refuses_coverage_without_mass():
+    from lab.errors import SpecError
+    torch.manual_seed(0)
+    query, key = torch.randn(1, 4, 128, 8) * 2, torch.randn(1, 2, 128, 8)
+    kept = [select_blocks(query, key, 8, 16, "mass", 1, c).kept_pairs() for c in (0.0, 0.95, 0.5)]
+    assert kept[0] > kept[1] > kept[2]
+    with pytest.raises(SpecError, match='coverage 0.5 needs score = "mass"'):
+        technique("block_topk", coverage=0.5)

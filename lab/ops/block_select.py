@@ -58,31 +58,55 @@ def causal_layout(queries: int, keys: int, block: int):
     return visible, whole, pairs
 
 
-def select_blocks(query: torch.Tensor, key: torch.Tensor, block: int, top_k: int) -> Blocks:
-    """For every query head and query block: the sink block (0), the blocks crossing the diagonal, the last whole
-    block before them, and the top_k other whole blocks by estimated score."""
-    q_heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
-    visible, whole, pairs = causal_layout(queries, keys, block)
-    groups = q_heads // key.shape[1]
+def block_scores(query: torch.Tensor, key: torch.Tensor, block: int, score: str) -> torch.Tensor:
+    """[q_heads, query_blocks, key_blocks]: "mean", the block's average logit mean(q) . mean(k); "max", the
+    largest logit of the query block's mean query with any key of the block, which a single strong key (a
+    needle) cannot hide behind its block's average; "mass", the attention the mean query gives the block
+    (softmax over the keys up to the query block's last query, summed per key block: FlexPrefill's estimate)."""
+    groups = query.shape[1] // key.shape[1]  # each KV head serves `groups` query heads
     q_means = block_means(query[0], block)  # [q_heads, query_blocks, dim]
-    k_means = block_means(key[0], block).repeat_interleave(groups, 0)  # each KV head serves `groups` query heads
-    scores = q_means @ k_means.transpose(1, 2)  # [q_heads, query_blocks, key_blocks]
+    if score == "mean":
+        k_means = block_means(key[0], block).repeat_interleave(groups, 0)
+        return q_means @ k_means.transpose(1, 2)
+    queries, keys = query.shape[2], key.shape[2]
+    logits = q_means @ key[0].float().repeat_interleave(groups, 0).transpose(1, 2)  # [q_heads, q_blocks, keys]
+    if score == "mass":
+        q_last = torch.clamp((keys - queries) + torch.arange(0, queries, block) + block - 1, max=keys - 1)
+        future = torch.arange(keys)[None] > q_last[:, None]
+        probs = torch.softmax((logits * query.shape[-1] ** -0.5).masked_fill(future[None], float("-inf")), -1)
+        return torch.nn.functional.pad(probs, (0, -keys % block)).view(*probs.shape[:2], -1, block).sum(-1)
+    padded = torch.nn.functional.pad(logits, (0, -keys % block), value=float("-inf"))
+    return padded.view(*logits.shape[:2], -1, block).amax(-1)
+
+
+def select_blocks(query: torch.Tensor, key: torch.Tensor, block: int, top_k: int, score: str = "mean",
+                  window: int = 1, coverage: float = 0.0) -> Blocks:
+    """For every query head and query block: the sink block (0), the blocks crossing the diagonal, the whole blocks
+    reaching into the `window` tokens before the block's first query (at least the last one), and up to top_k
+    other whole blocks, best estimated score first. With `coverage` (score "mass"), a head takes the next best
+    block only while the estimated mass of what it keeps is below coverage, so a local head keeps few blocks and a
+    head that looks far keeps many (FlexPrefill's query-aware budget)."""
+    queries, keys = query.shape[2], key.shape[2]
+    visible, whole, pairs = causal_layout(queries, keys, block)
+    scores = block_scores(query, key, block, score)
 
     crossing = visible & ~whole
-    last_whole = torch.zeros_like(whole)
-    rows = torch.arange(whole.shape[0])
-    n_whole = whole.sum(1)
-    last_whole[rows[n_whole > 0], n_whole[n_whole > 0] - 1] = True
-    forced = crossing | last_whole
+    q_first = (keys - queries) + torch.arange(0, queries, block)
+    k_last = torch.clamp(torch.arange(0, keys, block) + block - 1, max=keys - 1)
+    recent = whole & (k_last[None] >= q_first[:, None] - max(window, 1))
+    forced = crossing | recent
     forced[:, 0] |= visible[:, 0]
     candidates = whole & ~forced
-    scores = scores.masked_fill(~candidates[None], float("-inf"))
     chosen = forced[None].expand_as(scores).clone()
-    k = min(top_k, scores.shape[-1])
-    if k > 0:
-        best = scores.topk(k, dim=-1)
-        chosen.scatter_(-1, best.indices, best.values > float("-inf"))
-        chosen |= forced[None]
+    ranked = scores.masked_fill(~candidates[None], float("-inf")).sort(-1, descending=True)
+    rank = torch.arange(scores.shape[-1])
+    take = (ranked.values > float("-inf")) & (rank < top_k)
+    if coverage > 0:
+        # mass kept before the block of each rank is taken: the forced blocks' and the better-ranked ones'
+        kept_before = (scores * forced).sum(-1, keepdim=True) + ranked.values.clamp(min=0).cumsum(-1) \
+            - ranked.values.clamp(min=0)
+        take &= kept_before < coverage
+    chosen.scatter_(-1, ranked.indices, take | chosen.gather(-1, ranked.indices))
     return Blocks(partial=chosen & crossing[None], full=chosen & whole[None], pairs=pairs)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab.errors import SpecError
 from lab.techniques.base import knob
 from lab.techniques.sparse_attention.base import SparsePattern, causal_pairs
 
@@ -25,16 +26,34 @@ class BlockTopK(SparsePattern):
     top_k: int = knob(8, min=0, max=4096, unit="blocks",
                       help="Key blocks each query block keeps by estimated score, beyond the sink block and the "
                            "most recent blocks (block_size tokens each).")
+    window: int = knob(128, min=1, max=1_000_000, unit="tokens",
+                       help="Recent tokens always attended: every key block reaching into the window before a query "
+                            "block's first query is kept besides the top_k.")
+    score: str = knob("mean", choices=("mean", "max", "mass"),
+                      help="How a query block scores a key block: mean, the product of their mean query and mean "
+                           "key (the block's average logit); max, the largest logit of the mean query with any key "
+                           "of the block (a single strong key counts); mass, the attention the mean query gives "
+                           "the block (softmax over the keys).")
+    coverage: float = knob(0.0, min=0.0, max=1.0,
+                           help="With score mass: a head stops taking blocks once the estimated attention mass of "
+                                "what it keeps reaches this share (top_k stays the most it takes); 0 = always top_k.")
+
+    def check(self) -> None:
+        if self.coverage > 0 and self.score != "mass":
+            raise SpecError(f"technique '{self.name}': coverage {self.coverage} needs score = \"mass\" (an "
+                            f"attention share to add up), not score = \"{self.score}\"; allowed: coverage 0 with "
+                            f"any score, or score \"mass\"")
 
     def covers_all(self, queries: int, keys: int) -> bool:
         # every query block keeps at least one forced block and top_k more: with so few blocks, all of them
-        return -(-keys // self.block_size) <= self.top_k + 1
+        return -(-keys // self.block_size) <= self.top_k + 1 or self.window >= keys
 
     def _select(self, query, key):
         # lazy: torch loads only when a technique runs
         from lab.ops.block_select import select_blocks
 
-        blocks = select_blocks(query, key, self.block_size, self.top_k)
+        blocks = select_blocks(query, key, self.block_size, self.top_k, self.score, self.window,
+                               self.coverage)
         self._count(blocks.kept_pairs(), causal_pairs(key.shape[2] - query.shape[2], key.shape[2]) * query.shape[1])
         return blocks
 
