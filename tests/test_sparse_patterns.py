@@ -40,7 +40,8 @@ def slow_block_topk(query, key, block, top_k, score="mean", window=1, coverage=0
     wholly-before blocks by score: "mean", the mean of all q.k scores between the two blocks; "max", the largest
     score of the block's mean query with one of its keys; "mass", the softmax attention of the block's mean query
     (over the keys up to its last query) summed over the block's keys. With coverage, blocks are taken best first
-    only while the mass kept (forced blocks included) is below coverage."""
+    only while the mass kept (forced blocks included), as a share of the mass beyond the first (sink) block, is
+    below coverage."""
     heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
     offset, groups = keys - queries, heads // key.shape[1]
     keep = torch.zeros(heads, queries, keys, dtype=torch.bool)
@@ -64,9 +65,10 @@ def slow_block_topk(query, key, block, top_k, score="mean", window=1, coverage=0
                     scores[j] = float((mean_query @ key[0, h // groups, k_rows].T).max())
                 else:
                     scores[j] = float(probs[[r for r in k_rows if r <= last]].sum())
-            chosen, kept = set(forced), sum(scores[j] for j in forced)
+            beyond_sink = sum(scores[j] for j in range(1, n_blocks))
+            chosen, kept = set(forced), sum(scores[j] for j in forced if j != 0)
             for j in sorted((j for j in whole if j not in forced), key=scores.get, reverse=True):
-                if len(chosen - forced) < top_k and (coverage == 0 or kept < coverage):
+                if len(chosen - forced) < top_k and (coverage == 0 or kept / beyond_sink < coverage):
                     chosen.add(j)
                     kept += scores[j]
             for r in q_rows:

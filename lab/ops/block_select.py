@@ -102,9 +102,13 @@ def select_blocks(query: torch.Tensor, key: torch.Tensor, block: int, top_k: int
     rank = torch.arange(scores.shape[-1])
     take = (ranked.values > float("-inf")) & (rank < top_k)
     if coverage > 0:
-        # mass kept before the block of each rank is taken: the forced blocks' and the better-ranked ones'
-        kept_before = (scores * forced).sum(-1, keepdim=True) + ranked.values.clamp(min=0).cumsum(-1) \
-            - ranked.values.clamp(min=0)
+        # The sink block draws most of every head's attention (that is what sinks are), so the budget counts the
+        # mass beyond it: share = mass / mass of all blocks but the first. Mass kept before the block of each
+        # rank is taken: the forced blocks' (sink aside) and the better-ranked ones'.
+        beyond_sink = scores[..., 1:].sum(-1, keepdim=True).clamp(min=1e-30)
+        forced_mass = (scores * forced)[..., 1:].sum(-1, keepdim=True)
+        ranked_mass = ranked.values.clamp(min=0)
+        kept_before = (forced_mass + ranked_mass.cumsum(-1) - ranked_mass) / beyond_sink
         take &= kept_before < coverage
     chosen.scatter_(-1, ranked.indices, take | chosen.gather(-1, ranked.indices))
     return Blocks(partial=chosen & crossing[None], full=chosen & whole[None], pairs=pairs)

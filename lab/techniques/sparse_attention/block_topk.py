@@ -45,8 +45,10 @@ class BlockTopK(SparsePattern):
                             f"any score, or score \"mass\"")
 
     def covers_all(self, queries: int, keys: int) -> bool:
-        # every query block keeps at least one forced block and top_k more: with so few blocks, all of them
-        return -(-keys // self.block_size) <= self.top_k + 1 or self.window >= keys
+        # every query block keeps at least one forced block and top_k more (unless a coverage budget stops it
+        # earlier): with so few blocks, all of them
+        few_blocks = -(-keys // self.block_size) <= self.top_k + 1 and self.coverage == 0
+        return few_blocks or self.window >= keys
 
     def _select(self, query, key):
         # lazy: torch loads only when a technique runs
