@@ -40,14 +40,21 @@ def block_means(x: torch.Tensor, block: int) -> torch.Tensor:
     return sums / sizes[:, None]
 
 
+def block_edges(queries: int, keys: int, block: int):
+    """(q_first, q_last, k_first, k_last): the first and last position of every query block (queries sit at the
+    last positions of the keys) and of every key block."""
+    q_first = (keys - queries) + torch.arange(0, queries, block)
+    k_first = torch.arange(0, keys, block)
+    q_last = torch.clamp(q_first + block - 1, max=keys - 1)
+    k_last = torch.clamp(k_first + block - 1, max=keys - 1)
+    return q_first, q_last, k_first, k_last
+
+
 def causal_layout(queries: int, keys: int, block: int):
     """Per (query block, key block): whether some pair is causal (visible), whether every pair is (whole), and
     how many causal pairs it holds."""
     offset = keys - queries
-    q_first = offset + torch.arange(0, queries, block)
-    q_last = torch.clamp(q_first + block - 1, max=keys - 1)
-    k_first = torch.arange(0, keys, block)
-    k_last = torch.clamp(k_first + block - 1, max=keys - 1)
+    q_first, q_last, k_first, k_last = block_edges(queries, keys, block)
     visible = k_first[None] <= q_last[:, None]
     whole = k_last[None] <= q_first[:, None]
     # causal pairs of query p with keys k_first..k_last: clamp(p - k_first + 1, 0, block size), summed over p
@@ -71,7 +78,7 @@ def block_scores(query: torch.Tensor, key: torch.Tensor, block: int, score: str)
     queries, keys = query.shape[2], key.shape[2]
     logits = q_means @ key[0].float().repeat_interleave(groups, 0).transpose(1, 2)  # [q_heads, q_blocks, keys]
     if score == "mass":
-        q_last = torch.clamp((keys - queries) + torch.arange(0, queries, block) + block - 1, max=keys - 1)
+        q_last = block_edges(queries, keys, block)[1]
         future = torch.arange(keys)[None] > q_last[:, None]
         probs = torch.softmax((logits * query.shape[-1] ** -0.5).masked_fill(future[None], float("-inf")), -1)
         return torch.nn.functional.pad(probs, (0, -keys % block)).view(*probs.shape[:2], -1, block).sum(-1)
@@ -91,8 +98,7 @@ def select_blocks(query: torch.Tensor, key: torch.Tensor, block: int, top_k: int
     scores = block_scores(query, key, block, score)
 
     crossing = visible & ~whole
-    q_first = (keys - queries) + torch.arange(0, queries, block)
-    k_last = torch.clamp(torch.arange(0, keys, block) + block - 1, max=keys - 1)
+    q_first, _, _, k_last = block_edges(queries, keys, block)
     recent = whole & (k_last[None] >= q_first[:, None] - max(window, 1))
     forced = crossing | recent
     forced[:, 0] |= visible[:, 0]

@@ -60,15 +60,12 @@ class HeadPatterns:
         """(partial, full) [heads, query_blocks, key_blocks]: blocks holding some kept pair, and those whose every
         pair is kept (a run of kept distances covering the block, all of it causal)."""
         # lazy: block_select's causal layout is shared with block top-k
-        from lab.ops.block_select import causal_layout
+        from lab.ops.block_select import block_edges, causal_layout
 
         slashes, verticals = self.slashes[layer], self.verticals[layer]
         span_s, span_v = slashes.shape[-1], verticals.shape[-1]
         visible, whole, _ = causal_layout(queries, keys, block)
-        q_first = (keys - queries) + torch.arange(0, queries, block)
-        q_last = torch.clamp(q_first + block - 1, max=keys - 1)
-        k_first = torch.arange(0, keys, block)
-        k_last = torch.clamp(k_first + block - 1, max=keys - 1)
+        q_first, q_last, k_first, k_last = block_edges(queries, keys, block)
         # distances met in a block: q_first - k_last .. q_last - k_first; counted through a running sum
         lo = torch.clamp(q_first[:, None] - k_last[None], min=0)
         hi = q_last[:, None] - k_first[None]
