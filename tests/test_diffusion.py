@@ -278,10 +278,15 @@ def test_equal_compute_reads_each_cache_against_the_fewer_steps_curve():
             _run("bad cache", [{"name": "block_cache"}], {"blocks_computed": 50.0, "psnr_db": 18.0, "ssim": 0.7,
                                                           "speedup": 1.5}),
             _run("dpm 10", [{"name": "step_reduction", "steps": 10, "sampler": "dpmsolver++"}],
-                 {"blocks_computed": 20.0, "psnr_db": 16.0, "ssim": 0.5, "speedup": 4.0})]
+                 {"blocks_computed": 20.0, "psnr_db": 16.0, "ssim": 0.5, "speedup": 4.0}),
+            # a cache stacked on fewer steps is a method to read against the curve, not a point of it
+            _run("cache + 25 steps", [{"name": "taylorseer"}, {"name": "step_reduction", "steps": 25}],
+                 {"blocks_computed": 20.0, "psnr_db": 19.0, "ssim": 0.75, "speedup": 4.2})]
     exp = types.SimpleNamespace(runs=runs, spec={"sampler": "ddim"})
     rows = {r["Variant"]: r for r in equal_compute_rows(exp)}
-    assert set(rows) == {"good cache", "bad cache", "dpm 10"}
+    assert set(rows) == {"good cache", "bad cache", "dpm 10", "cache + 25 steps"}
+    assert rows["cache + 25 steps"]["fewer steps: PSNR"] == 14.0  # the 10-step point, not its own
+    assert rows["cache + 25 steps"]["At equal compute"] == "beats fewer steps"
     assert rows["good cache"]["fewer steps: PSNR"] == 17.0  # halfway between 14 (20%) and 20 (50%)
     assert rows["good cache"]["At equal compute"] == "beats fewer steps"
     assert rows["bad cache"]["At equal compute"] == "loses to fewer steps"
