@@ -1,7 +1,8 @@
-"""The one error a user's input raises, and how a message shows the value it refuses.
+"""The errors a user's input raises, and how a message shows the value it refuses.
 
-Bad input anywhere (a spec field, a knob, a model name) raises SpecError naming the field and its allowed
-values; pages and the CLI show its message as it is."""
+Bad input anywhere (a spec field, a knob, a model name, a tag) raises SpecError naming the field and its allowed
+values; an experiment id that names nothing raises UnknownExperiment. Pages and the CLI show the message as it
+is."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 
 class SpecError(ValueError):
     """A spec (or a technique's knobs) is invalid; the message names the field and the allowed values."""
+
+
+class UnknownExperiment(LookupError):
+    """No experiment has this id (deleted, or never stored); the message names the id."""
 
 
 def named(text: str, limit: int = 80) -> str:

@@ -10,6 +10,7 @@ import os
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -25,15 +26,29 @@ class Base(DeclarativeBase):
     pass
 
 
+ORIGIN_LOCAL = "local"  # run on this machine
+ORIGIN_IMPORTED = "imported"  # read from a colleague's exported report; `imported_from` says which
+NAME_LIMIT = 200  # characters of an experiment's name (the column's length)
+
+
 class Experiment(Base):
+    """One submitted spec and its runs, with what the user keeps to find it again (name, tags, a note) and where
+    it came from (`origin`, and for an imported one `imported_from`: file, exported_at_commit, original_id).
+
+    The server defaults give rows written before migration 0003 an empty tag list, an empty note and a local
+    origin."""
     __tablename__ = "experiments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(NAME_LIMIT))
     spec: Mapped[dict] = mapped_column(JSON)
     spec_hash: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(20), default="queued")  # queued/running/done/failed/cancelled
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    tags: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    note: Mapped[str] = mapped_column(Text, default="", server_default="")
+    origin: Mapped[str] = mapped_column(String(20), default=ORIGIN_LOCAL, server_default=ORIGIN_LOCAL)
+    imported_from: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     runs: Mapped[list["Run"]] = relationship(back_populates="experiment", cascade="all, delete-orphan",
                                              order_by="Run.position")
 
@@ -137,15 +152,22 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
-def _migrate(url: str) -> None:
+def alembic_config(url: str):
+    """Alembic's configuration for the lab's migrations against `url` (tests upgrade to a chosen revision)."""
     # lazy: only when the schema is created or upgraded
-    from alembic import command
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(__import__("pathlib").Path(__file__).parent / "migrations"))
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def _migrate(url: str) -> None:
+    # lazy: only when the schema is created or upgraded
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
 
 
 def sessionmaker_for(url: str | None = None):
