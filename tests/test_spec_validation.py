@@ -97,7 +97,7 @@ def test_long_name_is_refused_by_the_cli_before_anything_is_stored(tmp_path, cap
     ({"techniques": [{"name": "knorm", "compress_every": float("inf")}]}, r"knob 'compress_every': expected an int"),
     ({"techniques": [{"name": "h2o", "compression_ratio": float("nan")}]}, r"knob 'compression_ratio': expected a "
                                                                           r"float from 0.0 to 0.95, got nan"),
-    ({"techniques": [{"name": "h2o", "window": [1]}]}, r"knob 'window': expected an int"),
+    ({"techniques": [{"name": "h2o", "window": [1.5]}]}, r"knob 'window': expected an int"),
     ({"techniques": {"name": "h2o"}}, r"variants\[0\]\.techniques: expected a list of tables"),
 ])
 def test_wrong_types_in_variants_are_spec_errors_naming_them(variant, message):

@@ -42,21 +42,28 @@ def variant_editor(techniques: dict, preset_variants: list[dict], key: str, max_
         not_offered = [t.get("name") for t in preset_techniques if t.get("name") not in techniques]
         if not_offered:
             box.caption(f"Not offered for this model, left out: {', '.join(map(str, not_offered))}.")
+        sweep = bool(chosen) and box.checkbox("Sweep knob values", key=f"{prefix}sweep", help=forms.SWEEP_HELP,
+                                              value=forms.has_sweep(preset_techniques, techniques))
         entries = []
         for tname in chosen:
             cls = techniques[tname]
             box.caption(f"{cls.title}: {cls.summary} Paper: {cls.paper}")
             preset_knobs = next((t for t in preset_techniques if t.get("name") == tname), {})
-            entries.append({"name": tname, **_knob_widgets(box, cls, preset_knobs, f"{prefix}{tname}")})
+            entries.append({"name": tname, **_knob_widgets(box, cls, preset_knobs, f"{prefix}{tname}", sweep)})
         variants.append({"name": vname, "engine": engine, "techniques": entries})
     return variants
 
 
-def _knob_widgets(box, cls, preset_knobs: dict, prefix: str) -> dict:
+def _knob_widgets(box, cls, preset_knobs: dict, prefix: str, sweep: bool) -> dict:
+    """A widget per knob; in sweep mode a number or choice knob takes several values (the list a spec holds)."""
     values = {}
     for k in cls.knobs():
         w, key, value = forms.widget_for(k), f"{prefix}_{k.name}", preset_knobs.get(k.name, k.default)
         label, help_ = forms.knob_label(k), f"{k.help} Allowed: {k.allowed()}."
+        if sweep and forms.sweepable(k):
+            values[k.name] = _sweep_widget(box, k, w, value, f"{key}_values", label, help_)
+            continue
+        value = forms.single_value(value)
         if w["widget"] == "select":
             index = forms.choice_index(w["options"], value, k.default)
             values[k.name] = box.selectbox(label, w["options"], index=index, key=key, help=help_)
@@ -70,3 +77,18 @@ def _knob_widgets(box, cls, preset_knobs: dict, prefix: str) -> dict:
         else:
             values[k.name] = box.text_input(label, value=str(value), key=key, help=help_)
     return values
+
+
+def _sweep_widget(box, k, w: dict, value, key: str, label: str, help_: str):
+    """Several values for one knob: a multiselect of its choices, or a text input of numbers."""
+    help_ = f"{help_} {forms.SWEEP_HELP}"
+    if w["widget"] == "select":
+        chosen = box.multiselect(f"{label} values", w["options"], default=forms.sweep_choices(value, w["options"]),
+                                 key=key, help=help_)
+        return forms.chosen_values(chosen)
+    text = box.text_input(f"{label} values", value=forms.sweep_text(value), key=key, help=help_,
+                          placeholder="e.g. 0.25, 0.5, 0.75")
+    parsed, error = forms.sweep_field(text, k)
+    if error:
+        box.error(error)
+    return parsed

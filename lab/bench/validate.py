@@ -8,18 +8,21 @@ from pathlib import Path
 from lab.bench import limits
 from lab.bench.loader import check_model, denoiser_of, is_pipeline, model_kind
 from lab.errors import SpecError, named, shown
+from lab.knobs import KnobInfo
 from lab.llm.models import model_shape
 from lab.prompts import DIFFUSION_WORKLOADS, WORKLOADS, available_items
 from lab.spec import (
     ENGINES,
     PIPELINE_SAMPLER,
     SAMPLERS,
+    SWEEP_FIELD,
     VARIANT_FIELDS,
     Spec,
     Variant,
     check_fields,
     check_length,
     expand_runs,
+    expand_sweeps,
     read_toml,
 )
 from lab.techniques import build, get
@@ -30,7 +33,8 @@ def validate(raw: dict, check_model_exists: bool = True) -> Spec:
 
     Everything that would fail later is refused here: types and ranges of every field, variant and knob; names
     longer than the store's columns; inputs longer than the model's context; and a peak-memory estimate above
-    what is free."""
+    what is free. Knobs given a list and `sweep` tables are expanded first (lab.spec.expand_sweeps), so every
+    expanded variant is checked like one written out, and the Spec (and what the store keeps) holds them all."""
     values = check_fields(raw)
     spec = Spec(**values)
     spec.pipeline = _model_lookup(is_pipeline, spec.model)
@@ -39,7 +43,8 @@ def validate(raw: dict, check_model_exists: bool = True) -> Spec:
     variants = raw.get("variants", [])
     if not isinstance(variants, list):
         raise SpecError(f"field 'variants': expected a list of tables, got {shown(variants)}")
-    normalized = [_variant(i, v, spec, check_model_exists) for i, v in enumerate(variants)]
+    expanded = expand_sweeps(variants, raw.get(SWEEP_FIELD), _knobs_of)
+    normalized = [_variant(where, v, spec, check_model_exists) for where, v in expanded]
     baselines = [v for v in normalized if v.is_baseline]
     if not baselines:
         normalized.insert(0, Variant("baseline"))
@@ -69,35 +74,40 @@ def stored_spec(stored: dict) -> Spec:
     return Spec.from_stored(stored, model_kind(name), is_pipeline(name))
 
 
-def _variant(i: int, variant, spec: Spec, check_model_exists: bool) -> Variant:
+def _knobs_of(technique: str) -> dict[str, KnobInfo]:
+    return {k.name: k for k in get(technique).knobs()}
+
+
+def _variant(where: str, variant, spec: Spec, check_model_exists: bool) -> Variant:
+    """One raw variant (`where`: 'variants[1]', or 'sweep' for one a sweep table made) typed and checked."""
     if not isinstance(variant, dict):
-        raise SpecError(f"variants[{i}]: expected a table with name and techniques, got {shown(variant)}")
+        raise SpecError(f"{where}: expected a table with name and techniques, got {shown(variant)}")
     unknown = sorted(named(str(k)) for k in variant if k not in VARIANT_FIELDS)  # str(): a Python caller's keys
     if unknown:
-        raise SpecError(f"variants[{i}]: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(VARIANT_FIELDS)}")
+        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(VARIANT_FIELDS)}")
     # The name and engine are checked before the techniques, so a wrong type is reported as itself rather
     # than inside a technique's error (and `name = false` is refused, not taken as "no name").
     name = variant.get("name", "")
     if not isinstance(name, str):
-        raise SpecError(f"variants[{i}].name: expected a string, got {shown(name)}")
+        raise SpecError(f"{where}.name: expected a string, got {shown(name)}")
     engine = variant.get("engine", "lab")
     if not isinstance(engine, str) or engine not in ENGINES:
-        raise SpecError(f"variants[{i}].engine: {shown(engine)} is not allowed; allowed: {', '.join(ENGINES)}")
+        raise SpecError(f"{where}.engine: {shown(engine)} is not allowed; allowed: {', '.join(ENGINES)}")
     techniques = variant.get("techniques", [])
     if not isinstance(techniques, list):
-        raise SpecError(f"variants[{i}].techniques: expected a list of tables, got {shown(techniques)}")
+        raise SpecError(f"{where}.techniques: expected a list of tables, got {shown(techniques)}")
     try:
         built = build(techniques, model_kind=spec.model_kind)
         _check_against_model(built, spec, check_model_exists)
     except SpecError as e:
-        raise SpecError(f"variants[{i}] ({named(name or 'unnamed')}): {e}") from None
+        raise SpecError(f"{where} ({named(name or 'unnamed')}): {e}") from None
     if engine == "hf_generate" and built:
-        raise SpecError(f"variants[{i}]: engine 'hf_generate' is the raw transformers reference and takes no "
+        raise SpecError(f"{where}: engine 'hf_generate' is the raw transformers reference and takes no "
                         f"techniques")
     given = bool(name)
     name = name or (" + ".join(t.label() for t in built) if built else ("baseline" if engine == "lab" else engine))
     try:
-        check_length(f"variants[{i}].name", name, "Run", "variant")
+        check_length(f"{where}.name", name, "Run", "variant")
     except SpecError as e:
         if given:
             raise

@@ -3,8 +3,10 @@ and the widget each technique knob calls for (derived from its declaration)."""
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from lab.diffusion import models as diffusion_models
 from lab.diffusion.models import DIFFUSION_MODELS
@@ -13,7 +15,7 @@ from lab.errors import SpecError
 from lab.knobs import KnobInfo
 from lab.llm import models as llm_models
 from lab.paths import ROOT
-from lab.spec import ENGINES, FIELDS, expand_runs
+from lab.spec import ENGINES, FIELDS, MAX_VARIANTS, expand_runs
 from lab.techniques import all_techniques, registry
 
 # the pages' model pickers (a page reads lab.views, never the model modules themselves)
@@ -21,6 +23,9 @@ BUILTIN_MODELS, DEFAULT_LLM = llm_models.BUILTIN_MODELS, llm_models.DEFAULT_LLM
 DEFAULT_DIFFUSION = diffusion_models.DEFAULT_DIFFUSION
 EXPERIMENTS_DIR = ROOT / "experiments"
 VARIANT_ENGINES = ENGINES  # what runs a variant: the lab's loop, or transformers' generate as the reference
+SWEEP_WIDGETS = ("number", "slider", "select")  # the knobs a sweep can list values for: numbers and choices
+SWEEP_HELP = ("Several values, separated by commas (e.g. 0.25, 0.5, 0.75), run this variant once per value, "
+              "named 'variant (knob=value)'; values in several knobs run every combination. One value: no sweep.")
 
 
 def presets(kind: str | None = None) -> dict[str, dict]:
@@ -150,3 +155,85 @@ def widget_for(k: KnobInfo) -> dict:
 
 def knob_label(k: KnobInfo) -> str:
     return f"{k.name} [{k.unit}]" if k.unit else k.name
+
+
+# --- sweeps: several values for a knob, submitted as the list a spec file would hold (lab.spec.expand_sweeps) ---
+
+def sweepable(k: KnobInfo) -> bool:
+    return widget_for(k)["widget"] in SWEEP_WIDGETS
+
+
+def has_sweep(entries: list[dict], techniques: dict[str, type]) -> bool:
+    """Whether a preset variant's techniques list several values for a sweepable knob (the form then opens in
+    sweep mode, so the preset's lists are shown rather than cut to one value)."""
+    for entry in entries:
+        cls = techniques.get(entry.get("name"))
+        knobs = {k.name: k for k in cls.knobs()} if cls else {}
+        if any(isinstance(v, list) and n in knobs and sweepable(knobs[n]) for n, v in entry.items()):
+            return True
+    return False
+
+
+def single_value(value: Any) -> Any:
+    """What a one-value widget shows for a preset value: a listed sweep shows its first value."""
+    return value[0] if isinstance(value, list) and value else value
+
+
+def sweep_text(value: Any) -> str:
+    """A knob's value (or listed values) as the sweep text input shows it: '0.25, 0.5, 0.75'."""
+    return ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def sweep_choices(value: Any, options: list) -> list:
+    """The options a sweep's multiselect starts with: the preset's listed values (or its one value) offered."""
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if v in options]
+
+
+def chosen_values(chosen: list) -> Any:
+    """A multiselect's choice as a spec holds it: one value alone, several as the list that sweeps them (none:
+    the empty list, which validation refuses by name)."""
+    return chosen[0] if len(chosen) == 1 else list(chosen)
+
+
+def parse_sweep_values(text: str, k: KnobInfo) -> Any:
+    """The values typed for a knob, '0.25, 0.5, 0.75' (commas, semicolons or spaces between), each checked by
+    the knob's declaration: one value alone, several as a list; SpecError naming the knob and the bad value."""
+    where = f"knob '{k.name}'"
+    example = "e.g. 0.25, 0.5, 0.75" if k.type is float else "e.g. 32, 64, 128"
+    tokens = [t for t in re.split(r"[,;\s]+", text.strip()) if t]
+    if not tokens:
+        raise SpecError(f"{where}: enter one value, or several separated by commas ({example}); each "
+                        f"{k.expected()}")
+    if len(tokens) > MAX_VARIANTS:
+        raise SpecError(f"{where}: {len(tokens)} values would make {len(tokens)} variants; allowed: at most "
+                        f"{MAX_VARIANTS} in one experiment")
+    values = [k.validate(where, _typed(where, token, k, example)) for token in tokens]
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise SpecError(f"{where}: {twice} is listed twice; each value makes one variant, list it once")
+    return values[0] if len(values) == 1 else values
+
+
+def sweep_field(text: str, k: KnobInfo) -> tuple[Any, str | None]:
+    """What the form submits for a sweep text input, and the error to show under it. On bad input the text
+    itself is submitted, so validation refuses it too and nothing runs on values the user did not mean."""
+    try:
+        return parse_sweep_values(text, k), None
+    except SpecError as e:
+        return text, str(e)
+
+
+def _typed(where: str, token: str, k: KnobInfo, example: str) -> Any:
+    """A typed token as the knob's type reads it (a choice knob of strings takes it as it is)."""
+    if k.type not in (int, float):
+        return token
+    try:
+        return int(token)
+    except ValueError:
+        pass
+    try:
+        return float(token)
+    except ValueError:
+        raise SpecError(f"{where}: {token!r} is not a number; enter one value, or several separated by commas "
+                        f"({example}), each {k.expected()}") from None
