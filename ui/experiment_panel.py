@@ -53,6 +53,8 @@ def progress_panel(exp_id: int) -> None:
 
 
 def show_current_experiment() -> None:
+    if "deleted_note" in st.session_state:
+        st.success(st.session_state.pop("deleted_note"))
     exp_id = current_experiment_id()
     if exp_id is None:
         recent = results.recent_experiments(1)

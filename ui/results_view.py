@@ -8,6 +8,7 @@ from lab.views import results
 from lab.views.diffusion import is_diffusion
 from ui.diffusion_view import show_diffusion_views
 from ui.kv_cache_view import show_kv_views
+from ui.organise_view import show_labels, show_organise
 from ui.quantization_view import show_quantization_views
 from ui.sparse_attention_view import show_sparse_attention_views
 from ui.speculative_view import show_speculative_views
@@ -25,6 +26,8 @@ def show_experiment(exp) -> None:
     spec = exp.spec
     st.subheader(f"Experiment {exp.id}: {exp.name}")
     st.caption(_describe(spec))
+    show_labels(exp)
+    show_organise(exp)
     if not exp.runs:
         st.info("No results stored for this experiment.")
         return
