@@ -89,3 +89,23 @@ def scatter_axes(points: pd.DataFrame) -> tuple[list[str], list[str]]:
     speed = [n for n in names if definition(n).kind == "measured" and definition(n).higher_is_better is not None]
     quality = [n for n in names if definition(n).kind == "quality"]
     return speed, quality
+
+
+# What must match for runs' numbers to be read across experiments (spec_hash differs by design; the dtype is a
+# variant's own choice)
+COMPARABLE_ENV = ["device", "device_name", "threads", "torch", "transformers", "lab_commit"]
+
+
+def environment_differences(run_ids: list[int]) -> list[str]:
+    """One line per environment field on which the picked runs differ ("threads: 2 (runs 3, 4) vs 8 (run 9)")."""
+    values: dict[str, dict[str, list[int]]] = {}
+    for run in load_runs(run_ids):
+        for key in COMPARABLE_ENV:
+            values.setdefault(key, {}).setdefault(str(run.environment.get(key)), []).append(run.id)
+    lines = []
+    for key in COMPARABLE_ENV:
+        if len(values.get(key, {})) > 1:
+            parts = [f"{value} ({'runs' if len(ids) > 1 else 'run'} {', '.join(map(str, ids))})"
+                     for value, ids in sorted(values[key].items())]
+            lines.append(f"{key}: " + " vs ".join(parts))
+    return lines
