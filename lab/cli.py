@@ -1,16 +1,21 @@
-"""python -m lab {run, list, show, techniques, models, prepare, worker, cancel} (and _run-job, internal)"""
+"""python -m lab {run, list, show, report, import, techniques, models, prepare, worker, cancel} (and _run-job,
+internal)"""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from lab import jobs
 from lab.bench.loader import list_models
-from lab.bench.validate import load_toml_specs
 from lab.errors import SpecError
 from lab.jobs import cancel, worker_loop
 from lab.llm.models import BUILTIN_MODELS, prepare_builtin
+from lab.report.collect import NotInStore, SelectionError
+from lab.report.export import FORMATS, format_of, write_report
+from lab.report.importer import ReportFormatError, import_experiments
+from lab.report.rerun import run_specs
 from lab.techniques import all_techniques
 from lab.techniques.registry import plugin_errors
 from lab.views import results
@@ -19,7 +24,7 @@ from lab.views.results import busy_runs, text_table
 
 
 def _cmd_run(args) -> int:
-    specs = load_toml_specs(args.spec)
+    specs = run_specs(args.spec)  # a TOML spec, or a .json report (its embedded specs) or spec
     queued = []
     for spec in specs:
         exp_id, job_id = jobs.submit(spec)
@@ -112,6 +117,54 @@ def _show(exp_id: int) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    fmt = args.format or format_of(args.output) or "html"
+    output = Path(args.output or f"report{FORMATS[fmt]}")
+    try:
+        written = write_report(output, fmt, args.ids, args.runs)
+    except (NotInStore, SelectionError) as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    print("wrote " + " and ".join(str(p) + ("/" if p.is_dir() else "") for p in written))
+    return 0
+
+
+def _cmd_import(args) -> int:
+    try:
+        ids = import_experiments(args.file)
+    except ReportFormatError as e:
+        print(f"error: {e} (nothing was imported)", file=sys.stderr)
+        return 2
+    for exp_id in ids:
+        print(f"imported experiment {exp_id} from {args.file}; see it with `python -m lab show {exp_id}`")
+    return 0
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected run ids separated by commas, got {text!r}") from None
+
+
+def add_report_commands(sub) -> None:
+    p = sub.add_parser("report", help="export experiments (or chosen runs) as one HTML, Markdown, CSV or JSON file",
+                       description="Write a report a colleague can open offline: HTML (one self-contained file), "
+                                   "Markdown (PNG charts in a folder beside it), CSV (one row per run and metric) or "
+                                   "JSON (everything; `python -m lab import` reads it, `python -m lab run` "
+                                   "re-runs its specs).")
+    p.add_argument("ids", type=int, nargs="*", help="experiment ids (see `python -m lab list`)")
+    p.add_argument("--runs", type=_id_list, default=None, metavar="RUN_IDS",
+                   help="report these runs instead (comma-separated, from any experiments: a Compare selection)")
+    p.add_argument("--format", choices=list(FORMATS), default=None,
+                   help="default: from the output's suffix, else html")
+    p.add_argument("-o", "--output", default=None, help="the file to write (default: report.<format> here)")
+    p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("import", help="import a JSON report into this store (marked as imported)")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_import)
+
+
 def _cmd_list(_args) -> int:
     print(results.text_table(results.recent_experiments(50)))
     return 0
@@ -166,10 +219,12 @@ def _cmd_cancel(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description="Efficiency Lab command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="queue an experiment spec (TOML) and start a worker if none is running",
-                       description="Queue an experiment spec (TOML). A worker is started when none is alive, "
-                                   "unless LAB_WORKER_AUTOSTART=0: then the job waits in the queue until you "
-                                   "start one (`python -m lab worker`). Jobs on one device run one at a time.")
+    p = sub.add_parser("run", help="queue an experiment spec (TOML, or a JSON report) and start a worker if none "
+                                   "is running",
+                       description="Queue an experiment spec (TOML), or re-run what a JSON report (`python -m lab "
+                                   "report ... --format json`) or a JSON spec holds. A worker is started when none "
+                                   "is alive, unless LAB_WORKER_AUTOSTART=0: then the job waits in the queue until "
+                                   "you start one (`python -m lab worker`). Jobs on one device run one at a time.")
     p.add_argument("spec")
     p.add_argument("--wait", action="store_true",
                    help="wait for it and print the results table. With LAB_WORKER_AUTOSTART=0 and no worker "
@@ -180,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("show", help="results of one experiment")
     p.add_argument("id", type=int)
     p.set_defaults(func=lambda a: _show(a.id))
+    add_report_commands(sub)
     sub.add_parser("techniques", help="registered techniques and their knobs").set_defaults(func=_cmd_techniques)
     sub.add_parser("models", help="built-in models").set_defaults(func=_cmd_models)
     sub.add_parser("prepare", help="convert the built-in models once (done on first use otherwise)").set_defaults(
