@@ -1,9 +1,10 @@
-"""Compare: pick runs from any experiments; a table with a diff-only toggle and a speed-vs-quality scatter."""
-import altair as alt
+"""Compare: pick runs from any experiments (filtered; the selection in the URL); a table with a diff-only toggle,
+the speed-vs-quality Pareto front, and a report of the selection."""
 import streamlit as st
 
 from lab.views import compare, experiments
-from lab.views.results import column_label
+from ui.charts_view import show_pareto
+from ui.export_view import show_downloads
 
 st.set_page_config(page_title="Compare · Efficiency Lab", layout="wide")
 st.title("Compare runs")
@@ -42,19 +43,8 @@ if diff_only:
     table = compare.only_differences(table)
 st.table(table)
 
-points = compare.scatter_points(picked)
-speed_options, quality_options = compare.scatter_axes(points)
-if speed_options and quality_options:
-    c1, c2 = st.columns(2)
-    x = c1.selectbox("Speed axis", speed_options, format_func=column_label)
-    y = c2.selectbox("Quality axis", quality_options, format_func=column_label)
-    data = points.dropna(subset=[x, y])
-    chart = alt.Chart(data).mark_circle(size=120).encode(
-        x=alt.X(x, title=column_label(x), scale=alt.Scale(zero=False)),
-        y=alt.Y(y, title=column_label(y), scale=alt.Scale(zero=False)),
-        color=alt.Color("run", title="Run"),
-        tooltip=["run", alt.Tooltip(x, title=column_label(x)), alt.Tooltip(y, title=column_label(y))],
-    ).properties(height=380)
-    st.altair_chart(chart, width="stretch")
-    st.caption("Each point is a run's median. Runs from different experiments may differ in environment: "
-               "check the environment rows above before reading across experiments.")
+names = {name for name in compare.scatter_points(picked).columns if name != "run"}
+show_pareto(picked, names, key="compare_pareto")
+st.caption("Each point is a run's median. Runs from different experiments may differ in environment: check the "
+           "environment rows above before reading across experiments.")
+show_downloads(run_ids=picked, key="compare_report")

@@ -1,12 +1,16 @@
 """Render one experiment's results: summary table with spread, metric definitions, outputs side by side."""
 from __future__ import annotations
 
+import collections
+
 import pandas as pd
 import streamlit as st
 
 from lab.views import results
 from lab.views.diffusion import is_diffusion
+from ui.charts_view import show_experiment_charts
 from ui.diffusion_view import show_diffusion_views
+from ui.export_view import show_downloads
 from ui.kv_cache_view import show_kv_views
 from ui.organise_view import show_labels, show_organise
 from ui.quantization_view import show_quantization_views
@@ -39,6 +43,8 @@ def show_experiment(exp) -> None:
     st.markdown("**Results** — median (p10–p90) and n of each cell; speedups are paired against the baseline, "
                 "which ran interleaved in the same process, and say so when they cannot be told from noise.")
     st.table(pd.DataFrame(rows).set_index("Variant"))
+    show_experiment_charts(exp)
+    show_downloads(experiment_ids=[exp.id], key=f"report_{exp.id}")
     names = [m.name for m in exp.runs[0].metrics]
     with st.expander("What each metric means"):
         st.table(pd.DataFrame(results.definitions_for(results.SUMMARY_METRICS if not names else
@@ -57,9 +63,11 @@ def show_experiment(exp) -> None:
 
 
 def _describe(spec: dict) -> str:
+    # an imported report may come from an older lab whose specs lacked a field: show "?" rather than fail
+    spec = collections.defaultdict(lambda: "?", spec)
     if spec["workload"] == "digits":
         what = (f"classes {', '.join(map(str, spec['classes']))} × {spec['images_per_class']} · {spec['sampler']} "
-                f"{spec['steps']} steps · guidance {spec['guidance']:g} · batch {spec['batch_size']}")
+                f"{spec['steps']} steps · guidance {spec['guidance']} · batch {spec['batch_size']}")
     else:
         what = f"{spec['prompts']} items · max_new_tokens {spec['max_new_tokens']}"
     return (f"model {spec['model']} · workload {spec['workload']} · {what} · {spec['repeats']} repeats after "

@@ -38,6 +38,12 @@ def pareto_front(points: Sequence[Mapping] | pd.DataFrame, x: str, y: str, x_hig
             if not any(c >= a and d >= b and (c > a or d > b) for _, c, d in valid)]
 
 
+def axis_choices(metric_names) -> tuple[list[str], list[str]]:
+    """The metrics a Pareto chart can put on each axis (both need a better direction): speed and memory, quality."""
+    speed, quality = scatter_axes(pd.DataFrame(columns=sorted(set(metric_names))))
+    return speed, [q for q in quality if definition(q).higher_is_better is not None]
+
+
 def default_axes(metric_names) -> tuple[str | None, str | None]:
     """The scatter's default axes among the metrics present: speed is "speedup" (else the first measured metric
     with a better direction), quality the first metric scored against the baseline; None where there is none."""
