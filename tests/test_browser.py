@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from lab import store
+from lab.report import download
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
@@ -103,9 +104,13 @@ def test_quickstart_from_the_llm_lab_page(server):
         expect(table).to_contain_text("bf16")
         text = table.inner_text()
         page.screenshot(path=str(ARTIFACTS / "llm_lab_quickstart.png"), full_page=True)
+        report = download_report(page, "quickstart")
+        opened = open_offline(browser, report, "report_quickstart.png")
         browser.close()
     for column in ("TTFT", "TPOT", "Tokens/s", "Peak memory", "Agreement", "Perplexity", "baseline"):
         assert column in text
+    assert_every_chart_drawn(opened, at_least=3)  # speedup, quality, Pareto front
+    assert report.read_bytes() == download.report_bytes("html", experiment_ids=[1])  # the same bytes again
 
 
 def test_diffusion_quickstart_draws_the_images(server):
@@ -123,10 +128,71 @@ def test_diffusion_quickstart_draws_the_images(server):
         loaded = images.evaluate_all("els => els.filter(e => e.complete && e.naturalWidth > 0).length")
         text = page.locator("[data-testid='stTable']").first.inner_text()
         page.screenshot(path=str(ARTIFACTS / "diffusion_lab_quickstart.png"), full_page=True)
+        report = download_report(page, "diffusion_quickstart")
+        opened = open_offline(browser, report, "report_diffusion_quickstart.png")
         browser.close()
+    assert_every_chart_drawn(opened, at_least=3)
+    assert opened["images"] >= 3 and opened["images"] == opened["images_loaded"]  # grids as data: URIs
+    assert report.read_bytes() == download.report_bytes("html", experiment_ids=[1])
     assert loaded >= 3  # the first variant's expander is open: baseline, variant, difference
     for column in ("Blocks computed", "PSNR", "SSIM", "Class accuracy", "25 steps"):
         assert column in text
+
+
+def download_report(page, name: str) -> Path:
+    """Click the page's HTML report button and keep the file under test-artifacts/."""
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_role("button", name=download.LABELS["html"]).click()
+    path = ARTIFACTS / f"report_{name}.html"
+    info.value.save_as(path)
+    return path
+
+
+def open_offline(browser, path: Path, screenshot: str) -> dict:
+    """Open a report with the network off (every request not for the file itself is recorded and refused): how
+    many chart figures it has, how many of them hold a drawn SVG, its images and whether they decoded."""
+    context = browser.new_context(offline=True, viewport={"width": 1300, "height": 1000})
+    requested = []
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                  else (requested.append(route.request.url), route.abort()))
+    page = context.new_page()
+    page.goto(path.as_uri())
+    counts = page.evaluate("""() => ({
+        figures: document.querySelectorAll('figure.chart').length,
+        drawn: [...document.querySelectorAll('figure.chart svg')].filter(s => s.getBBox().width > 0
+                                                                              && s.querySelector('path, text')).length,
+        images: document.images.length,
+        images_loaded: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length})""")
+    page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+    context.close()
+    return {**counts, "requested": requested}
+
+
+def assert_every_chart_drawn(opened: dict, at_least: int) -> None:
+    assert not opened["requested"], f"the report asked the network for {opened['requested']}"
+    assert opened["figures"] >= at_least and opened["drawn"] == opened["figures"], opened
+
+
+def test_a_kv_sweep_report_draws_its_pareto_front_offline(tiny_spec, isolated_db):
+    """A sweep over compression_ratio (tiny test model: checks the report, not the model) exported as HTML and
+    opened with the network off: every chart drawn, the Pareto front among them."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_pages import run_and_store
+    ARTIFACTS.mkdir(exist_ok=True)
+    exp_id = run_and_store({**tiny_spec, "name": "kv sweep", "workload": "needle", "needle_lengths": [300],
+                            "needle_depths": [0, 100], "repeats": 1, "warmup": 0, "max_new_tokens": 4,
+                            "variants": [{"name": "snapkv", "techniques": [
+                                {"name": "snapkv", "compression_ratio": [0.25, 0.5, 0.75], "window_size": 8}]}]})
+    report = ARTIFACTS / "report_kv_sweep.html"
+    report.write_bytes(download.report_bytes("html", experiment_ids=[exp_id]))
+    with sync_playwright() as p:
+        browser = launch(p)
+        opened = open_offline(browser, report, "report_kv_sweep.png")
+        browser.close()
+    assert_every_chart_drawn(opened, at_least=2)
+    assert f'id="experiment-{exp_id}-pareto"' in report.read_text()
+    assert "snapkv (compression_ratio=0.75)" in report.read_text()
 
 
 def experiment_name_shows(page, value: str, timeout_ms: int = 30_000) -> None:
