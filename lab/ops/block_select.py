@@ -9,6 +9,7 @@ products for a bilinear form): the block's average logit, a cheap estimate of wh
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -50,9 +51,11 @@ def block_edges(queries: int, keys: int, block: int):
     return q_first, q_last, k_first, k_last
 
 
+@functools.lru_cache(maxsize=16)
 def causal_layout(queries: int, keys: int, block: int):
     """Per (query block, key block): whether some pair is causal (visible), whether every pair is (whole), and
-    how many causal pairs it holds."""
+    how many causal pairs it holds. Cached per shape: every layer of a forward asks for the same one (callers
+    only read the tensors)."""
     offset = keys - queries
     q_first, q_last, k_first, k_last = block_edges(queries, keys, block)
     visible = k_first[None] <= q_last[:, None]
