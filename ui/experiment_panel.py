@@ -7,23 +7,51 @@ import os
 import streamlit as st
 
 from lab import jobs
+from lab.bench.validate import validate
 from lab.errors import SpecError
+from lab.jobs import reuse
 from lab.views import results
 from ui.results_view import show_experiment, show_job_failure
 
 AUTOSTART = os.environ.get("LAB_WORKER_AUTOSTART", "1") != "0"
 
 
-def submit(raw: dict) -> None:
+def submit(raw: dict, fresh: bool = False) -> None:
+    """Queue the spec, unless (fresh=False) the same spec is already queued or running, or finished here with this
+    commit: then show that one and keep a fresh measurement one click away (show_reuse_note)."""
     try:
-        exp_id, job_id = jobs.submit_raw(raw)
+        spec = validate(raw)
     except SpecError as e:
         st.error(f"Cannot run this experiment: {e}")
         return
+    match = None if fresh else reuse.matching_experiment(spec)
+    if match is not None:
+        st.session_state["reused"] = {**match, "raw": raw}
+        st.query_params["experiment"] = str(match["id"])
+        return
+    st.session_state.pop("reused", None)
+    exp_id, job_id = jobs.submit(spec)
     if AUTOSTART:
         jobs.ensure_worker()
     st.session_state["job_id"] = job_id
     st.query_params["experiment"] = str(exp_id)
+
+
+def show_reuse_note(exp_id: int) -> None:
+    """Say that the experiment on screen is an earlier one of the same spec, and offer a fresh measurement."""
+    reused = st.session_state.get("reused")
+    if not reused or reused["id"] != exp_id:
+        return
+    if reused["status"] == "done":
+        when = reused["finished_at"].strftime("%Y-%m-%d %H:%M UTC") if reused["finished_at"] else "earlier"
+        st.info(f"Shown at once: this exact spec was measured on this machine, with this version of the lab, at "
+                f"{when} (experiment {exp_id}). Its numbers stand; measure again only to see the spread yourself.")
+    else:
+        st.info(f"The same spec is already {reused['status']} as experiment {exp_id}: you are following that run "
+                f"instead of queueing another behind it.")
+    if st.button("Measure again (a fresh run)", key=f"fresh_{exp_id}"):
+        submit(reused["raw"], fresh=True)
+        st.rerun()
 
 
 def current_experiment_id() -> int | None:
@@ -66,6 +94,7 @@ def show_current_experiment() -> None:
     if exp is None:
         st.warning(f"There is no experiment {exp_id} in the store.")
         return
+    show_reuse_note(exp_id)
     job = jobs.job_for_experiment(exp_id)
     if job is not None and job.status in ("queued", "running"):
         progress_panel(exp_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from lab.paths import ROOT
+from lab.paths import git_commit
 
 MB = 1024 * 1024
 
@@ -89,17 +88,6 @@ class PeakMemory:
     @property
     def rise(self) -> int:
         return max(0, self.peak - self.start)
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return (sha or "unknown") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _version(module: str) -> str:
