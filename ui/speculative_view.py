@@ -27,7 +27,7 @@ def show_speculative_views(exp) -> None:
     st.html(speculative.legend_html())
     st.html(speculative.spans_html(speculative.token_spans(out.extra, len(out.token_ids))))
     frame = pd.DataFrame(speculative.timeline_rows(out.extra))
-    phases = alt.Scale(domain=["prefill", "draft", "verify"], range=["#9ca3af", "#16a34a", "#2563eb"])
+    phases = alt.Scale(domain=["prefill", "draft", "verify"], range=["#9ca3af", "#E69F00", "#0072B2"])
     # a white edge between bars keeps back-to-back rounds apart
     chart = alt.Chart(frame).mark_bar(stroke="white", strokeWidth=1).encode(
         x=alt.X("start", title="Time since the start of the generation (s)"), x2="end",

@@ -8,13 +8,15 @@ from __future__ import annotations
 import html
 
 # how a token came: the target's prefill, an accepted draft, the target's correction after a rejection,
-# the target's bonus token after a fully accepted round; rejected drafts are shown struck through
+# the target's bonus token after a fully accepted round; rejected drafts are shown struck through. Tints of the
+# Okabe-Ito palette (grey, sky blue, orange, reddish purple, vermillion), which colour-blind readers tell apart;
+# the strike-through says "rejected" without colour at all.
 KINDS = {
     "prefill": ("#e5e7eb", "first token (target's prefill)"),
-    "accepted": ("#bbf7d0", "accepted draft"),
-    "correction": ("#fde68a", "target's token after a rejection"),
-    "bonus": ("#bfdbfe", "target's bonus token (all drafts accepted)"),
-    "rejected": ("#fecaca", "rejected draft (not in the output)"),
+    "accepted": ("#c6e6f7", "accepted draft"),
+    "correction": ("#fcd9a4", "target's token after a rejection"),
+    "bonus": ("#eec6dc", "target's bonus token (all drafts accepted)"),
+    "rejected": ("#f5c4a8", "rejected draft (not in the output)"),
 }
 
 
