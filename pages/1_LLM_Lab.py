@@ -5,6 +5,7 @@ from lab.views import forms
 from lab.views.forms import BUILTIN_MODELS, DEFAULT_LLM
 from ui.experiment_panel import show_current_experiment, submit
 from ui.forms_view import variant_editor
+from ui.workshop_view import show_preset_questions
 
 st.set_page_config(page_title="LLM Lab · Efficiency Lab", layout="wide")
 st.title("LLM Lab")
@@ -24,8 +25,10 @@ OTHER_MODEL = "other (local folder or cached hub id)"
 NEEDLE_LENGTHS, NEEDLE_DEPTHS = [512, 1024, 2048, 4096], [0, 10, 25, 50, 75, 90, 100]
 with st.expander("Build an experiment", expanded=False):
     presets = forms.presets("llm")
-    preset = st.selectbox("Start from preset", list(presets), key="llm_preset", help="Specs in experiments/*.toml")
+    preset = st.selectbox("Start from preset", list(presets), key="llm_preset",
+                          help="Specs in experiments/*.toml (workshop/: the workshop, in order)")
     base = presets[preset]
+    show_preset_questions(preset)
     key = forms.form_key("llm", preset)  # every widget below belongs to this preset: choosing another loads all of it
     c1, c2, c3 = st.columns(3)
     exp_name = c1.text_input("Experiment name", value=base.get("name", preset), key=f"{key}name")

@@ -6,6 +6,7 @@ from lab.views import forms
 from lab.views.forms import DEFAULT_DIFFUSION, DIFFUSION_MODELS
 from ui.experiment_panel import show_current_experiment, submit
 from ui.forms_view import variant_editor
+from ui.workshop_view import show_preset_questions
 
 st.set_page_config(page_title="Diffusion Lab · Efficiency Lab", layout="wide")
 st.title("Diffusion Lab")
@@ -24,8 +25,9 @@ if quick.button("Run diffusion quickstart", type="primary"):
 with st.expander("Build an experiment", expanded=False):
     presets = forms.presets("diffusion")
     preset = st.selectbox("Start from preset", list(presets), key="diffusion_preset",
-                          help="Specs in experiments/*.toml")
+                          help="Specs in experiments/*.toml (workshop/: the workshop, in order)")
     base = presets[preset]
+    show_preset_questions(preset)
     key = forms.form_key("diffusion", preset)  # every widget below belongs to this preset: another loads all of it
     c1, c2, c3 = st.columns(3)
     exp_name = c1.text_input("Experiment name", value=base.get("name", preset), key=f"{key}name")

@@ -16,6 +16,7 @@ from ui.organise_view import show_labels, show_organise
 from ui.quantization_view import show_quantization_views
 from ui.sparse_attention_view import show_sparse_attention_views
 from ui.speculative_view import show_speculative_views
+from ui.workshop_view import show_result_questions
 
 
 def show_job_failure(job) -> None:
@@ -31,6 +32,7 @@ def show_experiment(exp) -> None:
     st.subheader(f"Experiment {exp.id}: {exp.name}")
     st.caption(_describe(spec))
     show_labels(exp)
+    show_result_questions(exp.name)
     show_organise(exp)
     if not exp.runs:
         st.info("No results stored for this experiment.")

@@ -29,9 +29,9 @@ SWEEP_HELP = ("Several values, separated by commas (e.g. 0.25, 0.5, 0.75), run t
 
 
 def presets(kind: str | None = None) -> dict[str, dict]:
-    """Raw (unvalidated) specs of experiments/*.toml, by file stem (a file with [[runs]] gives one per run,
-    named by its run); the kind's quick start first (quickstart, diffusion_quickstart). `kind` ('llm' or
-    'diffusion') keeps the specs for that model kind."""
+    """Raw (unvalidated) specs of experiments/*.toml and experiments/workshop/*.toml, by path without suffix (a
+    file with [[runs]] gives one per run, named by its run); the kind's quick start first, then the workshop in
+    order. `kind` ('llm' or 'diffusion') keeps the specs for that model kind."""
     return {label: raw for label, (_path, _index, raw) in _preset_entries(kind).items()}
 
 
@@ -43,13 +43,17 @@ def preset_origins(kind: str | None = None) -> dict[str, tuple[Path, int]]:
 
 def _preset_entries(kind: str | None) -> dict[str, tuple[Path, int, dict]]:
     out = {}
-    for path in sorted(EXPERIMENTS_DIR.glob("*.toml"), key=lambda p: (not p.stem.endswith("quickstart"), p.stem)):
+    # the quick starts first, then the workshop in its order (labelled workshop/1_kv_cache), then the rest
+    paths = [*EXPERIMENTS_DIR.glob("*.toml"), *EXPERIMENTS_DIR.glob("workshop/*.toml")]
+    for path in sorted(paths, key=lambda p: (not p.stem.endswith("quickstart"), p.parent.name != "workshop",
+                                             p.stem)):
         with open(path, "rb") as f:
             raws = expand_runs(tomllib.load(f))
         for index, raw in enumerate(raws):
             if kind is not None and (raw.get("model") in DIFFUSION_MODELS) != (kind == "diffusion"):
                 continue
-            label = path.stem if len(raws) == 1 else _run_label(path.stem, str(raw.get("name", index + 1)))
+            stem = path.relative_to(EXPERIMENTS_DIR).with_suffix("").as_posix()
+            label = stem if len(raws) == 1 else _run_label(stem, str(raw.get("name", index + 1)))
             while label in out:  # two runs named alike stay two presets
                 label += "'"
             out[label] = (path, index, raw)

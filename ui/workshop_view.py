@@ -1,0 +1,23 @@
+"""The workshop's questions, under a workshop preset in the form and under its results."""
+from __future__ import annotations
+
+import streamlit as st
+
+from lab.views import workshop
+
+
+def show_questions(questions: tuple[str, ...], where: str) -> None:
+    if questions:
+        st.info(f"**Questions to discuss {where}**\n\n" + "\n".join(f"- {q}" for q in questions))
+
+
+def show_preset_questions(preset: str) -> None:
+    step = next((s for s in workshop.steps() if s.preset == preset), None)
+    if step is not None:
+        total = len(workshop.steps())
+        index = workshop.steps().index(step) + 1
+        show_questions(step.questions, f"(workshop step {index} of {total}; run it, then look for the answers)")
+
+
+def show_result_questions(experiment_name: str) -> None:
+    show_questions(workshop.questions_for(experiment_name), "(workshop)")
