@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8501
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup prepare run test chromium worker clean-db
+.PHONY: setup prepare run test chromium worker clean-db gallery
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,7 @@ test: setup chromium
 
 worker: setup
 	$(PY) -m lab worker
+
+gallery: prepare  ## run every workshop preset on this machine, then record them as data/gallery/recorded.json
+	for f in experiments/workshop/*.toml; do $(PY) -m lab run $$f --wait || exit 1; done
+	$(PY) -m lab gallery record

@@ -30,7 +30,7 @@ def rename_experiment(experiment_id: int, name: str) -> str:
     ran under, so its spec hash still says what was run."""
     clean = checked_name(name)
     with store.session() as s:
-        _experiment(s, experiment_id).name = clean
+        _editable(s, experiment_id).name = clean
     return clean
 
 
@@ -38,7 +38,7 @@ def set_tags(experiment_id: int, tags: Iterable[str]) -> list[str]:
     """Replace the experiment's tags with `tags`, normalised (see normalised_tags); returns the tags stored."""
     clean = normalised_tags(tags)
     with store.session() as s:
-        _experiment(s, experiment_id).tags = clean
+        _editable(s, experiment_id).tags = clean
     return clean
 
 
@@ -48,7 +48,7 @@ def set_note(experiment_id: int, text: str) -> str:
         raise SpecError(f"note: expected text, got {shown(text)}")
     clean = text.strip()
     with store.session() as s:
-        _experiment(s, experiment_id).note = clean
+        _editable(s, experiment_id).note = clean
     return clean
 
 
@@ -56,7 +56,7 @@ def delete_experiment(experiment_id: int) -> dict[str, int]:
     """Delete the experiment with its runs, metrics, outputs and jobs, and nothing else; returns how many rows of
     each went. Refused (ExperimentBusy) while one of its jobs is queued or running."""
     with store.session() as s:
-        exp_id = _experiment(s, experiment_id).id  # a plain int from here on (the caller's may be numpy's)
+        exp_id = _editable(s, experiment_id).id  # a plain int from here on (the caller's may be numpy's)
         _refuse_if_busy(s, exp_id)
         _require_cascade(s)
         removed = _owned_row_counts(s, exp_id)
@@ -152,6 +152,15 @@ def _experiment(s: Session, experiment_id: int) -> Experiment:
     exp = s.get(Experiment, int(experiment_id)) if is_id else None
     if exp is None:
         raise UnknownExperiment(f"no experiment has id {shown(experiment_id)} (deleted, or never stored)")
+    return exp
+
+
+def _editable(s: Session, experiment_id: int) -> Experiment:
+    """The experiment, unless it is one of the lab's recorded gallery results, which every class shares as shipped."""
+    exp = _experiment(s, experiment_id)
+    if exp.origin == store.ORIGIN_GALLERY:
+        raise SpecError(f"experiment {exp.id} is a recorded gallery result (data/gallery): it is read-only; export "
+                        f"it (report) or run its spec again to have one of your own")
     return exp
 
 

@@ -12,6 +12,7 @@ from lab.bench.loader import list_models
 from lab.errors import SpecError
 from lab.jobs import cancel, worker_loop
 from lab.llm.models import BUILTIN_MODELS, prepare_builtin
+from lab.report import gallery
 from lab.report.collect import NotInStore, SelectionError
 from lab.report.export import FORMATS, format_of, write_report
 from lab.report.importer import ReportFormatError, import_experiments
@@ -140,6 +141,18 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_gallery(args) -> int:
+    try:
+        if args.action == "record":
+            print(f"wrote {gallery.record(args.ids or None)}")
+        else:
+            print(f"gallery experiments in this store: {', '.join(map(str, gallery.load()))}")
+    except (LookupError, ReportFormatError) as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _id_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(",", " ").split()]
@@ -163,6 +176,13 @@ def add_report_commands(sub) -> None:
     p = sub.add_parser("import", help="import a JSON report into this store (marked as imported)")
     p.add_argument("file")
     p.set_defaults(func=_cmd_import)
+    p = sub.add_parser("gallery", help="record the shipped gallery (data/gallery/recorded.json) or load it",
+                       description="record: write the gallery from these experiments (default: the newest finished "
+                                   "run of each workshop preset; `make gallery` runs them first). load: put the "
+                                   "gallery in this store, read-only (the home page does it on a click).")
+    p.add_argument("action", choices=("record", "load"))
+    p.add_argument("ids", type=int, nargs="*", help="experiment ids to record (default: the workshop's)")
+    p.set_defaults(func=_cmd_gallery)
 
 
 def _cmd_list(_args) -> int:

@@ -28,6 +28,7 @@ class Base(DeclarativeBase):
 
 ORIGIN_LOCAL = "local"  # run on this machine
 ORIGIN_IMPORTED = "imported"  # read from a colleague's exported report; `imported_from` says which
+ORIGIN_GALLERY = "gallery"  # recorded by the lab on the default models and shipped in data/gallery (read-only)
 NAME_LIMIT = 200  # characters of an experiment's name (the column's length)
 
 

@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from lab.views import results
+from ui.gallery_view import show_gallery
 
 st.set_page_config(page_title="Efficiency Lab", layout="wide")
 st.title("Efficiency Lab")
@@ -32,6 +33,8 @@ c1, c2, c3 = st.columns(3)
 c1.page_link("pages/1_LLM_Lab.py", label="Open the LLM Lab", icon=":material/science:")
 c2.page_link("pages/2_Diffusion_Lab.py", label="Open the Diffusion Lab", icon=":material/image:")
 c3.page_link("pages/3_Compare.py", label="Compare runs", icon=":material/compare_arrows:")
+
+show_gallery()
 
 st.subheader("Recent experiments")
 recent = results.recent_experiments(15)

@@ -17,9 +17,16 @@ def show_labels(exp) -> None:
     if exp.origin == catalog.store.ORIGIN_IMPORTED:
         source = (exp.imported_from or {}).get("file", "a report")
         st.info(f"Imported from {source}: measured on the colleague's machine (see Environment), not here.")
+    elif exp.origin == catalog.store.ORIGIN_GALLERY:
+        env = exp.runs[0].environment if exp.runs else {}
+        st.info(f"Recorded result (the lab's gallery, read-only): measured on {env.get('device_name', '?')} at "
+                f"{env.get('time', '?')}, commit {str(env.get('lab_commit', '?'))[:12]}; not run here. Run its "
+                f"preset to measure it on your machine.")
 
 
 def show_organise(exp) -> None:
+    if exp.origin == catalog.store.ORIGIN_GALLERY:
+        return  # read-only
     with st.expander("Rename, tag, annotate or delete"):
         with st.form(f"organise_{exp.id}"):
             name = st.text_input("Name", value=exp.name)

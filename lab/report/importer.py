@@ -96,13 +96,13 @@ def _moment(path: Path, where: str, text) -> datetime | None:
         raise ReportFormatError(f"{path}: {where} is not an ISO date and time: {str(text)[:40]!r}") from None
 
 
-def _experiment(path: Path, exp: dict) -> store.Experiment:
+def _experiment(path: Path, exp: dict, origin: str) -> store.Experiment:
     commits = sorted({str(r["environment"]["lab_commit"]) for r in exp["runs"] if r["environment"].get("lab_commit")})
     row = store.Experiment(
         name=exp["name"], spec=exp["spec"], spec_hash=exp.get("spec_hash") or spec_hash(exp["spec"]), status="done",
         created_at=_moment(path, "created_at", exp.get("created_at")) or store.utcnow(),
         finished_at=_moment(path, "finished_at", exp.get("finished_at")), tags=list(exp.get("tags") or []),
-        note=str(exp.get("note") or ""), origin=store.ORIGIN_IMPORTED,
+        note=str(exp.get("note") or ""), origin=origin,
         imported_from={"file": path.name, "original_id": exp["id"], "exported_at_commit": ", ".join(commits) or None})
     for position, run in enumerate(exp["runs"]):
         stored = store.Run(position=position, variant=run["variant"], is_baseline=run["is_baseline"],
@@ -114,12 +114,13 @@ def _experiment(path: Path, exp: dict) -> store.Experiment:
     return row
 
 
-def import_experiments(path: str | Path) -> list[int]:
-    """Every experiment of the report at `path` as a new one (status "done"), all in one transaction; their ids."""
+def import_experiments(path: str | Path, origin: str = store.ORIGIN_IMPORTED) -> list[int]:
+    """Every experiment of the report at `path` as a new one (status "done"), all in one transaction; their ids.
+    `origin` says what they are: a colleague's (imported) or the lab's shipped recordings (gallery)."""
     path = Path(path)
     data = read_report(path)
     with store.session() as s:
-        rows = [_experiment(path, exp) for exp in data["experiments"]]
+        rows = [_experiment(path, exp, origin) for exp in data["experiments"]]
         s.add_all(rows)
         s.flush()
         return [row.id for row in rows]

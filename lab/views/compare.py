@@ -12,8 +12,11 @@ from lab.views.results import column_label, definition, fmt, load_runs, ordered_
 ENV_FIELDS = ["device", "device_name", "threads", "dtype", "torch", "transformers", "lab_commit", "spec_hash"]
 
 
+ORIGIN_MARKS = {store.ORIGIN_IMPORTED: " [imported]", store.ORIGIN_GALLERY: " [recorded]"}  # not measured here
+
+
 def run_label(run: Run, exp: Experiment) -> str:
-    return f"#{exp.id} {exp.name} / {run.variant} (run {run.id})"
+    return f"#{exp.id} {exp.name} / {run.variant} (run {run.id}){ORIGIN_MARKS.get(exp.origin, '')}"
 
 
 def run_choices(limit: int = 500) -> list[dict]:
@@ -45,7 +48,7 @@ def comparison_table(run_ids: list[int]) -> pd.DataFrame:
     metric_names = ordered_metric_names({m.name for r in runs for m in r.metrics})
     for run in runs:
         spec, col = run.experiment.spec, {}
-        col["experiment"] = f"#{run.experiment.id} {run.experiment.name}"
+        col["experiment"] = f"#{run.experiment.id} {run.experiment.name}{ORIGIN_MARKS.get(run.experiment.origin, '')}"
         col["variant"] = run.variant
         col["techniques"] = _technique_text(run)
         keys = {"digits": ("model", "workload", "classes", "images_per_class", "sampler", "steps", "guidance",
