@@ -26,8 +26,8 @@ class Technique:
 
     A technique subclasses the class of its slot (lab/techniques/slots.py: WeightsTechnique,
     AttentionTechnique, CacheTechnique, DecodingTechnique, DenoiserTechnique), which says which hooks the engine
-    calls, and declares: name, family, title, summary, paper, applies_to, its knobs (knob()) and the metrics of
-    its own it fills (metric(); measure() returns their values for one generation).
+    calls, and declares: name, family, title, summary, paper, idea, paper_claim, picture, applies_to, its knobs
+    (knob()) and the metrics of its own it fills (metric(); measure() returns their values for one generation).
     """
 
     name: ClassVar[str] = ""
@@ -39,6 +39,14 @@ class Technique:
     title: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    # The Techniques page's explanation, declared beside the code it explains so a new technique brings its own:
+    # `idea`, 3-5 sentences a workshop student follows (what it does, why it should help, what it costs);
+    # `paper_claim`, the paper's headline claim and the setting it was measured in (model, hardware), stated
+    # qualitatively where no exact number is certain; `picture`, the kind of illustration that shows it (a key of
+    # lab/views/technique_pictures.PICTURES).
+    idea: ClassVar[str] = ""
+    paper_claim: ClassVar[str] = ""
+    picture: ClassVar[str] = ""
     applies_to: ClassVar[tuple[str, ...]] = ("llm",)
     denoisers: ClassVar[tuple[str, ...]] = ()  # diffusion: denoiser architectures it works on ("dit", "unet"); () = any
     # diffusion: denoiser classes of that architecture it is known to fail on, each with the reason

@@ -9,7 +9,7 @@ from sqlalchemy.orm import selectinload
 from lab import metrics, store
 from lab.bench.machine_load import busy_reason
 from lab.metrics import MetricDef
-from lab.store import Experiment, Run
+from lab.store import Experiment, Job, Run
 from lab.techniques.registry import discover
 
 # The summary table shows these, in this order, when present.
@@ -133,7 +133,16 @@ def recent_experiments(limit: int = 20) -> list[dict]:
         return [{"ID": e.id, "Name": e.name, "Status": e.status, "Model": e.spec.get("model"),
                  "Workload": e.spec.get("workload"),
                  "Variants": ", ".join(v["name"] for v in e.spec.get("variants", [])),
-                 "Created (UTC)": e.created_at.strftime("%Y-%m-%d %H:%M:%S")} for e in exps]
+                 "Created (UTC)": e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                 "Run time [s]": run_seconds(s, e.id)} for e in exps]
+
+
+def run_seconds(s, experiment_id: int) -> int | None:
+    """Wall time of the experiment's last job, from its start to its end (queueing excluded); None if unfinished."""
+    job = s.scalars(select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id.desc())).first()
+    if job is None or job.started_at is None or job.finished_at is None:
+        return None
+    return round((job.finished_at - job.started_at).total_seconds())
 
 
 def ordered_metric_names(names) -> list[str]:

@@ -21,6 +21,14 @@ class DeepCache(DenoiserCache):
                "up block are cached; on the steps between only the shallow branch (input conv, the first down "
                "block(s), the last up block(s)) runs, fed by the cached deep features and fresh skip connections.")
     paper = "Ma et al. 2023, DeepCache: Accelerating Diffusion Models for Free (arXiv:2312.00858)"
+    idea = ("In a UNet the deep, low-resolution features that carry the image's overall layout change slowly between "
+            "denoising steps, while the shallow, full-resolution layers add the fine detail. DeepCache runs the whole "
+            "UNet every N-th step and caches the deep features; on the steps between only the shallow branch runs, "
+            "reusing them. Most of the UNet's work lies in the deep part, so those steps are much cheaper. The reused "
+            "layout is slightly stale, so quality drops as N grows.")
+    paper_claim = ("Training-free: 2.3x faster Stable Diffusion v1.5 for a 0.05 drop in CLIP score, and 4.1x faster "
+                   "LDM-4-G for a 0.22 rise in FID on ImageNet (on a GPU).")
+    picture = "block_reuse"
 
     interval: int = knob(3, min=1, max=50, unit="steps", help="Run the full UNet every N-th step (1 = never reuse).")
     branch: int = knob(0, min=0, max=8, help="Depth of the shallow branch that always runs: 0 = the outermost "

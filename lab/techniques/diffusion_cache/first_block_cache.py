@@ -17,6 +17,14 @@ class FirstBlockCache(DiffusersCacheHook):
                "threshold (relative mean absolute change since the last fully computed step), the other "
                "blocks are skipped and their cached residual is added instead.")
     paper = "Liu et al. 2024, TeaCache (arXiv:2411.19108); First Block Cache in ParaAttention / diffusers"
+    idea = ("How much the rest of the network will change on a step can be guessed from how much the first block's "
+            "output changed. First-block cache always computes the first transformer block; when its residual moved "
+            "less than a threshold since the last full step, it skips all the other blocks and reuses their cached "
+            "residual. Steps where little happens become almost free, and busy steps are still computed. A threshold "
+            "set too high skips steps that mattered, and the image drifts.")
+    paper_claim = ("TeaCache (the input-change test this cache follows): up to 4.41x faster than Open-Sora-Plan with "
+                   "negligible loss of visual quality (-0.07% VBench score), training-free, on GPUs.")
+    picture = "block_reuse"
     unsupported_denoisers: ClassVar[dict[str, str]] = DROPS_A_STREAM
 
     threshold: float = knob(0.1, min=0.0, max=2.0, unit="rel. change",

@@ -17,6 +17,15 @@ class PyramidAttentionBroadcast(DiffusersCacheHook):
     summary = ("Inside a middle band of timesteps, each attention layer is recomputed only every few calls and "
                "its last output is broadcast to the calls between; MLPs always run.")
     paper = "Zhao et al. 2024, Real-Time Video Generation with Pyramid Attention Broadcast (arXiv:2408.12588)"
+    idea = ("Attention outputs barely change in the middle part of the denoising process, while the first noisy steps "
+            "and the last detailed ones matter. Pyramid Attention Broadcast recomputes each attention layer only every "
+            "few steps inside a middle band of timesteps and broadcasts its last output to the steps between; the MLPs "
+            "always run. Attention is the most expensive part of an image or video transformer, so this saves much of "
+            "its work. Outputs change a little, more with longer skips.")
+    paper_claim = ("Up to 10.5x faster across Open-Sora, Open-Sora-Plan and Latte, training-free with quality "
+                   "preserved, reaching real-time generation of up to 720p video (together with its broadcast sequence "
+                   "parallelism, measured on 8 H100 GPUs).")
+    picture = "block_reuse"
     # diffusers finds attention layers by class and name (*blocks*), which UNets' attentions also match
     denoisers: ClassVar[tuple[str, ...]] = ("dit", "unet")
 

@@ -22,6 +22,14 @@ class TaylorSeer(DiffusersCacheHook):
                "Taylor expansion over the step index (finite differences of the last computed outputs) instead "
                "of reusing them unchanged.")
     paper = "Liu et al. 2025, From Reusing to Forecasting: TaylorSeers (arXiv:2503.06923)"
+    idea = ("Plain caches reuse a feature unchanged, although features move in a smooth direction from step to step. "
+            "TaylorSeer computes the network every few steps and, in between, predicts each feature from how it "
+            "changed over the last computed steps (a Taylor series: value, slope, curvature). The prediction is closer "
+            "to the true feature than a stale copy, so longer skips keep more quality. It keeps a few past outputs per "
+            "module in memory, and a high order can overshoot.")
+    paper_claim = ("Almost lossless 4.99x acceleration of FLUX and 5.00x of HunyuanVideo without training, and on DiT "
+                   "a 3.41 lower FID than the previous best method at 4.53x acceleration (on GPUs).")
+    picture = "block_reuse"
     unsupported_denoisers: ClassVar[dict[str, str]] = DROPS_A_STREAM
 
     interval: int = knob(4, min=1, max=50, unit="steps",

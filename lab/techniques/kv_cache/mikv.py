@@ -51,6 +51,16 @@ class MiKV(H2O):  # H2O's ranking (accumulated attention + recent window); demot
                "the rest in low-bit integers instead of evicting them. Compresses after the prefill.")
     paper = ("Yang et al., No Token Left Behind: Reliable KV Cache Compression via Importance-Aware Mixed "
              "Precision Quantization, 2024 (arXiv:2402.18096)")
+    idea = ("Eviction bets that a dropped token will never be needed again; when the bet is wrong, the model loses a "
+            "fact or starts to ramble. MiKV ranks tokens by accumulated attention as H2O does, but instead of evicting "
+            "the unimportant ones it keeps them in low precision (4 or 8 bits) and the important ones in full "
+            "precision. The cache shrinks much as it would with eviction, while every token can still be attended to. "
+            "It costs the quantize and dequantize work, and the demoted tokens are slightly blurred.")
+    paper_claim = ("Stated qualitatively: keeping the tokens eviction would drop in low precision instead gives a "
+                   "better trade-off between cache compression and generation quality than eviction alone, preserving "
+                   "context details eviction loses (open 7B-class chat LLMs such as Llama-2; a quality result, with no "
+                   "speed claim).")
+    picture = "kv_quantization"
     needs_attention_weights = True
 
     low_bits: int = knob(4, choices=(8, 4), unit="bits", help="Bits for the demoted (less important) tokens.")

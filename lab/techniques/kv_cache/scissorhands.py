@@ -32,6 +32,14 @@ class Scissorhands(KVPress):
                "the recent window.")
     paper = ("Liu et al., Scissorhands: Exploiting the Persistence of Importance Hypothesis for LLM KV Cache "
              "Compression at Test Time, NeurIPS 2023 (arXiv:2305.17118)")
+    idea = ("Scissorhands rests on an observation: a token that mattered to recent queries keeps mattering later (the "
+            "'persistence of importance'). It counts how often each cached token received more than an average share "
+            "of attention over a recent history of queries, keeps the most often important ones and the newest tokens, "
+            "and evicts the rest. The cache stays within a fixed budget, so memory stops growing with the text. It "
+            "needs the attention weights and a history of them, and tokens that become important only later are lost.")
+    paper_claim = ("Reduces the KV cache's memory by up to 5x without hurting model quality, and by up to 20x combined "
+                   "with 4-bit quantization of the cache (OPT models from 6.7B to 66B parameters; a memory result).")
+    picture = "kv_eviction"
     needs_attention_weights = True
 
     history: int = knob(64, min=1, max=4096, unit="queries", help="Recent queries whose attention is counted.")

@@ -14,6 +14,15 @@ class TOVA(KVPress):
     summary = ("Scores every cached token by the attention the latest token gives it, averaged over heads; "
                "the same ranking applies to every KV head.")
     paper = "Oren et al., Transformers are Multi-State RNNs, 2024 (arXiv:2401.06104)"
+    idea = ("TOVA treats the KV cache as a fixed-size memory, like the state of a recurrent network. Whenever the "
+            "cache is over its budget, it drops the tokens the newest token attends to least, averaged over the heads. "
+            "The newest query is a cheap, up-to-date judge of what still matters, so no attention history has to be "
+            "kept. The cost is reading the attention weights, and a token judged unimportant now may be needed by a "
+            "later question.")
+    paper_claim = ("Beats the other eviction policies on four long-range tasks with several open LLMs, and is often "
+                   "nearly on par with the full cache while keeping as little as 1/8 of it, which translated to 4.8x "
+                   "higher throughput.")
+    picture = "kv_eviction"
     needs_attention_weights = True
     recomputes_queries = True  # a single-token forward without weights rebuilds the query from q_proj + RoPE
 

@@ -47,6 +47,16 @@ class Pruning(QuantizedWeights):
     needs_calibration = True
     paper = ("Sun et al., A Simple and Effective Pruning Approach for Large Language Models (Wanda), ICLR 2024 "
              "(arXiv:2306.11695)")
+    idea = ("Many weights contribute little to the output, so setting them to zero barely changes it. Magnitude "
+            "pruning removes the smallest weights; Wanda multiplies each weight by how large its input usually is "
+            "(measured on calibration text), so a small weight that meets large inputs survives. The 2:4 pattern keeps "
+            "two of every four neighbouring weights, a shape some GPUs run about twice as fast. Without such kernels "
+            "(on a CPU here) the zeros cost the same time and memory as before, and removing half the weights always "
+            "costs some quality.")
+    paper_claim = ("Wanda prunes LLaMA and LLaMA-2 models (7B to 70B) to 50% unstructured sparsity, and to 2:4, "
+                   "without retraining or any weight update, far better than magnitude pruning and competitive with "
+                   "SparseGPT, which updates the weights (a quality result).")
+    picture = "pruning"
 
     method: str = knob("wanda", choices=("magnitude", "wanda"),
                        help="magnitude: score |w|; wanda: score |w| * ||x_j||_2, the weight times its input "

@@ -33,6 +33,15 @@ class WeightBudget(QuantizedWeights):
     needs_calibration = True
     paper = ("Wang et al., BitStack: Any-Size Compression of Large Language Models in Variable Memory "
              "Environments, ICLR 2025 (arXiv:2410.23918); Dong et al., HAWQ: Hessian AWare Quantization, ICCV 2019")
+    idea = ("Not every layer suffers equally from rounding: some go down to 4 bits almost for free, others lose a lot. "
+            "Given a memory budget, this technique measures on calibration text how much each layer's output changes "
+            "at 4 and 8 bits, and spends the bits where they matter most so the whole model fits the budget. You get "
+            "the best quality the budget allows and trade memory for quality with one number. The calibration takes "
+            "time once, and mixed layers need a kernel for each bit width.")
+    paper_claim = ("Stated qualitatively: BitStack builds one compressed model whose size can be set to any memory "
+                   "budget at run time, and matches or beats strong quantization baselines at the same size, "
+                   "especially at extreme compression (Llama 2, Llama 3 and Llama 3.1 models).")
+    picture = "weight_grid"
 
     budget_mb: float = knob(180.0, min=0.01, max=1_000_000.0, unit="MB", slider=(50.0, 2000.0, 5.0),
                             help="Bytes all weights may take (MB = 2^20 bytes), embeddings and norms included. "

@@ -22,6 +22,16 @@ class BlockTopK(SparsePattern):
     paper = ("Tang et al., Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference, ICML 2024 "
              "(arXiv:2406.10774); Jiang et al., MInference 1.0, NeurIPS 2024 (arXiv:2407.02490); Lee et al., HiP "
              "Attention (arXiv:2406.09827)")
+    idea = ("In a long text each part of the prompt needs only a few other parts. Block top-k cuts queries and keys "
+            "into blocks, makes a cheap guess of how much each query block would attend to each key block (from block "
+            "averages), and computes attention only for the best few blocks, plus the first block and the recent ones. "
+            "Attention work then grows with the blocks kept rather than with the whole length. The guess costs a "
+            "little time and can miss a single important token hidden in a block that looks unimportant on average.")
+    paper_claim = ("Quest: choosing the KV pages each query needs during decoding gives, at 32k tokens of context, up "
+                   "to 7.03x faster self-attention than FlashInfer and, together with 4-bit weights, 2.23x faster "
+                   "end-to-end decoding, with negligible accuracy loss on long-dependency tasks (7B long-context LLMs "
+                   "on a GPU).")
+    picture = "attention_mask"
 
     top_k: int = knob(8, min=0, max=4096, unit="blocks",
                       help="Key blocks each query block keeps by estimated score, beyond the sink block and the "

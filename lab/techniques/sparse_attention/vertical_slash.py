@@ -21,6 +21,16 @@ class VerticalSlash(SparsePattern):
                "lines. Chosen once, stored, reused; the KV cache stays whole.")
     paper = ("Jiang et al., MInference 1.0: Accelerating Pre-filling for Long-Context LLMs via Dynamic Sparse "
              "Attention, NeurIPS 2024 (arXiv:2407.02490)")
+    idea = ("Attention maps of real models often look like a few vertical lines (a handful of tokens every query "
+            "attends to) and a few diagonal 'slash' lines (keys at a fixed distance, such as the previous few tokens). "
+            "Vertical-slash learns on a calibration text which lines carry the most attention in each layer and head, "
+            "and afterwards computes attention only on those lines. For long prompts this skips most of the attention "
+            "work of the prefill. The pattern is fixed, so a head that needs something off its lines for a new text "
+            "misses it.")
+    paper_claim = ("MInference: up to 10x faster pre-filling of prompts of up to 1M tokens on a single A100 GPU with "
+                   "accuracy maintained (LLaMA-3-8B-1M, GLM-4-9B-1M, Yi-9B-200K, Phi-3-Mini-128K and Qwen2-7B-128K); "
+                   "there the lines are estimated for each input at run time, here once from calibration text.")
+    picture = "attention_mask"
     needs_calibration: ClassVar[bool] = True
 
     slashes: int = knob(256, min=1, max=512, unit="lines",

@@ -21,6 +21,15 @@ class DraftModel(DraftVerify):
                f"local folder or cached hub id of a model with the same tokenizer.")
     paper = ("Leviathan et al., Fast Inference from Transformers via Speculative Decoding, ICML 2023 "
              "(arXiv:2211.17192); Kim et al., Big Little Decoder, NeurIPS 2023 (arXiv:2302.07863)")
+    idea = ("Generating a token with a large model costs one slow forward pass, but checking several tokens at once "
+            "costs about the same as generating one. A small draft model guesses the next few tokens cheaply; the "
+            "large model checks them all in one pass and keeps the guesses up to the first one it disagrees with, "
+            "adding its own token there. With greedy decoding the output is exactly what the large model alone would "
+            "write, only faster when most guesses are accepted. It costs the draft model's time and memory, and a "
+            "draft that is often wrong makes generation slower.")
+    paper_claim = ("Speculative decoding is 2x to 3x faster than the standard T5X implementation with identical "
+                   "outputs (T5-XXL, 11B parameters, with a small T5 model as the draft, on TPU-v4).")
+    picture = "draft_verify"
 
     k: int = knob(3, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward.")
     draft: str = knob(DISTILLED, help=f"'{DISTILLED}', '{TRUNCATED}', or a local folder / cached hub id.")

@@ -24,6 +24,14 @@ class LayerSkip(DraftVerify):
                "model verifies. The draft keeps its own KV cache for the layers it runs.")
     paper = ("Zhang et al., Draft & Verify: Lossless LLM Acceleration via Self-Speculative Decoding, ACL 2024 "
              "(arXiv:2309.08168); Elhoushi et al., LayerSkip, ACL 2024 (arXiv:2404.16710)")
+    idea = ("Self-speculative decoding needs no second model: the draft is the same model running only some of its "
+            "layers, which is faster and already agrees with it more often than a stranger would. The full model then "
+            "checks the drafted tokens in one pass and keeps those it agrees with, so greedy output is unchanged. "
+            "There are no extra weights to load, only a small extra cache for the draft's layers. Skipping too many "
+            "layers makes the guesses poor and the verification wasted.")
+    paper_claim = ("Draft & Verify: up to 1.99x faster generation with output identical to the full model, no extra "
+                   "training and no extra memory (LLaMA-2 models and their fine-tuned variants).")
+    picture = "draft_verify"
 
     k: int = knob(3, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward.")
     draft_layers: int = knob(24, min=1, max=256, unit="layers", help="Decoder layers the draft runs.")
