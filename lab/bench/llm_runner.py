@@ -156,7 +156,14 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
             _record_pair(results[k].samples, gens_of[0], gens_of[k], HEADLINE_SPEEDUP[spec.workload])
 
     run_interleaved(len(engines), len(batches), spec.repeats, spec.warmup, run, pair, progress,
-                    lambda k: results[k].name)
+                    lambda k: results[k].name, warmup_units=warmup_units(engines, len(batches)))
+
+
+def warmup_units(engines, n_units: int) -> int:
+    """How many units the warm-up runs: all of them when a variant compiles a kernel per input shape (items of
+    different lengths are different shapes), so compiling never lands in a timed repeat; else the first."""
+    per_shape = any("attention" in e.slots and e.slots["attention"].compiles_per_shape() for e in engines)
+    return n_units if per_shape else 1
 
 
 def _record_generation(res, gen, techniques) -> None:

@@ -19,20 +19,24 @@ def rotation(n_variants: int, shift: int) -> list[int]:
 def run_interleaved(n_variants: int, n_units: int, repeats: int, warmup: int,
                     run: Callable[[int, int, int | None], object],
                     pair: Callable[[int, int, dict], None],
-                    progress: Callable[[float, str], None], label: Callable[[int], str], unit: str = "batch") -> None:
+                    progress: Callable[[float, str], None], label: Callable[[int], str], unit: str = "batch",
+                    warmup_units: int = 1) -> None:
     """Warm up, then run the interleaved repeats.
 
     run(variant, unit, repeat) runs one unit of work through one variant and returns what it measured;
-    repeat is None during the warm-up (always unit 0). After every variant ran unit u of repeat r,
+    repeat is None during the warm-up, which runs units 0 .. warmup_units - 1 (the first only, unless a kernel
+    compiled per shape must meet every unit's shape before timing). After every variant ran unit u of repeat r,
     pair(r, u, {variant: outcome}) records the paired ratios. progress(fraction, message) is told before
     each run, fraction in [0, 1)."""
-    total = (warmup + repeats * n_units) * n_variants
+    warm_units = range(min(max(warmup_units, 1), n_units) if warmup else 0)
+    total = (warmup * len(warm_units) + repeats * n_units) * n_variants
     done = 0
     for w in range(warmup):
         for k in range(n_variants):
-            progress(done / total, f"warm-up {w + 1}: {label(k)}")
-            run(k, 0, None)
-            done += 1
+            for u in warm_units:
+                progress(done / total, f"warm-up {w + 1}: {label(k)}" + (f", {unit} {u + 1}" if u else ""))
+                run(k, u, None)
+                done += 1
     for r in range(repeats):
         for u in range(n_units):
             outcomes = {}

@@ -60,6 +60,9 @@ class SparsePattern(AttentionTechnique):
     def forget_calls(self) -> None:
         """Drop what was counted of calls outside a measured run (the page's attention maps)."""
 
+    def compiles_per_shape(self) -> bool:
+        return self.kernel == "flex"  # the compiled FlexAttention kernel specialises on the sequence length
+
     def attend(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         # lazy: transformers loads only when a technique runs; pages import every technique
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
