@@ -4,13 +4,14 @@ in data/gallery/, so a class can browse every family's results without running a
 page loads it into the store once, as read-only experiments of origin "gallery", marked as recorded wherever shown."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqlalchemy import select
 
 from lab import store
 from lab.paths import ROOT
-from lab.report.export import write_report
+from lab.report.collect import report_data
 from lab.report.importer import import_experiments, read_report
 from lab.views.workshop import steps
 
@@ -35,8 +36,12 @@ def workshop_experiment_ids() -> list[int]:
 
 
 def record(experiment_ids: list[int] | None = None, target: Path = GALLERY_FILE) -> Path:
-    """Write the gallery file from these experiments (default: the workshop's newest runs)."""
-    write_report(target, "json", experiment_ids or workshop_experiment_ids())
+    """Write the gallery file from these experiments (default: the workshop's newest runs): a JSON report, written
+    without indentation because it ships in the repository (a third of the size; `lab import` reads it alike)."""
+    data = report_data(experiment_ids or workshop_experiment_ids(), report_file=target.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+                      + "\n", encoding="utf-8")
     return target
 
 
