@@ -233,3 +233,41 @@ def test_form_submits_the_last_preset_chosen_whole(server_without_worker):
     assert sorted(stored) == sorted(expected)
     for field in expected:  # nothing ignored: both sides went through validate(), no field is derived differently
         assert stored[field] == expected[field], f"field {field!r}"
+
+
+def test_a_newcomers_path_home_techniques_workshop_result_calculator(server):
+    """Home -> Techniques -> a workshop preset in the LLM Lab form (its questions) -> its result -> the what-if
+    calculator, in Debian chromium, a screenshot at each step."""
+    from playwright.sync_api import expect, sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(server)
+        expect(page.get_by_text("A tour, in the order you will need it")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stSidebarNav").get_by_text("Home")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "newcomer_1_home.png"), full_page=True)
+
+        page.get_by_test_id("stSidebarNav").get_by_text("Techniques").click()
+        expect(page.get_by_role("heading", name="Techniques")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("SnapKV").first).to_be_attached()
+        page.screenshot(path=str(ARTIFACTS / "newcomer_2_techniques.png"), full_page=True)
+
+        page.get_by_test_id("stSidebarNav").get_by_text("LLM Lab").click()
+        page.get_by_text("Build an experiment").click()
+        experiment_name_shows(page, "quickstart")
+        page.get_by_test_id("stSelectbox").filter(has_text="Start from preset").click()
+        page.get_by_role("option", name="workshop/3_quantization", exact=True).click()
+        experiment_name_shows(page, "workshop 3: quantization")
+        expect(page.get_by_text("Questions to discuss").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "newcomer_3_workshop_preset.png"), full_page=True)
+        page.get_by_role("button", name="Run experiment").click()
+        expect(page.get_by_text("Experiment 1: workshop 3: quantization")).to_be_visible(timeout=420_000)
+        expect(page.get_by_text("Questions to discuss (workshop)")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "newcomer_4_workshop_result.png"), full_page=True)
+
+        page.get_by_test_id("stSidebarNav").get_by_text("What-if calculator").click()
+        expect(page.get_by_role("heading", name="What-if calculator")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Estimate", exact=True).first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "newcomer_5_calculator.png"), full_page=True)
+        browser.close()

@@ -11,6 +11,8 @@ from lab.views.results import column_label
 def show_experiment_charts(exp) -> None:
     names = {m.name for run in exp.runs for m in run.metrics}
     x, quality = pareto.default_axes(names)
+    st.caption("What am I looking at: each variant's speedup against the baseline (dot: median; bar: p10 to p90; "
+               "dashed line: no change) and its quality beside it; below, quality against speed.")
     left, right = st.columns(2)
     if "speedup" in names:
         left.altair_chart(charts.speedup_chart(charts.metric_rows(exp.runs, "speedup")), width="stretch")

@@ -20,6 +20,8 @@ def show_kv_views(exp) -> None:
     if not runs and sweep.empty:
         return
     st.markdown("**KV cache**")
+    st.caption("What am I looking at: how much of the cache each method kept and what that did to the answers; "
+               "the tokens below are the context, shaded by how many KV heads kept each one.")
     if not sweep.empty:
         options = [m for m in CURVE_METRICS if m in sweep.columns and sweep[m].notna().any()]
         metric = st.selectbox("Curve of", options, format_func=column_label, key="kv_curve_metric")

@@ -14,6 +14,8 @@ def show_quantization_views(exp) -> None:
     if curve.empty and not runs:
         return
     st.markdown("**Quantization**")
+    st.caption("What am I looking at: what the weights became (bits per layer, the error each layer's rounding "
+               "made) and what it cost in quality; the table above has the speed and memory.")
     if not curve.empty:
         _budget_chart(curve)
     if runs:

@@ -13,6 +13,8 @@ def show_speculative_views(exp) -> None:
     if not runs:
         return
     st.markdown("**Speculative decoding** — how each token of the output came")
+    st.caption("What am I looking at: the output of the first prompt, each token coloured by how it came (the "
+               "legend); struck-through tokens were drafted and rejected, so they are not in the output.")
     labels = {r.id: r.variant for r in runs}
     run_id = st.selectbox("Variant", list(labels), format_func=lambda i: labels[i], key="spec_run")
     run = next(r for r in runs if r.id == run_id)
