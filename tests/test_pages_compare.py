@@ -49,3 +49,19 @@ def test_runs_from_different_environments_are_flagged(tiny_spec):
     mixed = page("pages/3_Compare.py", runs=experiments.runs_param(_run_ids(first) + _run_ids(second)))
     assert any("differ in environment" in w.value and "threads" in w.value and "64" in w.value
                for w in mixed.warning)
+
+
+def test_an_imported_report_compares_beside_local_runs_and_is_marked(tiny_spec, tmp_path):
+    from lab.report.export import write_report
+    from lab.report.importer import import_report
+    local = run_and_store(tiny_spec)
+    write_report(tmp_path / "colleague.json", "json", [local])
+    with store.session() as s:  # the local runs now differ from the exported ones in their CPU
+        for run in s.get(store.Experiment, local).runs:
+            run.environment = {**run.environment, "device_name": "Colleague's CPU"}
+    imported = import_report(tmp_path / "colleague.json")
+    at = page("pages/3_Compare.py", runs=experiments.runs_param(_run_ids(local) + _run_ids(imported)))
+    assert not at.exception
+    assert at.table[0].value.shape[1] == 4
+    assert sum("[imported]" in label for label in at.multiselect[0].options) == 2  # both imported runs, marked
+    assert any("device_name" in w.value for w in at.warning)
