@@ -4,6 +4,9 @@ import streamlit as st
 
 from lab.views import results
 from ui.gallery_view import show_gallery
+from ui.navigation import route_through_app
+
+route_through_app()
 
 st.set_page_config(page_title="Efficiency Lab", layout="wide")
 st.title("Efficiency Lab")

@@ -5,7 +5,10 @@ from lab.views import forms
 from lab.views.forms import BUILTIN_MODELS, DEFAULT_LLM
 from ui.experiment_panel import show_current_experiment, submit
 from ui.forms_view import variant_editor
+from ui.navigation import route_through_app
 from ui.workshop_view import show_preset_questions
+
+route_through_app()
 
 st.set_page_config(page_title="LLM Lab · Efficiency Lab", layout="wide")
 st.title("LLM Lab")

@@ -5,6 +5,9 @@ import streamlit as st
 from lab.views import compare, experiments
 from ui.charts_view import show_pareto
 from ui.export_view import show_downloads
+from ui.navigation import route_through_app
+
+route_through_app()
 
 st.set_page_config(page_title="Compare · Efficiency Lab", layout="wide")
 st.title("Compare runs")

@@ -2,7 +2,10 @@
 paper's claim and what this lab measured for it; ?technique=NAME opens one directly."""
 import streamlit as st
 
+from ui.navigation import route_through_app
 from ui.techniques_view import show_catalogue
+
+route_through_app()
 
 st.set_page_config(page_title="Techniques · Efficiency Lab", layout="wide")
 st.title("Techniques")

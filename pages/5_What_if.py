@@ -3,7 +3,10 @@ a table (or this machine, measured once), what each technique family changes, an
 beside the estimate where one exists."""
 import streamlit as st
 
+from ui.navigation import route_through_app
 from ui.whatif_view import show_whatif
+
+route_through_app()
 
 st.set_page_config(page_title="What-if calculator · Efficiency Lab", layout="wide")
 st.title("What-if calculator")

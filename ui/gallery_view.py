@@ -16,8 +16,9 @@ def show_gallery() -> None:
              f"see every family's results at once, without running anything; they are marked as recorded and "
              f"read-only, and your own runs sit beside them in Compare.")
     ids = info["loaded_ids"]
-    if not ids and st.button("Open the recorded results", icon=":material/folder_open:"):
-        ids = gallery.load()
+    if not ids:
+        # a callback: it loads before the page reruns, so the links below appear on that very rerun
+        st.button("Open the recorded results", icon=":material/folder_open:", on_click=gallery.load)
     for exp_id, name, diffusion in zip(ids, info["names"], info["diffusion"]):
         page = "pages/2_Diffusion_Lab.py" if diffusion else "pages/1_LLM_Lab.py"
         st.page_link(page, label=f"{name} (recorded)", icon=":material/history:",

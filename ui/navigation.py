@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager  # Streamlit's own v1/v2 switch (no public API)
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 # file stem -> (title in the sidebar, Material icon, URL path); the home page is the default
@@ -24,3 +25,13 @@ def _page(path: Path) -> st.Page:
 
 def run_app() -> None:
     st.navigation([_page(p) for p in sorted(PAGES.glob("*.py"))]).run()
+
+
+def route_through_app() -> None:
+    """Called first by every page. Streamlit decides at server start, from the mere existence of pages/, to run
+    pages the v1 way (each page file alone, the sidebar titled from file names, "app" among them) until some
+    session runs app.py's st.navigation; a colleague's link straight to a page would land there. Switching that
+    flag off and rerunning sends the same URL through app.py, so the sidebar always says Home, LLM Lab, ..."""
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
