@@ -235,7 +235,7 @@ def test_an_experiment_whose_job_ended_is_deleted(status):
 
 
 def test_an_id_read_from_a_dataframe_works_like_an_int():
-    np = pytest.importorskip("numpy")
+    import numpy as np
     a, b = make_experiment("a"), make_experiment("b")
     assert catalog.set_tags(np.int64(a), ["x"]) == ["x"]
     catalog.delete_experiment(np.int64(a))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lab.errors import SpecError
 from lab.paths import model_cache_dir, model_file
+from lab.whatif.model import CONFIG_KEYS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -114,17 +115,9 @@ def model_shape(name: str) -> ModelShape | None:
     return shape_from_config(raw, _safetensors_parameters(config.parent))
 
 
-# Names the same size goes by across transformers configs (Llama-style first, then GPT-2 style).
-_CONFIG_KEYS = {
-    "layers": ("num_hidden_layers", "n_layer", "num_layers"),
-    "hidden": ("hidden_size", "n_embd", "d_model"),
-    "heads": ("num_attention_heads", "n_head"),
-    "kv_heads": ("num_key_value_heads", "num_kv_heads"),
-    "head_dim": ("head_dim",),
-    "intermediate": ("intermediate_size", "n_inner", "ffn_dim"),
-    "vocab": ("vocab_size",),
-    "context": ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"),
-}
+# Names the same size goes by across transformers configs: the calculator's table, plus the context length.
+_CONFIG_KEYS = {**CONFIG_KEYS,
+                "context": ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")}
 
 
 def shape_from_config(config: dict, parameters: int | None = None) -> ModelShape | None:
