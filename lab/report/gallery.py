@@ -4,6 +4,7 @@ in data/gallery/, so a class can browse every family's results without running a
 page loads it into the store once, as read-only experiments of origin "gallery", marked as recorded wherever shown."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -50,14 +51,19 @@ def summary(path: Path = GALLERY_FILE) -> dict | None:
     whether this store has loaded it; None when there is no gallery file."""
     if not path.exists():
         return None
+    return {**_recorded(path, path.stat().st_mtime_ns), "loaded_ids": loaded_ids(path)}
+
+
+@functools.lru_cache(maxsize=4)
+def _recorded(path: Path, _mtime_ns: int) -> dict:
+    # reading and checking 1.8 MB of JSON takes ~0.1 s: once per version of the file, not on every home page load
     data = read_report(path)
     environments = [r["environment"] for e in data["experiments"] for r in e["runs"]]
     return {"names": [e["name"] for e in data["experiments"]],
             "diffusion": [e["spec"].get("workload") in DIFFUSION_WORKLOADS for e in data["experiments"]],
             "machine": ", ".join(sorted({str(env.get("device_name", "?")) for env in environments})),
             "commit": ", ".join(sorted({str(env.get("lab_commit", "?"))[:12] for env in environments})),
-            "recorded_at": max((e.get("finished_at") or "" for e in data["experiments"]), default="") or "?",
-            "loaded_ids": loaded_ids(path)}
+            "recorded_at": max((e.get("finished_at") or "" for e in data["experiments"]), default="") or "?"}
 
 
 def loaded_ids(path: Path = GALLERY_FILE) -> list[int]:
