@@ -12,11 +12,11 @@ def show_questions(questions: tuple[str, ...], where: str) -> None:
 
 
 def show_preset_questions(preset: str) -> None:
-    step = next((s for s in workshop.steps() if s.preset == preset), None)
-    if step is not None:
-        total = len(workshop.steps())
-        index = workshop.steps().index(step) + 1
-        show_questions(step.questions, f"(workshop step {index} of {total}; run it, then look for the answers)")
+    steps = workshop.steps()  # reads every workshop file: once per draw
+    index = next((i for i, s in enumerate(steps) if s.preset == preset), None)
+    if index is not None:
+        show_questions(steps[index].questions,
+                       f"(workshop step {index + 1} of {len(steps)}; run it, then look for the answers)")
 
 
 def show_result_questions(experiment_name: str) -> None:
