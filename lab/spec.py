@@ -22,11 +22,14 @@ from lab.errors import SpecError, named, shown
 from lab.knobs import KnobInfo, knob, knobs_of
 from lab.prompts import WORKLOADS
 
-ENGINES = ("lab", "hf_generate")  # what runs a variant: the lab's loop, or transformers' generate as the reference
+# What runs a variant: the lab's loop; transformers' generate (the library's own version of a technique); or
+# llama.cpp on the model's GGUF (the engine people deploy), as reference rows beside the lab's.
+ENGINES = ("lab", "hf_generate", "llama_cpp")
 SAMPLERS = ("ddim", "dpmsolver++")  # the shipped diffusion models' solvers
 PIPELINE_SAMPLER = "pipeline"  # a diffusers pipeline runs its own scheduler
 MODEL_KINDS = ("llm", "diffusion")
-VARIANT_FIELDS = ("name", "techniques", "engine")
+VARIANT_FIELDS = ("name", "techniques", "engine", "threads")
+MAX_THREADS = 256
 SWEEP_FIELD = "sweep"  # a table (or list of tables) of one technique's knob values, expanded into variants
 SWEEP_KEYS = ("technique", "name")  # a sweep table's own keys; every other key is a knob of its technique
 # Every variant runs in every repeat and a sweep's product grows fast: past this a list is more likely a typo
@@ -36,14 +39,23 @@ MAX_VARIANTS = 64
 
 @dataclass
 class Variant:
-    """One variant: a name, what runs it, and its techniques as validated tables ({'name': ..., knob: value})."""
+    """One variant: a name, what runs it, its techniques as validated tables ({'name': ..., knob: value}), and
+    the threads it runs on (0: the spec's)."""
     name: str
     engine: str = "lab"
     techniques: list[dict] = field(default_factory=list)
+    threads: int = 0
+
+    def stored(self) -> dict:
+        """What the store keeps; threads only when set, so specs written before it existed hash as they did."""
+        out = asdict(self)
+        if not self.threads:
+            del out["threads"]
+        return out
 
     @property
     def is_baseline(self) -> bool:
-        return not self.techniques and self.engine == "lab"
+        return not self.techniques and self.engine == "lab" and not self.threads
 
 
 @dataclass
@@ -64,7 +76,7 @@ class Spec:
     repeats: int = knob(3, min=1, max=100, help="Measured repeats; variants interleave within each repeat.")
     warmup: int = knob(1, min=0, max=10, help="Unmeasured warm-up passes per variant before the repeats.")
     seed: int = knob(0, min=0, max=2**31 - 1, help="Seed for sampling; the same for every variant.")
-    threads: int = knob(0, min=0, max=256, help="torch threads for every variant (0: keep torch's default).")
+    threads: int = knob(0, min=0, max=MAX_THREADS, help="torch threads for every variant (0: keep torch's default).")
     temperature: float = knob(0.0, min=0.0, max=5.0, help="0 = greedy; above 0 samples with this temperature.")
     top_p: float = knob(1.0, min=0.01, max=1.0, help="Nucleus sampling mass (used when temperature > 0).")
     perplexity_tokens: int = knob(256, min=0, max=100_000, unit="tokens", help=(
@@ -93,14 +105,15 @@ class Spec:
     def to_dict(self) -> dict:
         """What the store keeps and the spec hash covers: the user's fields and the variants."""
         out = {k.name: copy.deepcopy(getattr(self, k.name)) for k in FIELDS.values()}
-        out["variants"] = [asdict(v) for v in self.variants]
+        out["variants"] = [v.stored() for v in self.variants]
         return out
 
     @classmethod
     def from_stored(cls, stored: dict, model_kind: str, pipeline: bool = False) -> "Spec":
         """A spec as the store keeps it (validated when it was submitted), with its resolved model kind."""
         values = check_fields({k: v for k, v in stored.items() if k != "variants"})
-        variants = [Variant(v["name"], v.get("engine", "lab"), v.get("techniques", [])) for v in stored["variants"]]
+        variants = [Variant(v["name"], v.get("engine", "lab"), v.get("techniques", []), v.get("threads", 0))
+                    for v in stored["variants"]]
         return cls(**values, variants=variants, model_kind=model_kind, pipeline=pipeline)
 
 

@@ -17,20 +17,21 @@ from lab.bench.attention_profile import amdahl_ceiling, attention_maps, attentio
 from lab.bench.measure import MB
 from lab.bench.protocol import run_interleaved, scaled
 from lab.bench.similarity import answer_similarity
-from lab.llm.engine import Engine
+from lab.bench.engines import make_engine, variant_threads
 from lab.llm.workloads import chat_items, context_qa_items, grounded_items, needle_items, perplexity_windows
 from lab.ops.sampling import GenerationSettings
 from lab.spec import Spec
-from lab.techniques import build
 
 
 def run_llm(spec: Spec, loaded, results, progress) -> None:
     engines = []
     for v, res in zip(spec.variants, results):
         progress(0.02, f"preparing {v.name}")
-        engine = Engine(loaded.model, loaded.tokenizer, build(v.techniques, model_kind="llm"))
+        engine = make_engine(v, loaded, spec)
         engines.append(engine)
-        res.environment["dtype"] = str(next(engine.model.parameters()).dtype).replace("torch.", "")
+        res.environment["dtype"] = engine.dtype_name
+        if v.threads:
+            res.environment["threads"] = v.threads
         res.samples["weight_mb"].append(engine.weight_bytes() / MB)
         _record_preparation(res, engine)
     torch.manual_seed(spec.seed)
@@ -53,7 +54,7 @@ def run_llm(spec: Spec, loaded, results, progress) -> None:
 
 def _record_preparation(res, engine) -> None:
     """Calibration time (spent before any timed run) and what the techniques found while preparing."""
-    if engine.calibration.notes:
+    if engine.calibration is not None and engine.calibration.notes:
         res.samples["calibration_s"].append(engine.calibration.seconds)
         res.environment["calibration"] = f"{'; '.join(engine.calibration.notes)}: {engine.calibration.source}"
     for t in engine.techniques:
@@ -139,7 +140,8 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
     settings = settings_for(spec)
 
     def run(k: int, b: int, repeat: int | None) -> list:
-        gens = run_batch(engines[k], results[k].engine, batches[b], settings)
+        with variant_threads(spec.variants[k].threads):
+            gens = run_batch(engines[k], results[k].engine, batches[b], settings)
         if repeat is None:  # warm-up
             return gens
         res = results[k]
@@ -162,7 +164,7 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
 def warmup_units(engines, n_units: int) -> int:
     """How many units the warm-up runs: all of them when a variant compiles a kernel per input shape (items of
     different lengths are different shapes), so compiling never lands in a timed repeat; else the first."""
-    per_shape = any("attention" in e.slots and e.slots["attention"].compiles_per_shape() for e in engines)
+    per_shape = any(t.compiles_per_shape() for e in engines for t in e.techniques)
     return n_units if per_shape else 1
 
 
@@ -182,9 +184,10 @@ def _run_perplexity_workload(spec: Spec, loaded, engines, results, progress):
 
     def run(k: int, i: int, repeat: int | None) -> float:
         ids = windows[i]
-        start = time.perf_counter()
-        nll, n = engines[k].continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
-        rate = len(ids) / (time.perf_counter() - start)
+        with variant_threads(spec.variants[k].threads):
+            start = time.perf_counter()
+            nll, n = engines[k].continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
+            rate = len(ids) / (time.perf_counter() - start)
         if repeat is not None:
             results[k].samples["prefill_tokens_per_s"].append(rate)
         if repeat == 0:
@@ -245,7 +248,8 @@ def _score_perplexity(spec, loaded, engines, results, progress):
         nll = n = 0
         for ids in windows:
             half = len(ids) // 2
-            a, b = engine.continuation_nll(ids[:half], ids[half:])
+            with variant_threads(spec.variants[k].threads):
+                a, b = engine.continuation_nll(ids[:half], ids[half:])
             nll, n = nll + a, n + b
         results[k].samples["perplexity"].append(fidelity.perplexity(nll, n))
 

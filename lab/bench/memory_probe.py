@@ -71,7 +71,10 @@ def probe_variant(spec: Spec, variant: Variant, device: str) -> dict:
 
 def _page_in(model) -> None:
     """Read every weight once: safetensors maps the file, and pages count in RSS only once touched, so without
-    this the first generation's rise would include loading the weights rather than the generation's own work."""
+    this the first generation's rise would include loading the weights rather than the generation's own work.
+    None: an engine that maps its own weights (llama.cpp) and reads them itself."""
+    if model is None:
+        return
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             t.reshape(-1)[::512].sum()  # one element in every 4 KB page, read in place (no full-size temporary)
@@ -82,15 +85,15 @@ def _llm_work(spec: Spec, variant: Variant, loaded, techniques):
     perplexity window."""
     # lazy: the probe's own memory is what it measures, so an LLM's probe never holds diffusers or sklearn
     from lab.bench.llm_runner import first_batch, run_batch, settings_for
-    from lab.llm.engine import Engine
+    from lab.bench.engines import make_engine
     from lab.llm.workloads import perplexity_windows
 
-    engine = Engine(loaded.model, loaded.tokenizer, techniques)
+    engine = make_engine(variant, loaded, spec, techniques)
     if spec.workload == "perplexity":
         ids = perplexity_windows(loaded.tokenizer, spec.perplexity_window, spec.perplexity_window)[0]
-        return engine.model, lambda: engine.continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
+        return engine.weights_to_page_in(), lambda: engine.continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
     batch = first_batch(spec, loaded.tokenizer)
-    return engine.model, lambda: run_batch(engine, variant.engine, batch, settings_for(spec))
+    return engine.weights_to_page_in(), lambda: run_batch(engine, variant.engine, batch, settings_for(spec))
 
 
 def _diffusion_work(spec: Spec, _variant: Variant, loaded, techniques):

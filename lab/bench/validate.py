@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.bench import limits
+from lab.bench.engines import check_engine
 from lab.bench.loader import check_model, denoiser_of, is_pipeline, model_kind
 from lab.errors import SpecError, named, shown
 from lab.knobs import KnobInfo
@@ -13,6 +14,7 @@ from lab.llm.models import model_shape
 from lab.prompts import DIFFUSION_WORKLOADS, WORKLOADS, available_items
 from lab.spec import (
     ENGINES,
+    MAX_THREADS,
     PIPELINE_SAMPLER,
     SAMPLERS,
     SWEEP_FIELD,
@@ -101,9 +103,11 @@ def _variant(where: str, variant, spec: Spec, check_model_exists: bool) -> Varia
         _check_against_model(built, spec, check_model_exists)
     except SpecError as e:
         raise SpecError(f"{where} ({named(name or 'unnamed')}): {e}") from None
-    if engine == "hf_generate" and built:
-        raise SpecError(f"{where}: engine 'hf_generate' is the raw transformers reference and takes no "
-                        f"techniques")
+    threads = variant.get("threads", 0)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise SpecError(f"{where}.threads: {shown(threads)} is not allowed; allowed: an integer from 0 (the "
+                        f"spec's threads) to {MAX_THREADS}")
+    check_engine(where, engine, built, spec, check_model_exists)
     given = bool(name)
     name = name or (" + ".join(t.label() for t in built) if built else ("baseline" if engine == "lab" else engine))
     try:
@@ -113,7 +117,7 @@ def _variant(where: str, variant, spec: Spec, check_model_exists: bool) -> Varia
             raise
         # a name made from long knob values (a draft model's path): say where it came from
         raise SpecError(f"{e} (the name made from its techniques; give the variant a shorter name)") from None
-    return Variant(name, engine, [{"name": t.name, **t.params()} for t in built])
+    return Variant(name, engine, [{"name": t.name, **t.params()} for t in built], threads)
 
 
 def _check_against_model(built: list, spec: Spec, check_model_exists: bool) -> None:
@@ -175,9 +179,9 @@ def _model_lookup(function, model: str):
 
 def _check_batchable(size: int, variants: list[Variant]) -> None:
     for v in variants:
-        if v.engine == "hf_generate":
+        if v.engine != "lab":
             raise SpecError(f"field 'batch_size': {size} is not supported by variant '{v.name}' (engine "
-                            f"'hf_generate' runs batch 1); allowed: 1, or remove that variant")
+                            f"'{v.engine}' runs batch 1); allowed: 1, or remove that variant")
         unbatched = [t["name"] for t in v.techniques if not get(t["name"]).batchable]
         if unbatched:
             raise SpecError(f"field 'batch_size': {size} is not supported by variant '{v.name}' (the "

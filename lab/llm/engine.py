@@ -22,6 +22,7 @@ from lab.ops.calibration import Calibration
 from lab.ops.drafting import NullDrafter
 from lab.ops.generation import Generation
 from lab.ops.nbytes import cache_nbytes, model_bytes
+from lab.ops.ragged import RaggedBatch
 from lab.ops.sampling import GenerationSettings, sample_next
 from lab.techniques.slots import refuse_unused_slots
 
@@ -91,9 +92,25 @@ class Engine:
                          logits_to_keep=logits_to_keep)
         return out.logits
 
+    def target_batch(self, prompts: list[list[int]], settings: GenerationSettings, widest: int):
+        """The batch the draft/verify loop feeds the target through: a RaggedBatch over a growing cache, or the
+        runtime technique's own (a static cache and a compiled step; `widest`: the most tokens one feed takes)."""
+        if "runtime" in self.slots:
+            return self.slots["runtime"].make_batch(self.model, prompts, settings.max_new_tokens, widest)
+        return RaggedBatch(self.model, len(prompts), self.device)
+
     def load_model(self, name: str):
         """Another LLM on this engine's device (a draft model a decoding technique names)."""
         return load_llm(name, str(self.device))
+
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as the run's environment shows it ('float32', 'bfloat16')."""
+        return str(next(self.model.parameters()).dtype).replace("torch.", "")
+
+    def weights_to_page_in(self):
+        """What the memory probe reads once before measuring (the model this variant runs)."""
+        return self.model
 
     def weight_bytes(self) -> int:
         return model_bytes(self.model) + sum(t.extra_weight_bytes(self) for t in self.techniques)

@@ -25,7 +25,7 @@ import torch
 from lab.ops.drafting import Proposal
 from lab.ops.generation import Generation
 from lab.ops.nbytes import cache_nbytes
-from lab.ops.ragged import RaggedBatch, left_padded
+from lab.ops.ragged import left_padded
 from lab.ops.sampling import sample_next, warped_probs
 
 
@@ -140,7 +140,7 @@ def speculative_generate(engine, drafter, prompts: list[list[int]], settings, sc
     device = engine.device
     generator = None if settings.greedy else torch.Generator(device=device).manual_seed(settings.seed)
     seqs = [SequenceRun(list(p), settings.max_new_tokens) for p in prompts]
-    target = RaggedBatch(engine.model, len(prompts), device)
+    target = engine.target_batch(prompts, settings, schedule.k_max + 1)
     with engine._prepared():
         start = time.perf_counter()
         tokens, valid = left_padded(prompts, device)

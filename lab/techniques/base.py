@@ -55,6 +55,9 @@ class Technique:
     # True: an LLM run hands it the held-out calibration text (lab/ops/calibration.Calibration) before any timed
     # run: weights techniques through transform_weights(model, calibration), the others through calibrate()
     needs_calibration: ClassVar[bool] = False
+    # engine 'hf_generate': the generate() argument that is this technique's counterpart in transformers ("" when
+    # there is none); hf_generate_options() gives its value
+    hf_generate_counterpart: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -120,6 +123,15 @@ class Technique:
     def run_metrics(self) -> dict[str, float]:
         """Values of its own metrics measured once per variant outside the timed repeats (e.g. the time to
         compile a kernel, spent in warm-up), recorded after the run."""
+        return {}
+
+    def compiles_per_shape(self) -> bool:
+        """True when the technique runs code compiled for each input shape: the runner's warm-up then meets every
+        shape of the workload, so no compile lands in a timed repeat."""
+        return False
+
+    def hf_generate_options(self, engine) -> dict:
+        """Keyword arguments of transformers' generate() that run this technique's counterpart there."""
         return {}
 
     def extra_weight_bytes(self, engine) -> int:

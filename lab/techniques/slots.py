@@ -47,11 +47,6 @@ class AttentionTechnique(Technique):
         """(output [batch, queries, heads, head_dim], weights or None), as transformers' attention functions."""
         raise NotImplementedError
 
-    def compiles_per_shape(self) -> bool:
-        """True when attend() runs a kernel compiled for each input shape: the runner's warm-up then meets every
-        shape of the workload, so no compile lands in a timed repeat."""
-        return False
-
     def attention_implementation(self) -> str:
         """The name this instance's attend() is registered under with transformers (the engine switches the
         model to it for each call). One name per instance, so two variants' knobs never share a function."""
