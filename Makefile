@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# llama-cpp-python compiles llama.cpp (minutes): only the tests need it (engine = "llama_cpp"), never `make run`.
+LLAMA_CPP := $(VENV)/.llama_cpp
+# ggml's AMX kernels crash on some Xeons (llama.cpp issue #20824, here a Sapphire-Rapids-class VM): built without
+# them on x86-64; an explicit -mno-amx-* wins over the -march=native ggml adds.
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 PORT ?= 8501
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -18,6 +23,11 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)
 
+$(LLAMA_CPP): $(STAMP)
+	# --no-cache-dir: a wheel cached from a build with AMX would otherwise be reused
+	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(PY) -m pip install -q --no-cache-dir llama-cpp-python==0.3.36
+	touch $(LLAMA_CPP)
+
 prepare: setup  ## convert the built-in GGUF model to safetensors under data/cache (once, about 40 s)
 	$(PY) -m lab prepare
 
@@ -29,7 +39,7 @@ chromium:  ## Debian's chromium for the real-browser test
 	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null)
 
-test: setup chromium
+test: setup $(LLAMA_CPP) chromium
 	$(PY) -m pytest -q -ra
 
 worker: setup

@@ -1,12 +1,24 @@
 """The variants editor both lab pages share: techniques picked per variant, knobs drawn from declarations."""
 from __future__ import annotations
 
+import importlib.util
+
 import streamlit as st
 
 from lab.views import forms
 
 ENGINE_HELP = ("lab: the lab's decode loop, where techniques apply; hf_generate: transformers' own generate, "
-               "the raw reference (takes no technique).")
+               "the raw reference (takes no technique); llama_cpp: llama.cpp on the model's GGUF, the engine people "
+               "deploy (takes no technique; needs llama-cpp-python, offered only when it is installed).")
+LLAMA_CPP_MISSING = ("engine 'llama_cpp' is not offered: llama-cpp-python is not installed here (pip install "
+                     "llama-cpp-python==0.3.36; make test installs it), so this variant runs on another engine.")
+
+
+def offered_engines(engines: tuple[str, ...]) -> tuple[str, ...]:
+    """The engines this machine can run: llama_cpp only where llama-cpp-python is installed (find_spec, not import:
+    importing it loads libllama, and pages must open fast)."""
+    has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    return tuple(e for e in engines if e != "llama_cpp" or has_llama_cpp)
 
 
 def variant_editor(techniques: dict, preset_variants: list[dict], key: str, max_variants: int = 6,
@@ -33,7 +45,10 @@ def variant_editor(techniques: dict, preset_variants: list[dict], key: str, max_
                                key=f"{prefix}name", placeholder="named after its techniques when empty")
         engine = pv.get("engine", "lab")
         if engines:
-            engine = box.selectbox("Engine", engines, index=forms.choice_index(engines, engine, "lab"),
+            offered = offered_engines(engines)
+            if engine in engines and engine not in offered:  # a preset's llama_cpp variant, on a machine without it
+                box.caption(LLAMA_CPP_MISSING)
+            engine = box.selectbox("Engine", offered, index=forms.choice_index(offered, engine, "lab"),
                                    key=f"{prefix}engine", help=ENGINE_HELP)
         preset_techniques = [t for t in pv.get("techniques", []) if isinstance(t, dict)]
         chosen = box.multiselect("Techniques", list(techniques), key=f"{prefix}tech",

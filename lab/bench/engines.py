@@ -16,6 +16,9 @@ def check_engine(where: str, engine: str, built: list, spec, check_model_exists:
                 raise SpecError(f"{where}: engine 'hf_generate' runs transformers' generate(), which has no "
                                 f"counterpart of '{t.name}'; allowed with it: weights techniques and "
                                 f"{', '.join(_with_counterpart())}")
+            refusal = t.hf_generate_refusal() if hasattr(t, "hf_generate_refusal") else None
+            if refusal:
+                raise SpecError(f"{where}: engine 'hf_generate' cannot run '{t.name}' as set: {refusal}")
     elif engine == "llama_cpp":
         if built:
             raise SpecError(f"{where}: engine 'llama_cpp' runs the model's GGUF in llama.cpp as it is and takes no "
@@ -24,12 +27,13 @@ def check_engine(where: str, engine: str, built: list, spec, check_model_exists:
             raise SpecError(f"{where}: engine 'llama_cpp' runs LLMs; model '{spec.model}' is a {spec.model_kind} "
                             f"model; allowed engines for it: lab")
         if check_model_exists:
-            from lab.llm.llama_cpp import check_llama_cpp  # lazy: imports llama_cpp when it is installed
+            # lazy: the engine's module is only needed when a variant asks for it
+            from lab.llm.llama_cpp import check_llama_cpp
             check_llama_cpp(spec.model)
 
 
 def _with_counterpart() -> list[str]:
-    from lab.techniques import all_techniques
+    from lab.techniques import all_techniques  # lazy: the registry imports every technique module
     return [name for name, cls in all_techniques().items() if cls.hf_generate_counterpart]
 
 
@@ -37,11 +41,13 @@ def make_engine(variant, loaded, spec, techniques: list | None = None):
     """The object that generates for this variant: an Engine (the lab's loop, also behind hf_generate) or a
     LlamaCppEngine; both offer generate(prompt_ids, settings, question_ids) and continuation_nll()."""
     if variant.engine == "llama_cpp":
+        # lazy: validation imports this module in the page process, which never loads torch or llama.cpp
         import torch
 
         from lab.llm.llama_cpp import LlamaCppEngine
         threads = variant.threads or spec.threads or torch.get_num_threads()
         return LlamaCppEngine(spec.model, loaded.tokenizer, threads=threads)
+    # lazy: as above
     from lab.llm.engine import Engine
     from lab.techniques import build
     if techniques is None:
@@ -55,7 +61,7 @@ def variant_threads(threads: int):
     if not threads:
         yield
         return
-    import torch
+    import torch  # lazy: as make_engine
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

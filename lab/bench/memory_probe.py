@@ -84,8 +84,8 @@ def _llm_work(spec: Spec, variant: Variant, loaded, techniques):
     """The variant's model, and the first unit of the workload the timed repeats ran: a batch of items, or a
     perplexity window."""
     # lazy: the probe's own memory is what it measures, so an LLM's probe never holds diffusers or sklearn
-    from lab.bench.llm_runner import first_batch, run_batch, settings_for
     from lab.bench.engines import make_engine
+    from lab.bench.llm_runner import first_batch, run_batch, settings_for
     from lab.llm.workloads import perplexity_windows
 
     engine = make_engine(variant, loaded, spec, techniques)
