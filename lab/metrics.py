@@ -36,6 +36,17 @@ _DEFS = [
               "is known.", False),
     MetricDef("tpot_ms", "TPOT", "ms", "Time per output token after the first: decode time divided by "
               "(new tokens - 1).", False),
+    MetricDef("decode_mb_per_token", "Bytes read per token", "MB", "Bytes a decode step must stream from memory "
+              "per token after the first: the weights once per decode forward (speculative: per verify forward, "
+              "plus a draft model's own weights per drafted token) and the KV cache as it stood before each "
+              "forward, summed over the generation's decode forwards and divided by (new tokens - 1).", False),
+    MetricDef("floor_ms", "Memory floor", "ms", "The memory-bound floor of TPOT: bytes read per token divided by "
+              "the machine's memory bandwidth (measured once by a large copy, in the run's environment as "
+              "memory_bandwidth_gbs). No decode step streams its bytes faster; compute and per-op overhead come "
+              "on top. CPU and CUDA only.", None),
+    MetricDef("tpot_over_floor", "TPOT / floor", "x", "Measured TPOT divided by the memory floor: how far the "
+              "decode loop is from only streaming its weights and KV cache (1 = memory-bound, nothing else "
+              "spent).", False),
     MetricDef("latency_s", "Latency", "s", "End-to-end time of one generation, prefill included.", False),
     MetricDef("new_tokens", "New tokens", "tok", "Tokens generated (stops at max_new_tokens or end of sequence).",
               None),

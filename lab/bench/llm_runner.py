@@ -14,10 +14,11 @@ import torch
 
 from lab.bench import fidelity
 from lab.bench.attention_profile import amdahl_ceiling, attention_maps, attention_share
+from lab.bench.engines import make_engine, variant_threads
+from lab.bench.floor import bandwidth_gbs, decode_floor, weights_read
 from lab.bench.measure import MB
 from lab.bench.protocol import run_interleaved, scaled
 from lab.bench.similarity import answer_similarity
-from lab.bench.engines import make_engine, variant_threads
 from lab.llm.workloads import chat_items, context_qa_items, grounded_items, needle_items, perplexity_windows
 from lab.ops.sampling import GenerationSettings
 from lab.spec import Spec
@@ -138,6 +139,10 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
     items = _items(spec, loaded.tokenizer)
     batches = [items[i:i + spec.batch_size] for i in range(0, len(items), spec.batch_size)]
     settings = settings_for(spec)
+    bandwidth = bandwidth_gbs(results[0].environment.get("device", "cpu"))  # measured once per machine, stored
+    weights = [weights_read(e) for e in engines]  # (bytes a target forward reads, bytes a draft forward reads)
+    for res in results if bandwidth else ():
+        res.environment["memory_bandwidth_gbs"] = round(bandwidth, 1)
 
     def run(k: int, b: int, repeat: int | None) -> list:
         with variant_threads(spec.variants[k].threads):
@@ -149,6 +154,7 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
             res.samples["batch_tokens_per_s"].append(sum(len(g.token_ids) for g in gens) / max(g.latency for g in gens))
         for item, gen in zip(batches[b], gens):
             _record_generation(res, gen, engines[k].techniques)
+            res.record(decode_floor(gen, weights[k][0], bandwidth, draft_weight_bytes=weights[k][1]))
             if repeat == 0:
                 res.outputs.append(_output(loaded.tokenizer, item, gen, engines[k].techniques, detail=item is items[0]))
         return gens
