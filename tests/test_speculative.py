@@ -101,17 +101,6 @@ def test_a_draft_equal_to_the_target_is_always_accepted(tiny):
     assert weak.extra["accepted"] < weak.extra["drafted"]  # a one-layer draft of a random model disagrees
 
 
-def test_adaptive_k_grows_on_full_acceptance_and_shrinks_on_rejection():
-    schedule = AdaptiveK(3, True, 5)
-    schedule.update(torch.tensor([3, 3]), 3)
-    assert schedule.k == 4
-    schedule.update(torch.tensor([4, 1]), 4)
-    assert schedule.k == 3
-    fixed = AdaptiveK(3, False, 5)
-    fixed.update(torch.tensor([3]), 3)
-    assert fixed.k == 3
-
-
 def test_lookup_continuation_prefers_the_longest_ngram():
     tokens = torch.tensor([1, 2, 3, 9, 9, 5, 2, 3, 7, 8, 4, 2, 3])
     assert lookup_continuation(tokens, 2, 2, 1) == [9, 9]  # "2 3" first seen at 1, followed by 9 9

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab.errors import SpecError
 from lab.techniques.base import knob, metric
 from lab.techniques.slots import DecodingTechnique
 
@@ -30,8 +31,9 @@ class DraftVerify(DecodingTechnique):
 
     k: int = knob(4, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward (the start "
                                                           "value when adaptive).")
-    adaptive: bool = knob(False, help="Grow k by 1 after a round where every draft was accepted, shrink it by 1 "
-                                      "after any rejection (transformers' heuristic schedule).")
+    adaptive: bool = knob(False, help="Choose k each round (up to k_max) for the most expected tokens per second, "
+                                      "from the acceptance per draft position and the round times measured so far "
+                                      "(lab/llm/speculative.py AdaptiveK).")
     k_max: int = knob(8, min=1, max=32, unit="tokens", help="Upper bound of k when adaptive.")
 
     def conflicts_with(self, other) -> str | None:
@@ -43,20 +45,47 @@ class DraftVerify(DecodingTechnique):
     def make_drafter(self, engine):
         raise NotImplementedError
 
+    # --- engine 'hf_generate': transformers' assisted generation -------------------------------------------
+    def hf_generate_refusal(self) -> str | None:
+        """Why transformers' generate() has no counterpart of this technique with these knob values (None: it
+        has one). hf_generate_options() refuses with it; validation may ask it before anything loads."""
+        return None
+
+    def _check_hf_generate(self) -> None:
+        reason = self.hf_generate_refusal()
+        if reason:
+            raise SpecError(f"technique '{self.name}' with engine 'hf_generate': {reason}")
+
+    def _assistant_schedule(self) -> dict:
+        """transformers' options for a model assistant: k drafts every round. transformers 5.x reads these three
+        from the assistant's own generation_config, not from generate()'s arguments, so Engine.generate_hf sets
+        them there for the call. The confidence threshold is 0: at its default (0.4) the assistant stops drafting
+        early when unsure, which the lab's drafter never does. adaptive maps to transformers' own schedule,
+        "heuristic" (+2 after a round with every draft accepted, -1 otherwise, no upper bound): the counterpart of
+        an adaptive k, not of the lab's rule (AdaptiveK), and k_max has none. Its _transient form starts every
+        generation from k, as the lab's does (plain "heuristic" carries k over from one generate() to the next)."""
+        return {"num_assistant_tokens": self.k,
+                "num_assistant_tokens_schedule": "heuristic_transient" if self.adaptive else "constant",
+                "assistant_confidence_threshold": 0.0}
+
     def decode_batch(self, engine, prompts: list[list[int]], settings) -> list:
         return engine.draft_verify(self.make_drafter(engine), prompts, settings, self.k, self.adaptive, self.k_max)
 
     def measure(self, output) -> dict[str, float]:
-        """The draft/verify counts of one Generation (the loop leaves them in its extra)."""
-        x, values = output.extra, {}
+        """The draft/verify counts of one Generation (the loop leaves them in its extra). transformers' generate()
+        (engine 'hf_generate') shows only its target forwards and the tokens each brought, so its Generation has
+        target_forwards and accepted, and no drafted or times."""
+        x, values = output.extra or {}, {}
         if output.draft_kv_bytes:
             values["draft_kv_mb"] = output.draft_kv_bytes / 2**20
-        if x["drafted"]:
+        if x.get("drafted"):
             values["acceptance_rate"] = 100.0 * x["accepted"] / x["drafted"]
-        values["mean_accepted"] = x["accepted"] / max(x["target_forwards"], 1)
-        values["tokens_per_forward"] = len(output.token_ids) / (x["target_forwards"] + 1)  # + the prefill
-        values["draft_ms"] = 1000 * x["draft_s"]
-        values["verify_ms"] = 1000 * x["verify_s"]
+        if "target_forwards" in x:
+            values["mean_accepted"] = x["accepted"] / max(x["target_forwards"], 1)
+            values["tokens_per_forward"] = len(output.token_ids) / (x["target_forwards"] + 1)  # + the prefill
+        if "draft_s" in x:
+            values["draft_ms"] = 1000 * x["draft_s"]
+            values["verify_ms"] = 1000 * x["verify_s"]
         return values
 
     def output_extra(self, output, decode, prompt_ids, detail) -> dict:

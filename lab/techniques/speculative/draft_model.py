@@ -1,6 +1,7 @@
 """Speculative decoding with a separate, smaller draft model that shares the target's tokenizer."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from lab.errors import SpecError
@@ -30,6 +31,7 @@ class DraftModel(DraftVerify):
     paper_claim = ("Speculative decoding is 2x to 3x faster than the standard T5X implementation with identical "
                    "outputs (T5-XXL, 11B parameters, with a small T5 model as the draft, on TPU-v4).")
     picture = "draft_verify"
+    hf_generate_counterpart = "assistant_model"
 
     k: int = knob(3, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward.")
     draft: str = knob(DISTILLED, help=f"'{DISTILLED}', '{TRUNCATED}', or a local folder / cached hub id.")
@@ -64,6 +66,28 @@ class DraftModel(DraftVerify):
         model, vocab = self._cache[key]
         return ModelDrafter(model, vocab, engine.model.config.vocab_size)
 
+    def hf_generate_options(self, engine) -> dict:
+        """transformers' assisted generation with the same draft as its assistant_model (see
+        DraftVerify._assistant_schedule for k and adaptive)."""
+        self._check_hf_generate()
+        return {"assistant_model": self._hf_assistant(engine), **self._assistant_schedule()}
+
+    def _hf_assistant(self, engine):
+        """The draft as transformers' generate() takes an assistant: a causal LM whose logits are over the
+        target's vocabulary. The distilled draft's head covers only the tokens of its training text, so its
+        assistant is a view of it (weights shared) whose head scatters those logits into the full vocabulary,
+        -inf elsewhere: the same argmax and the same distribution as the lab's drafter, for the cost of a
+        scatter, not of a full-vocabulary head. Any other draft is its own assistant (generate_hf sets the
+        assistant's generation_config for the call and sets it back)."""
+        self.make_drafter(engine)
+        key = ("hf", id(engine.model))
+        if key not in self._cache:
+            model, vocab = self._cache[id(engine.model)]
+            if vocab is not None:
+                model = _full_vocab_view(model, vocab, engine.model.config.vocab_size)
+            self._cache[key] = model
+        return self._cache[key]
+
     def extra_weight_bytes(self, engine) -> int:
         """The draft's own parameters (the distilled draft shares the target's embedding: not counted)."""
         self.make_drafter(engine)
@@ -88,3 +112,28 @@ class DraftModel(DraftVerify):
             raise ValueError(f"draft model '{self.draft}' has a different tokenizer from the target; speculative "
                              f"decoding needs the same vocabulary")
         return loaded.model.to(next(target.parameters()).dtype), None
+
+
+def _full_vocab_view(model, vocab, vocab_size: int):
+    """A view of a draft with a trimmed head (rows for the target ids in `vocab`) whose logits are over all
+    `vocab_size` target ids: the trimmed logits scattered into place, -inf for the tokens it never proposes.
+    Shares every weight with `model`; has a generation_config of its own."""
+    # lazy: torch would load with the pages, which import this module
+    import torch
+
+    class FullVocabHead(torch.nn.Module):
+        def __init__(self, head, vocab, size):
+            super().__init__()
+            self.head, self.size = head, size
+            self.register_buffer("vocab", vocab, persistent=False)
+
+        def forward(self, hidden):
+            small = self.head(hidden)
+            full = small.new_full((*small.shape[:-1], self.size), float("-inf"))
+            return full.index_copy_(-1, self.vocab, small)
+
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # copy.copy would share the submodule table with the original
+    view.lm_head = FullVocabHead(model.lm_head, vocab, vocab_size)
+    view.generation_config = copy.deepcopy(model.generation_config)
+    return view

@@ -32,6 +32,7 @@ class LayerSkip(DraftVerify):
     paper_claim = ("Draft & Verify: up to 1.99x faster generation with output identical to the full model, no extra "
                    "training and no extra memory (LLaMA-2 models and their fine-tuned variants).")
     picture = "draft_verify"
+    hf_generate_counterpart = "assistant_early_exit"
 
     k: int = knob(3, min=1, max=16, unit="tokens", help="Draft tokens proposed per target forward.")
     draft_layers: int = knob(24, min=1, max=256, unit="layers", help="Decoder layers the draft runs.")
@@ -43,3 +44,19 @@ class LayerSkip(DraftVerify):
         from lab.ops.drafting import ModelDrafter, decoder_layers, layer_subset
         n_total = len(decoder_layers(engine.model))
         return ModelDrafter(layer_subset(engine.model, kept_layers(n_total, self.draft_layers, self.pattern)))
+
+    def hf_generate_refusal(self) -> str | None:
+        if self.pattern != "first" and self.draft_layers > 1:
+            return ("transformers' counterpart, assistant_early_exit, drafts with the target's first layers (an "
+                    f"early exit), not layers spread through it; set pattern = 'first' (found '{self.pattern}')")
+        return None
+
+    def hf_generate_options(self, engine) -> dict:
+        """transformers' assistant_early_exit = draft_layers: the target drafts with its first draft_layers
+        layers, its final norm and LM head (as pattern 'first' does here), in a cache of its own (see
+        DraftVerify._assistant_schedule for k and adaptive)."""
+        self._check_hf_generate()
+        # lazy: lab.ops.drafting imports torch; pages import this module
+        from lab.ops.drafting import decoder_layers
+        n_total = len(decoder_layers(engine.model))
+        return {"assistant_early_exit": min(self.draft_layers, n_total), **self._assistant_schedule()}

@@ -25,6 +25,7 @@ class PromptLookup(DraftVerify):
                    "chat) with no change in the output (Mistral-7B-Instruct-v0.1, greedy decoding, on one A100 40GB "
                    "GPU; the author's code repository, not a peer-reviewed paper).")
     picture = "draft_verify"
+    hf_generate_counterpart = "prompt_lookup_num_tokens"
 
     k: int = knob(4, min=1, max=16, unit="tokens", help="Tokens copied after a match (the most proposed per round).")
     ngram_size: int = knob(3, min=1, max=8, unit="tokens", help="Longest n-gram matched; shorter ones are "
@@ -36,3 +37,24 @@ class PromptLookup(DraftVerify):
         # lazy: lab.ops.drafting imports torch; pages import this module
         from lab.ops.drafting import PromptLookupDrafter
         return PromptLookupDrafter(self.ngram_size, min(self.min_ngram, self.ngram_size))
+
+    def hf_generate_refusal(self) -> str | None:
+        if self.adaptive:
+            return ("transformers' prompt lookup proposes a fixed prompt_lookup_num_tokens every round (its "
+                    "schedules are for assistant models); set adaptive = false")
+        return None
+
+    def hf_generate_options(self, engine) -> dict:
+        """transformers' PromptLookupCandidateGenerator (5.x) against the lab's PromptLookupDrafter:
+          - the same: the last n tokens are matched longest n first, the earliest match with a token after it
+            wins, and up to k tokens that followed it are proposed;
+          - n-gram sizes: transformers tries max_matching_ngram_size down to 1 and has no minimum, so with
+            min_ngram > 1 (the default 2) it also proposes after a one-token match, where the lab proposes
+            nothing; its drafts differ there (the output does not: greedy verification keeps the target's);
+          - transformers cuts a draft at an end-of-sequence token and at max_length; the lab proposes past them
+            and its verification stops there, so the output is the same;
+          - sampling: transformers samples the target at every position and keeps drafts while they equal its
+            samples; the lab accepts a draft with probability q(draft). Both give the target's distribution.
+        """
+        self._check_hf_generate()
+        return {"prompt_lookup_num_tokens": self.k, "max_matching_ngram_size": self.ngram_size}
