@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["LAB_WORKER_AUTOSTART"] = "0"  # pages under AppTest must not spawn workers; tests start their own
+# compiled decode's kernels: one cache for the whole session (tests that move LAB_DATA_DIR would compile again)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / "data" / "cache" / "inductor"))
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")

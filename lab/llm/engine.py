@@ -123,6 +123,8 @@ class Engine:
         compresses first and the question follows uncompressed (kvpress's protocol)."""
         if "decoding" in self.slots:  # no cache technique beside a draft: the question is plain prompt
             return self.slots["decoding"].decode_batch(self, [prompt_ids + (question_ids or [])], settings)[0]
+        if "runtime" in self.slots:  # its batch object runs the steps: the draft/verify loop with no drafts
+            return self.generate_batch([prompt_ids + (question_ids or [])], settings)[0]
         generator = None
         if not settings.greedy:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
@@ -207,38 +209,65 @@ class Engine:
     def generate_hf(self, prompt_ids: list[int], settings: GenerationSettings) -> Generation:
         """The same generation through transformers' generate(), timed per token by a streamer.
 
-        Used as the reference the lab's loop is measured against (bench_overhead) and checked equal to.
+        Used as the reference the lab's loop is measured against (bench_overhead) and checked equal to, and as
+        engine 'hf_generate': the variant's weights as prepared, and its decoding technique as transformers'
+        own counterpart (assisted generation: prompt_lookup_num_tokens, assistant_model, assistant_early_exit),
+        from the technique's hf_generate_options(). Assisted generation takes batch 1 (validation refuses more),
+        a cache of ours, and a streamer, which it hands each round's tokens together.
         """
         streamer = _TimingStreamer()
         cache = DynamicCache(config=self.model.config)
         ids = torch.tensor([prompt_ids], device=self.device)
         kwargs = dict(do_sample=False) if settings.greedy else dict(
             do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        decoding = self.slots.get("decoding")
+        options = decoding.hf_generate_options(self) if decoding is not None else {}
+        # transformers (5.x) reads these from the assistant's own generation_config, not from generate()'s
+        # arguments (the assistant of assistant_early_exit is the target): set them there for this call only
+        assistant = options.get("assistant_model", self.model if "assistant_early_exit" in options else None)
+        keys = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+        saved = {key: getattr(assistant.generation_config, key) for key in keys if key in options} if assistant else {}
+        for key in saved:
+            setattr(assistant.generation_config, key, options[key])
         if not settings.greedy:
             torch.manual_seed(settings.seed)
-        streamer.start = time.perf_counter()
-        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=settings.max_new_tokens,
-                                  past_key_values=cache, streamer=streamer, eos_token_id=sorted(self.eos_ids),
-                                  pad_token_id=sorted(self.eos_ids)[0], **kwargs)
+        try:
+            streamer.start = time.perf_counter()
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                      max_new_tokens=settings.max_new_tokens, past_key_values=cache,
+                                      streamer=streamer, eos_token_id=sorted(self.eos_ids),
+                                      pad_token_id=sorted(self.eos_ids)[0], **kwargs, **options)
+        finally:
+            for key, value in saved.items():
+                setattr(assistant.generation_config, key, value)
         tokens = out[0, len(prompt_ids):].tolist()
         stopped_by = "eos" if tokens and tokens[-1] in self.eos_ids else "length"
+        extra = {}
+        if decoding is not None:  # each put() after the prompt is one target forward, the first the prefill's
+            extra = {"target_forwards": len(streamer.per_put) - 1,
+                     "accepted": sum(n - 1 for n in streamer.per_put)}
         return Generation(prompt_len=len(prompt_ids), token_ids=tokens, token_times=streamer.times[:len(tokens)],
-                          kv_bytes=cache_nbytes(cache), stopped_by=stopped_by)
+                          kv_bytes=cache_nbytes(cache), stopped_by=stopped_by, extra=extra)
 
 
 class _TimingStreamer:
-    """generate() calls put() once with the prompt, then once per new token: record when each arrives."""
+    """generate() calls put() once with the prompt, then once per target forward with the tokens it made: one in
+    plain decoding, the accepted drafts and the target's own token in assisted decoding. Each token is recorded
+    as arriving when its put() did (batch 1: put() gets [1] or [1, n])."""
 
     def __init__(self):
         self.start = 0.0
         self.times: list[float] = []
+        self.per_put: list[int] = []  # tokens each target forward brought
         self._seen_prompt = False
 
     def put(self, value):
         if not self._seen_prompt:
             self._seen_prompt = True
             return
-        self.times.append(time.perf_counter() - self.start)
+        now = time.perf_counter() - self.start
+        self.times.extend([now] * int(value.numel()))
+        self.per_put.append(int(value.numel()))
 
     def end(self):
         pass

@@ -9,8 +9,10 @@ from lab.techniques.slots import (
                                   CacheTechnique,
                                   DecodingTechnique,
                                   DenoiserTechnique,
+                                  RuntimeTechnique,
                                   WeightsTechnique,
 )
 
 __all__ = ["SLOTS", "KnobInfo", "Technique", "knob", "metric", "all_techniques", "build", "get", "AttentionTechnique",
-           "CacheTechnique", "DecodingTechnique", "DenoiserTechnique", "WeightsTechnique"]
+           "CacheTechnique", "DecodingTechnique", "DenoiserTechnique", "RuntimeTechnique",
+           "WeightsTechnique"]

@@ -33,7 +33,8 @@ def register(cls: type) -> None:
     """Called by Technique.__init_subclass__ for every class that sets a name."""
     if not cls.slot:
         raise TypeError(f"{cls.__name__}: a technique subclasses the class of its slot (lab/techniques/slots.py: "
-                        f"WeightsTechnique, AttentionTechnique, CacheTechnique, DecodingTechnique, DenoiserTechnique)")
+                        f"WeightsTechnique, AttentionTechnique, CacheTechnique, DecodingTechnique, DenoiserTechnique, "
+                        f"RuntimeTechnique)")
     ignored = [k for k in cls.applies_to if k not in cls.model_kinds]
     if ignored:
         raise TypeError(f"technique {cls.name!r} applies to {', '.join(ignored)} models, whose runs never use its "

@@ -1,4 +1,4 @@
-"""The five slots a technique attaches to, as classes: a technique subclasses the class of its slot and overrides
+"""The six slots a technique attaches to, as classes: a technique subclasses the class of its slot and overrides
 that slot's hooks. The class says which model kinds use the slot (a technique declared for a kind its slot
 ignores is refused when it is defined) and is applied in canonical order:
 
@@ -7,6 +7,7 @@ ignores is refused when it is defined) and is applied in canonical order:
   cache      the KV cache object the decode loop writes into, and hooks around one generation  llm
   decoding   llm: the loop that produces tokens (draft/verify); diffusion: the sampler schedule  llm, diffusion
   denoiser   wraps the denoiser for one generation (caching between steps)                      diffusion
+  runtime    how the steps execute: the batch object the loop feeds (static cache, compiled step)  llm
 
 The engine (lab/llm/engine.py) and the diffusion variant (lab/diffusion/variant.py) call these hooks and
 nothing else; neither looks at a technique's family or name. Nothing here imports torch at import time.
@@ -115,7 +116,21 @@ class DenoiserTechnique(Technique):
         raise NotImplementedError
 
 
-SLOT_CLASSES = (WeightsTechnique, AttentionTechnique, CacheTechnique, DecodingTechnique, DenoiserTechnique)
+class RuntimeTechnique(Technique):
+    """How the model's steps execute, not what they compute: a static KV cache and a compiled decode step. The
+    draft/verify loop feeds the target through make_batch()'s object, so it stacks with a decoding technique."""
+    slot: ClassVar[str] = "runtime"
+    slot_order: ClassVar[int] = 5
+    model_kinds: ClassVar[tuple[str, ...]] = ("llm",)
+
+    def make_batch(self, model, prompts: list[list[int]], max_new_tokens: int, widest: int):
+        """An object with RaggedBatch's interface (feed, keep, select, cache; lab/ops/ragged.py) that runs the
+        target for one generation; `widest`: the most tokens one feed after the prefill takes."""
+        raise NotImplementedError
+
+
+SLOT_CLASSES = (WeightsTechnique, AttentionTechnique, CacheTechnique, DecodingTechnique, DenoiserTechnique,
+                RuntimeTechnique)
 SLOTS = tuple(c.slot for c in SLOT_CLASSES)
 MODEL_SLOTS = {kind: tuple(c.slot for c in SLOT_CLASSES if kind in c.model_kinds) for kind in MODEL_KINDS}
 

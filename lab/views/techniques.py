@@ -59,6 +59,14 @@ FAMILIES: dict[str, FamilyText] = {
         "greedy decoding the output is identical to the model's own; the speedup depends on how often the guesses "
         "are right, which depends on the text.",
         ("prompt_lookup", "draft_model", "layer_skip")),
+    "runtime": FamilyText(
+        "Runtime",
+        "The same maths can run fast or slow. Eager PyTorch runs a model one small operation at a time, called "
+        "from Python; for a small model generating one token, that overhead can cost as much as the arithmetic. "
+        "A runtime technique changes how the steps execute, not what they compute: compiled, with a fixed-size "
+        "cache. The output stays the same up to rounding; the speed column shows what is left when the overhead "
+        "goes, and the engine rows show what a dedicated engine such as llama.cpp does with the same model.",
+        ("compiled_decode",)),
     "sampler": FamilyText(
         "Fewer sampler steps",
         "A diffusion model makes an image in a number of denoising steps, each one a full pass through the "

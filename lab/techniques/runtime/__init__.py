@@ -1,0 +1,1 @@
+"""Runtime: how the model's steps execute (a static cache and a compiled step), not what they compute."""
