@@ -5,11 +5,14 @@ import importlib.util
 
 import streamlit as st
 
+from lab.spec import MAX_THREADS
 from lab.views import forms
 
 ENGINE_HELP = ("lab: the lab's decode loop, where techniques apply; hf_generate: transformers' own generate, "
                "the raw reference (takes no technique); llama_cpp: llama.cpp on the model's GGUF, the engine people "
                "deploy (takes no technique; needs llama-cpp-python, offered only when it is installed).")
+THREADS_HELP = ("Threads this variant runs on; 0 = the experiment's. One thread can beat two on a busy machine, "
+                "and a thread sweep shows how each engine scales.")
 LLAMA_CPP_MISSING = ("engine 'llama_cpp' is not offered: llama-cpp-python is not installed here (pip install "
                      "llama-cpp-python==0.3.36; make test installs it), so this variant runs on another engine.")
 
@@ -24,7 +27,8 @@ def offered_engines(engines: tuple[str, ...]) -> tuple[str, ...]:
 def variant_editor(techniques: dict, preset_variants: list[dict], key: str, max_variants: int = 6,
                    engines: tuple[str, ...] | None = None) -> list[dict]:
     """Widgets for the baseline's name and the other variants, initialised from every variant of the preset
-    (names, engines, techniques and their knobs); returns [{'name', 'engine', 'techniques'}, ...], baseline first.
+    (names, engines, threads, techniques and their knobs); returns [{'name', 'engine', 'techniques'} (and
+    'threads' when set), ...], baseline first.
 
     `key` prefixes every widget key and must name the preset (forms.form_key): a keyed widget keeps its value
     across reruns even when its default changes, so without it the previous preset's variants would stay.
@@ -50,6 +54,10 @@ def variant_editor(techniques: dict, preset_variants: list[dict], key: str, max_
                 box.caption(LLAMA_CPP_MISSING)
             engine = box.selectbox("Engine", offered, index=forms.choice_index(offered, engine, "lab"),
                                    key=f"{prefix}engine", help=ENGINE_HELP)
+        threads = int(pv.get("threads", 0)) if isinstance(pv.get("threads", 0), int) else 0
+        if engines:
+            threads = box.number_input("Threads", 0, MAX_THREADS, value=min(max(threads, 0), MAX_THREADS),
+                                       key=f"{prefix}threads", help=THREADS_HELP)
         preset_techniques = [t for t in pv.get("techniques", []) if isinstance(t, dict)]
         chosen = box.multiselect("Techniques", list(techniques), key=f"{prefix}tech",
                                  default=[t["name"] for t in preset_techniques if t.get("name") in techniques],
@@ -65,7 +73,8 @@ def variant_editor(techniques: dict, preset_variants: list[dict], key: str, max_
             box.caption(f"{cls.title}: {cls.summary} Paper: {cls.paper}")
             preset_knobs = next((t for t in preset_techniques if t.get("name") == tname), {})
             entries.append({"name": tname, **_knob_widgets(box, cls, preset_knobs, f"{prefix}{tname}", sweep)})
-        variants.append({"name": vname, "engine": engine, "techniques": entries})
+        variants.append({"name": vname, "engine": engine, "techniques": entries, **({"threads": int(threads)}
+                                                                                    if threads else {})})
     return variants
 
 

@@ -84,10 +84,11 @@ def spec_from_form(raw: dict, fields: dict, variants: list[dict]) -> dict:
 
 def split_baseline(variants: list[dict]) -> tuple[str, list[dict]]:
     """A preset's baseline name and its other variants, in their order. The baseline is the variant that
-    validate() puts first: the first one with no technique on the lab's engine ('baseline' when there is none)."""
+    validate() puts first: the first one with no technique on the lab's engine at the experiment's threads
+    ('baseline' when there is none)."""
     variants = [v for v in variants if isinstance(v, dict)]
     for i, v in enumerate(variants):
-        if not v.get("techniques") and v.get("engine", "lab") == "lab":
+        if not v.get("techniques") and v.get("engine", "lab") == "lab" and not v.get("threads"):
             return v.get("name") or "baseline", variants[:i] + variants[i + 1:]
     return "baseline", variants
 
