@@ -152,8 +152,8 @@ def attention_mask() -> alt.LayerChart:
 def compiled_step() -> alt.LayerChart:
     # one decoder layer's decode step on a time axis: eager launches every small op from Python with a gap before
     # each; compiled runs the same matmuls with the small ops fused into fewer kernels and no gaps
-    eager = "M.o.o.M.o.o.o.M.o.M.o.o.M."
-    compiled = "MfMfMfMf"
+    eager = "M.o.M.o.o.M.o.M"
+    compiled = "MfMfMfM"
     names = {"M": ("matmul (reads weights)", "M"), "o": ("small op (norm, rope, add)", "·"),
              "f": ("fused kernel (several small ops)", "F"), ".": ("Python and launch overhead", "")}
     legend = {"matmul (reads weights)": BLUE, "small op (norm, rope, add)": SKY,
