@@ -5,6 +5,7 @@ machine without llama-cpp-python, the form offers it only where it is installed,
 end to end beside the lab's baseline."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 import re
@@ -29,7 +30,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def engine(smollm2):
-    pytest.importorskip("llama_cpp")
+    importlib.import_module("llama_cpp")  # make test installs it: missing is a failure, not a skip
     return lc.LlamaCppEngine(MODEL, smollm2.tokenizer, threads=2)
 
 
@@ -224,7 +225,7 @@ def test_the_llm_form_shows_the_llama_cpp_engine_where_it_is_installed(installed
 
 @pytest.mark.real_model
 def test_a_small_experiment_runs_llama_cpp_beside_the_baseline():
-    pytest.importorskip("llama_cpp")
+    importlib.import_module("llama_cpp")  # make test installs it: missing is a failure, not a skip
     from lab.bench import run
     spec = validate({"model": MODEL, "workload": "chat", "prompts": 1, "max_new_tokens": 8, "repeats": 1,
                      "perplexity_tokens": 64, "perplexity_window": 32,
