@@ -16,7 +16,7 @@ def check_engine(where: str, engine: str, built: list, spec, check_model_exists:
                 raise SpecError(f"{where}: engine 'hf_generate' runs transformers' generate(), which has no "
                                 f"counterpart of '{t.name}'; allowed with it: weights techniques and "
                                 f"{', '.join(_with_counterpart())}")
-            refusal = t.hf_generate_refusal() if hasattr(t, "hf_generate_refusal") else None
+            refusal = t.hf_generate_refusal()
             if refusal:
                 raise SpecError(f"{where}: engine 'hf_generate' cannot run '{t.name}' as set: {refusal}")
     elif engine == "llama_cpp":

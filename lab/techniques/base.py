@@ -134,6 +134,11 @@ class Technique:
         """Keyword arguments of transformers' generate() that run this technique's counterpart there."""
         return {}
 
+    def hf_generate_refusal(self) -> str | None:
+        """Why transformers' generate() has no counterpart of this technique with these knob values (None: it has
+        one, or the technique declares none); validation asks before anything loads."""
+        return None
+
     def extra_weight_bytes(self, engine) -> int:
         """Weights the technique adds beside the model (a draft model's), counted in the variant's weights."""
         return 0

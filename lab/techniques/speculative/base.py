@@ -46,11 +46,6 @@ class DraftVerify(DecodingTechnique):
         raise NotImplementedError
 
     # --- engine 'hf_generate': transformers' assisted generation -------------------------------------------
-    def hf_generate_refusal(self) -> str | None:
-        """Why transformers' generate() has no counterpart of this technique with these knob values (None: it
-        has one). hf_generate_options() refuses with it; validation may ask it before anything loads."""
-        return None
-
     def _check_hf_generate(self) -> None:
         reason = self.hf_generate_refusal()
         if reason:
