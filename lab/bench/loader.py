@@ -1,12 +1,117 @@
 """Which kind a model is (decided here, once) and loading it: an LLM (lab/llm/models.py), a shipped diffusion
-model or a diffusers pipeline folder (lab/diffusion/models.py). A worker keeps the last models it loaded."""
+model or a diffusers pipeline folder (lab/diffusion/models.py). A worker keeps the last models it loaded.
+
+A model named by a local path is checked here before anything inside it is read (check_model_folder), and a
+model that needs its own Python code is refused: the lab never turns trust_remote_code on."""
 from __future__ import annotations
 
+import json
+import os
 import threading
 
 from lab.diffusion.models import DIFFUSION_MODELS, MODELS_DIR, check_denoiser, load_denoiser
 from lab.diffusion.pipelines import pipeline_folder, pipeline_info
-from lab.llm.models import check_llm, default_device, llm_rows, load_llm
+from lab.errors import SpecError, shown
+from lab.llm.models import BUILTIN_MODELS, check_llm, default_device, llm_rows, load_llm
+from lab.paths import model_file
+
+# What makes a folder a model folder: the files from_pretrained starts from.
+MODEL_MARKERS = ("config.json", "model_index.json")
+# A config is a few KB (the largest published, with label maps, a few MB); a bigger "config" is not one, and
+# validation reads it whole.
+CONFIG_LIMIT = 8 * 2**20
+# Trees that never hold a model folder: reading in them can leak secrets (/etc) or block on a device (/dev,
+# /proc, /sys). /private/etc is macOS's /etc.
+SYSTEM_TREES = ("/etc", "/proc", "/sys", "/dev", "/boot", "/private/etc")
+# Top-level system folders: never a model folder themselves, though one may lie below them (/usr/share/...,
+# /home/me/models).
+SYSTEM_FOLDERS = ("/", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", "/var", "/home", "/root", "/run")
+FOLDER_ALLOWED = ("allowed: a folder holding config.json (a transformers model) or model_index.json (a diffusers "
+                  "pipeline), as save_pretrained writes it")
+
+
+def check_model_folder(name: str) -> None:
+    """Refuse (SpecError) a model named by a local path that is not a plain model folder, judged from stat and
+    the folder's listing: no file inside it is opened. A name that is no path here (a built-in, a hub id)
+    passes: the hub cache is the Hugging Face library's own."""
+    if name in BUILTIN_MODELS or name in DIFFUSION_MODELS or not os.path.lexists(name):
+        return
+    path = os.path.normpath(name)  # "link/" names the link itself, as islink needs it
+    if os.path.islink(path):
+        # The store records the path given; a link can be repointed between validation and the worker's load,
+        # so what ran would not be what the record names.
+        raise SpecError(f"model folder {_shown(name)} is a symlink (to {os.path.realpath(path)}); allowed: the "
+                        f"folder it points to, named by its own path")
+    _refuse_system_folder(name, os.path.realpath(path))
+    if not os.path.isdir(path):
+        raise SpecError(f"model {_shown(name)} is a file, not a folder{_folder_hint(path)}; {FOLDER_ALLOWED}")
+    _check_markers(name, path)
+    _refuse_links_leaving(name, path)
+
+
+def _shown(name: str) -> str:
+    return shown(name, 240)  # a path cut at shown()'s usual 80 characters would not say which folder
+
+
+def _refuse_system_folder(name: str, real: str) -> None:
+    tree = next((t for t in SYSTEM_TREES if os.path.commonpath([real, t]) == t), None)
+    if tree is not None or real in SYSTEM_FOLDERS:
+        where = f"lies in the system folder {tree}" if tree else f"is the system folder {real}"
+        raise SpecError(f"model folder {_shown(name)} {where}; the lab reads no files there; {FOLDER_ALLOWED}, "
+                        f"outside {', '.join(SYSTEM_TREES)}")
+
+
+def _folder_hint(path: str) -> str:
+    """For a config file given instead of its folder: which folder to give."""
+    return f" (give its folder, {os.path.dirname(path) or '.'})" if os.path.basename(path) in MODEL_MARKERS else ""
+
+
+def _check_markers(name: str, folder: str) -> None:
+    markers = [os.path.join(folder, m) for m in MODEL_MARKERS if os.path.isfile(os.path.join(folder, m))]
+    if not markers:
+        raise SpecError(f"model folder {_shown(name)} holds no config.json or model_index.json, so it is no "
+                        f"model folder; {FOLDER_ALLOWED}")
+    for marker in markers:
+        size = os.path.getsize(marker)
+        if size > CONFIG_LIMIT:
+            raise SpecError(f"model folder {_shown(name)}: {os.path.basename(marker)} is {size} bytes, too big "
+                            f"for a model's config (a few KB); allowed: at most {CONFIG_LIMIT} bytes")
+
+
+def _refuse_links_leaving(name: str, folder: str) -> None:
+    """Links inside the folder must stay inside it, so a folder someone sent cannot make the lab read (and a
+    report carry) a file from elsewhere; in a Hugging Face cache snapshot they may point into its blobs/."""
+    roots = _link_roots(os.path.realpath(folder))
+    for link in _links_in(folder):
+        target = os.path.realpath(link)
+        if not any(os.path.commonpath([target, root]) == root for root in roots):
+            raise SpecError(f"model folder {_shown(name)}: {os.path.relpath(link, folder)} is a symlink to "
+                            f"{target}, outside the folder; allowed: files inside the model folder (links within "
+                            f"it, or a Hugging Face cache snapshot's links into its blobs/)")
+
+
+def _link_roots(real_folder: str) -> tuple[str, ...]:
+    """Where the folder's links may point: into the folder, and for a cache snapshot (models--org--name/
+    snapshots/<revision>) into its repository's blobs/, where the cache keeps the files."""
+    snapshots = os.path.dirname(real_folder)
+    repository = os.path.dirname(snapshots)
+    if os.path.basename(snapshots) == "snapshots" and os.path.basename(repository).startswith("models--"):
+        return real_folder, os.path.join(repository, "blobs")
+    return (real_folder,)
+
+
+def _links_in(folder: str) -> list[str]:
+    """The symlinks among the folder's entries and its subfolders' (a pipeline's components): as deep as
+    from_pretrained reads."""
+    links = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                links.append(entry.path)
+            elif entry.is_dir():
+                with os.scandir(entry.path) as inner:
+                    links.extend(e.path for e in inner if e.is_symlink())
+    return links
 
 
 def is_pipeline(name: str) -> bool:
@@ -21,11 +126,70 @@ def model_kind(name: str) -> str:
 
 def check_model(name: str) -> str:
     """The model's kind if `name` can be loaded here, else SpecError naming what is allowed."""
+    check_model_folder(name)
     if model_kind(name) == "diffusion":
         check_denoiser(name)
+        _refuse_own_code(name, "diffusion")
         return "diffusion"
     check_llm(name, others=tuple(DIFFUSION_MODELS))
+    _refuse_own_code(name, "llm")
     return "llm"
+
+
+def _refuse_own_code(name: str, kind: str) -> None:
+    """Refuse a model that needs Python code of its own. The lab never runs it (trust_remote_code stays off), and
+    transformers or diffusers would refuse it only while loading, advising trust_remote_code=True."""
+    code = _pipeline_code(name) if kind == "diffusion" else _llm_code(name)
+    if code:
+        raise SpecError(f"model {_shown(name)} needs its own Python code ({', '.join(code)}), and the lab never "
+                        f"runs a model's code (trust_remote_code stays off); allowed: a model whose classes "
+                        f"transformers or diffusers ship")
+
+
+def _llm_code(name: str) -> list[str]:
+    """The custom classes config.json's auto_map names, when transformers has no class of its own for the
+    model_type (with one, transformers loads its own and ignores auto_map)."""
+    config = _small_json(model_file(name, "config.json"))
+    auto_map = config.get("auto_map") if config else None
+    if not isinstance(auto_map, dict) or not auto_map or _native_model_type(config.get("model_type")):
+        return []
+    return [f"config.json auto_map: {shown(', '.join(map(str, auto_map.values())))}"]
+
+
+def _native_model_type(model_type) -> bool:
+    # lazy: imports torch; only a config with an auto_map gets here
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    return isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES
+
+
+def _pipeline_code(name: str) -> list[str]:
+    """The Python files of the pipeline folder that diffusers would import for it: a pipeline class named
+    [file, class] in model_index.json, or a component [library, class] whose library is a file in its folder."""
+    folder = pipeline_folder(name)
+    index = _small_json(folder / "model_index.json") if folder else None
+    if not index:
+        return []
+    modules = {"": _module_of(index.get("_class_name"))}
+    modules.update({part: _module_of(value) for part, value in index.items() if not part.startswith("_")})
+    files = [os.path.join(part, f"{module}.py") for part, module in modules.items() if module]
+    return [f for f in files if (folder / f).is_file()]
+
+
+def _module_of(entry) -> str | None:
+    """The module a model_index.json entry [module, class] names, if it names one."""
+    return entry[0] if isinstance(entry, list) and entry and isinstance(entry[0], str) else None
+
+
+def _small_json(path) -> dict | None:
+    """A config file's JSON object; None when there is none, it is too big for a config, or not a JSON object."""
+    try:
+        if path is None or os.path.getsize(path) > CONFIG_LIMIT:
+            return None
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def denoiser_of(name: str) -> tuple[str | None, str | None]:
@@ -51,12 +215,22 @@ def load(name: str, device: str | None = None, kind: str | None = None):
         if (name, device) in _loaded:
             _loaded[(name, device)] = _loaded.pop((name, device))
             return _loaded[(name, device)]
-        kind = kind or check_model(name)
+        kind = _checked_kind(name, kind)
         loaded = load_denoiser(name, device) if kind == "diffusion" else load_llm(name, device)
         _loaded[(name, device)] = loaded
         while len(_loaded) > KEEP_LOADED:
             _loaded.pop(next(iter(_loaded)))
         return loaded
+
+
+def _checked_kind(name: str, kind: str | None) -> str:
+    """The model's kind, its folder checked again: a worker loads after validation, and the folder may have
+    changed since."""
+    if kind is None:
+        return check_model(name)
+    check_model_folder(name)
+    _refuse_own_code(name, kind)
+    return kind
 
 
 def unload_all() -> None:

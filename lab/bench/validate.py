@@ -3,11 +3,14 @@ here once, every variant's techniques are built against it, and the inputs must 
 free memory. Every error names the field and its allowed values."""
 from __future__ import annotations
 
+import os
+import stat
+import tomllib
 from pathlib import Path
 
 from lab.bench import limits
 from lab.bench.engines import check_engine
-from lab.bench.loader import check_model, denoiser_of, is_pipeline, model_kind
+from lab.bench.loader import check_model, check_model_folder, denoiser_of, is_pipeline, model_kind
 from lab.errors import SpecError, named, shown
 from lab.knobs import KnobInfo
 from lab.llm.models import model_shape
@@ -25,20 +28,24 @@ from lab.spec import (
     check_length,
     expand_runs,
     expand_sweeps,
-    read_toml,
 )
 from lab.techniques import build, get
+
+# A spec is a few KB (a long sweep tens of KB); a file a hundred times that is no spec.
+SPEC_FILE_LIMIT = 2**20
 
 
 def validate(raw: dict, check_model_exists: bool = True) -> Spec:
     """The spec, typed, defaults filled, baseline first, model kind resolved; or SpecError.
 
-    Everything that would fail later is refused here: types and ranges of every field, variant and knob; names
-    longer than the store's columns; inputs longer than the model's context; and a peak-memory estimate above
-    what is free. Knobs given a list and `sweep` tables are expanded first (lab.spec.expand_sweeps), so every
-    expanded variant is checked like one written out, and the Spec (and what the store keeps) holds them all."""
+    Everything that would fail later is refused here: types and ranges of every field, variant and knob; a model
+    path that is no plain model folder, before any file in it is read; names longer than the store's columns;
+    inputs longer than the model's context; and a peak-memory estimate above what is free. Knobs given a list and
+    `sweep` tables are expanded first (lab.spec.expand_sweeps), so every expanded variant is checked like one
+    written out, and the Spec (and what the store keeps) holds them all."""
     values = check_fields(raw)
     spec = Spec(**values)
+    _model_lookup(_check_folder_field, spec.model)  # before any lookup below reads a file in the folder
     spec.pipeline = _model_lookup(is_pipeline, spec.model)
     spec.model_kind = _model_lookup(check_model if check_model_exists else model_kind, spec.model)
     _check_workload_kind(spec, raw)
@@ -177,6 +184,15 @@ def _model_lookup(function, model: str):
                         f"allowed: a built-in name, a local folder or a cached hub id") from None
 
 
+def _check_folder_field(model: str) -> None:
+    """lab.bench.loader.check_model_folder, its refusal named as the spec field's (the draft_model knob names its
+    own)."""
+    try:
+        check_model_folder(model)
+    except SpecError as e:
+        raise SpecError(f"field 'model': {e}") from None
+
+
 def _check_batchable(size: int, variants: list[Variant]) -> None:
     for v in variants:
         if v.engine != "lab":
@@ -208,7 +224,7 @@ def load_toml(path: str | Path) -> Spec:
 def load_toml_specs(path: str | Path) -> list[Spec]:
     """The experiments of a spec file: one, or one per [[runs]] table, each run overriding the top-level
     fields (e.g. the same variants on two workloads)."""
-    content = read_toml(path)
+    content = _spec_toml(path)
     specs = []
     for i, raw in enumerate(expand_runs(content)):
         try:
@@ -216,3 +232,47 @@ def load_toml_specs(path: str | Path) -> list[Spec]:
         except SpecError as e:
             raise SpecError(f"runs[{i}]: {e}" if "runs" in content else str(e)) from None
     return specs
+
+
+def _spec_toml(path: str | Path) -> dict:
+    """The TOML of a spec file, parsed from text read_text_file checked."""
+    text = read_text_file(path, SPEC_FILE_LIMIT, "spec file", SpecError)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+
+
+def read_text_file(path: str | Path, limit: int, what: str, error: type[Exception]) -> str:
+    """The text of a file the user gives the lab (a spec, a report), checked before any parser sees it. Its size
+    is taken from stat before it is opened, so a huge file is never read; `error` is the class the caller's
+    command shows (SpecError, ReportFormatError), its message naming the file, the cause and what is allowed."""
+    try:
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):
+            raise error(f"{path}: not a regular file (a folder, a device or a pipe); allowed: a {what}")
+        _check_size(path, status.st_size, limit, what, error)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # bounded: the file may have grown since stat
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+    _check_size(path, len(data), limit, what, error)
+    return _utf8_text(path, data, what, error)
+
+
+def _check_size(path, size: int, limit: int, what: str, error: type[Exception]) -> None:
+    if size > limit:
+        raise error(f"{path}: {size:,} bytes is too big for a {what}; allowed: at most {limit:,} bytes "
+                    f"({limit / 2**20:g} MiB)")
+
+
+def _utf8_text(path, data: bytes, what: str, error: type[Exception]) -> str:
+    # NUL is no character of a TOML or JSON text: a file holding one is binary (or saved as UTF-16)
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise error(f"{path}: not a text file (a NUL byte at byte {nul:,}); allowed: a {what} in UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a text file (not UTF-8 at byte {e.start:,}); allowed: a {what} in UTF-8 "
+                    f"text") from None

@@ -68,7 +68,9 @@ def load_pipeline(name: str, device: str):
     # fp32 on a CPU (no fast bf16 kernels there); bf16 on a GPU, as these pipelines are published
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     try:
-        pipe = DiffusionPipeline.from_pretrained(info.folder, torch_dtype=dtype, local_files_only=True)
+        # trust_remote_code=False: a pipeline file or component module shipped in the folder is never imported
+        pipe = DiffusionPipeline.from_pretrained(info.folder, torch_dtype=dtype, local_files_only=True,
+                                                 trust_remote_code=False)
     except (OSError, ValueError, ImportError) as e:
         raise SpecError(f"pipeline '{name}' could not be loaded from {info.folder}: {e}") from None
     check_text_to_image(pipe)

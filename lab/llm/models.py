@@ -179,8 +179,8 @@ def prepare_builtin(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: validation reads this module
 
     folder = _package_folder(builtin.package)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=builtin.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=builtin.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=builtin.gguf_file, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=builtin.gguf_file, trust_remote_code=False)
     # save_pretrained refuses a GGUF-loaded model while it still looks quantized; it is plain fp32 now.
     model.hf_quantizer = None
     del model.config.quantization_config
@@ -211,15 +211,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_llm(name: str, device: str, trust_remote_code: bool = False) -> LoadedModel:
-    """Load an LLM by built-in name, local folder or cached hub id (lab/bench/loader.py keeps recent ones)."""
+def load_llm(name: str, device: str) -> LoadedModel:
+    """Load an LLM by built-in name, local folder or cached hub id (lab/bench/loader.py keeps recent ones).
+    A model's own Python code is never run: trust_remote_code is always False (transformers' default, None, may
+    ask on a terminal instead), so a model that needs it fails to load."""
     # lazy: validation and `lab models` read this module without loading torch
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_llm(name)
     source = str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
-    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
+    kwargs = dict(trust_remote_code=False, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     dtype = torch.float32 if device == "cpu" else "auto"
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()

@@ -9,9 +9,13 @@ from datetime import datetime
 from pathlib import Path
 
 from lab import store
+from lab.bench.validate import read_text_file
 from lab.report.collect import FORMAT, VERSION
 from lab.spec import spec_hash
 
+# The shipped gallery (five experiments, outputs and samples included) is 1.7 MiB; 64 MiB holds dozens of large
+# experiments, and parsing takes about five times a file's size in memory, which a page's process can spare.
+REPORT_FILE_LIMIT = 64 * 2**20
 NUMBER = (int, float)
 # field -> (accepted types, may be null), per level of the report
 EXPERIMENT_FIELDS = {"id": (int, False), "name": (str, False), "spec": (dict, False), "runs": (list, False)}
@@ -41,12 +45,9 @@ def _no_constant(name: str):
 def read_report(path: str | Path) -> dict:
     """The report in `path`, checked whole (format, version, every field a stored experiment needs)."""
     path = Path(path)
+    text = read_text_file(path, REPORT_FILE_LIMIT, "JSON report", ReportFormatError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except OSError as e:
-        raise ReportFormatError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise ReportFormatError(f"{path}: not a text file (a report is JSON in UTF-8)") from None
+        data = json.loads(text, parse_constant=_no_constant)
     except (json.JSONDecodeError, _NotJson) as e:
         where = f"line {e.lineno}, column {e.colno}: " if isinstance(e, json.JSONDecodeError) else ""
         raise ReportFormatError(f"{path}: not valid JSON ({where}{e.msg})") from None

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lab.bench.validate import load_toml_specs, validate
+from lab.bench.validate import load_toml_specs, read_text_file, validate
 from lab.errors import SpecError
 from lab.report.collect import FORMAT
+from lab.report.importer import REPORT_FILE_LIMIT
 from lab.spec import Spec, expand_runs
 
 
@@ -15,11 +16,11 @@ def raw_specs(path: str | Path) -> list[dict]:
     """The raw specs of a .json file, not yet validated: a report's embedded specs in its order, or the file's own
     spec (with [[runs]] expanded as in TOML). SpecError names what is wrong."""
     path = Path(path)
-    if not path.exists():
-        raise SpecError(f"spec file not found: {path}")
+    # the report's limit: a .json given to `lab run` is usually a report, and which it is shows only once parsed
+    text = read_text_file(path, REPORT_FILE_LIMIT, "spec or report file", SpecError)
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        content = json.loads(text)
+    except json.JSONDecodeError as e:
         raise SpecError(f"{path}: not valid JSON ({e})") from None
     if isinstance(content, dict) and content.get("format") == FORMAT:
         experiments = content.get("experiments")
