@@ -1,4 +1,5 @@
-"""The store: SQLAlchemy 2 tables on SQLite (WAL) at data/lab.db, or any URL in LAB_DATABASE_URL.
+"""The store: SQLAlchemy 2 tables on SQLite (WAL) at data/lab.db, or any URL in LAB_DATABASE_URL (a team shares
+one PostgreSQL: postgresql+psycopg://user:password@host/db).
 
 Generic tables (experiments, runs, metrics in long format, outputs, jobs, workers, leases) so a new technique
 never needs a schema change. The schema is created and upgraded by Alembic migrations (lab/migrations),
@@ -6,13 +7,17 @@ applied automatically the first time a process opens the store.
 """
 from __future__ import annotations
 
+import logging
 import os
+import random
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from lab.paths import data_dir
@@ -29,6 +34,8 @@ class Base(DeclarativeBase):
 ORIGIN_LOCAL = "local"  # run on this machine
 ORIGIN_IMPORTED = "imported"  # read from a colleague's exported report; `imported_from` says which
 ORIGIN_GALLERY = "gallery"  # recorded by the lab on the default models and shipped in data/gallery (read-only)
+RUNNER_WORKER = "worker"  # a job any fitting worker may claim
+RUNNER_RAY = "ray"  # a job one Ray task was started for (`python -m lab run --ray`): no worker claims it
 NAME_LIMIT = 200  # characters of an experiment's name (the column's length)
 
 
@@ -111,6 +118,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # what the spec asked for: "auto" (any worker), "cpu" or "cuda"; `device` is where it ran ("cuda:0@host")
+    device_kind: Mapped[str] = mapped_column(String(20), default="auto", server_default="auto")
+    device: Mapped[str | None] = mapped_column(String(250), nullable=True)
+    # who may claim it: "worker" (any `python -m lab worker` that fits) or "ray" (only its Ray task)
+    runner: Mapped[str] = mapped_column(String(20), default=RUNNER_WORKER, server_default=RUNNER_WORKER)
 
 
 class Worker(Base):
@@ -122,6 +134,7 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+    device: Mapped[str] = mapped_column(String(50), default="cpu", server_default="cpu")  # "cpu" or "cuda:<i>"
 
 
 class Lease(Base):
@@ -175,7 +188,9 @@ def sessionmaker_for(url: str | None = None):
     url = url or database_url()
     with _lock:
         if url not in _engines:
-            kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+            # SQLite: wait for a writer's lock; a server: check a pooled connection before use (a restarted
+            # PostgreSQL or a dropped network leaves stale ones in the pool)
+            kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
             engine = create_engine(url, **kwargs)
             if url.startswith("sqlite"):
                 event.listen(engine, "connect", _sqlite_pragmas)
@@ -204,3 +219,57 @@ def reset_engines() -> None:
         for engine, _ in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+# --- retrying a whole write transaction when another writer holds the lock ---------------------------------
+RETRY_FOR_S = 60.0  # give up after this long: a lock held longer is a stuck writer, not a busy one
+_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.2, 5.0
+# PostgreSQL: serialization failure, deadlock detected, lock not available (lock_timeout, NOWAIT)
+_PG_RETRYABLE = {"40001", "40P01", "55P03"}
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_log = logging.getLogger("lab.store")
+_retrying = threading.local()
+
+
+def write_with_retry(fn, what: str):
+    """Run `fn` (a whole write transaction: it opens its own `session()`) and return its result; when the
+    database is locked by another writer past its busy timeout, run it again from scratch, with backoff, for up
+    to RETRY_FOR_S seconds in all. Each retry is logged (a warning on stderr, naming `what`).
+
+    Safe because a locked or serialization-failed transaction was rolled back whole: nothing of it is stored, so
+    running `fn` again writes everything exactly once. Other errors (constraints, a lost connection, whose
+    commit may or may not have happened) are raised at once. Nested calls run `fn` directly: the outermost call
+    re-runs the whole transaction, and waits are not multiplied."""
+    if getattr(_retrying, "active", False):
+        return fn()
+    _retrying.active = True
+    try:
+        return _retry_loop(fn, what)
+    finally:
+        _retrying.active = False
+
+
+def _retry_loop(fn, what: str):
+    deadline, pause, attempt = time.monotonic() + RETRY_FOR_S, _BACKOFF_FIRST_S, 1
+    while True:
+        try:
+            return fn()
+        except OperationalError as e:
+            if not lock_conflict(e) or time.monotonic() + pause > deadline:
+                raise
+            _log.warning("%s: the database is busy (%s); retrying the whole transaction within %.1f s (attempt %d)",
+                         what, str(e.orig).strip() or type(e.orig).__name__, pause, attempt + 1)
+        time.sleep(pause * random.uniform(0.5, 1.0))  # jitter: writers that collided do not collide again
+        pause, attempt = min(2 * pause, _BACKOFF_MAX_S), attempt + 1
+
+
+def lock_conflict(e: OperationalError) -> bool:
+    """Whether `e` says another writer was in the way (so the transaction was rolled back and may be re-run)."""
+    orig = e.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)  # extended codes keep the primary in the low byte
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3, psycopg2
+    if state is not None:
+        return state in _PG_RETRYABLE
+    return "database is locked" in str(orig)

@@ -1,5 +1,6 @@
 """What a run records per variant (samples of every metric, outputs, environment), and how it is saved: all
-runs, metrics and outputs of an experiment in one transaction, so nothing is ever half-written."""
+runs, metrics and outputs of an experiment in one transaction, so nothing is ever half-written (and a transaction
+that found the database locked is re-run whole, so nothing is written twice)."""
 from __future__ import annotations
 
 import math
@@ -28,7 +29,12 @@ class VariantResult:
 
 
 def save(experiment_id: int, results: list[VariantResult]) -> None:
-    """Write all runs, metrics and outputs of an experiment in one transaction."""
+    """Write all runs, metrics and outputs of an experiment in one transaction. Another writer holding the
+    database makes it wait and re-run the transaction whole (store.write_with_retry): never written twice."""
+    store.write_with_retry(lambda: _save_once(experiment_id, results), f"saving experiment {experiment_id}")
+
+
+def _save_once(experiment_id: int, results: list[VariantResult]) -> None:
     with store.session() as s:
         exp = s.get(store.Experiment, experiment_id)
         for position, res in enumerate(results):
