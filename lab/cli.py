@@ -10,7 +10,9 @@ from pathlib import Path
 from lab import jobs
 from lab.bench.loader import list_models
 from lab.errors import SpecError
-from lab.jobs import cancel, worker_loop
+from lab.jobs import cancel
+from lab.jobs.leases import DEVICES_ALLOWED
+from lab.jobs.worker import worker_loop
 from lab.llm.models import BUILTIN_MODELS, prepare_builtin
 from lab.report import gallery
 from lab.report.collect import NotInStore, SelectionError
@@ -26,15 +28,18 @@ from lab.views.results import busy_runs, text_table
 
 def _cmd_run(args) -> int:
     specs = run_specs(args.spec)  # a TOML spec, or a .json report (its embedded specs) or spec
+    if args.ray:
+        return _run_on_ray(specs, args.ray)
     queued = []
     for spec in specs:
         exp_id, job_id = jobs.submit(spec)
         queued.append((exp_id, job_id))
         print(f"queued experiment {exp_id} ({spec.name}) as job {job_id}")
-    if jobs.autostart_enabled():
-        jobs.ensure_worker(idle_exit=60.0 if args.wait else 600.0)
-    elif not jobs.worker_alive():
-        print(jobs.NO_WORKER_HINT, file=sys.stderr, flush=True)
+    for kind in sorted({spec.device for spec in specs}):
+        if jobs.autostart_enabled():
+            jobs.ensure_worker(idle_exit=60.0 if args.wait else 600.0, kind=kind)
+        elif not jobs.worker_alive(kind):
+            print(jobs.no_worker_hint(kind), file=sys.stderr, flush=True)
     if not args.wait:
         return 0
     status = 0
@@ -49,6 +54,21 @@ def _cmd_run(args) -> int:
     return status
 
 
+def _run_on_ray(specs, address: str) -> int:
+    """Each unit (the baseline and one variant) as a Ray task; waits for all (the tasks end with the driver)."""
+    # lazy: Ray is imported only for --ray
+    from lab.jobs.ray_units import submit_units, wait_units
+
+    submitted = submit_units(specs, address)
+    for exp_id, job_id, _ in submitted:
+        print(f"queued experiment {exp_id} as job {job_id} on the Ray cluster at {address}")
+    statuses = wait_units(submitted, say=lambda line: print(line, file=sys.stderr, flush=True))
+    for exp_id, _, _ in submitted:
+        _show(exp_id)
+        print()
+    return 0 if all(status == "done" for status in statuses.values()) else 1
+
+
 def _wait(job_id: int, exp_id: int) -> int:
     last, hinted = "", False
     while True:
@@ -59,12 +79,12 @@ def _wait(job_id: int, exp_id: int) -> int:
             last = line
         if job.status in ("done", "failed", "cancelled"):
             break
-        if job.status == "queued" and not jobs.worker_alive():
+        if job.status == "queued" and not jobs.worker_alive(job.device_kind):
             if jobs.autostart_enabled():
-                jobs.ensure_worker(idle_exit=60.0)
-            elif not hinted:  # say it once per wait, then keep waiting for the user's worker
-                print(jobs.NO_WORKER_HINT + " Waiting; Ctrl-C stops waiting and leaves the job queued.",
-                      file=sys.stderr, flush=True)
+                jobs.ensure_worker(idle_exit=60.0, kind=job.device_kind)
+            if not hinted and not jobs.worker_alive(job.device_kind):  # once per wait; then wait for the user's
+                print(jobs.no_worker_hint(job.device_kind) + " Waiting; Ctrl-C stops waiting and leaves the job "
+                      "queued.", file=sys.stderr, flush=True)
                 hinted = True
         elif job.status == "running":
             hinted = False
@@ -221,7 +241,11 @@ def _cmd_prepare(_args) -> int:
 
 
 def _cmd_worker(args) -> int:
-    worker_loop(idle_exit=args.idle_exit)
+    try:
+        worker_loop(idle_exit=args.idle_exit, device=args.device)
+    except ValueError as e:  # a device this machine does not have: said before anything is written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -250,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="wait for it and print the results table. With LAB_WORKER_AUTOSTART=0 and no worker "
                         "running it says so and keeps waiting for one; Ctrl-C stops waiting and leaves the "
                         "job queued")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="spread the units (the baseline and one variant each) over the Ray cluster at ADDRESS "
+                        "(host:port of its head) and wait for them; every node must reach the store "
+                        "(LAB_DATABASE_URL, PostgreSQL for several machines)")
     p.set_defaults(func=_cmd_run)
     sub.add_parser("list", help="recent experiments").set_defaults(func=_cmd_list)
     p = sub.add_parser("show", help="results of one experiment")
@@ -262,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         func=_cmd_prepare)
     p = sub.add_parser("worker", help="run queued jobs")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--device", default="auto",
+                   help=f"the device it measures on, and so the jobs it takes ({DEVICES_ALLOWED}; default auto: "
+                        f"the first GPU if there is one, else cpu). One worker per device; a job asking for "
+                        f"cuda waits for a cuda worker, one asking for auto goes to any")
     p.set_defaults(func=_cmd_worker)
     p = sub.add_parser("cancel", help="cancel a queued or running job (a running one stops within seconds)")
     p.add_argument("job", type=int)

@@ -109,7 +109,7 @@ def test_a_database_at_0002_upgrades_keeping_its_rows_with_defaults(isolated_db)
     assert sum("ALTER TABLE experiments ADD COLUMN" in st for st in statements) == 4
     assert not any("DROP TABLE" in st for st in statements)
     with engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0003"
+        assert c.execute(text("select version_num from alembic_version")).scalar() == "0004"
     row = stored(1)
     assert (row["name"], row["spec"], row["status"]) == ("old one", {"model": "m", "variants": []}, "done")
     assert (row["tags"], row["note"], row["origin"], row["imported_from"]) == ([], "", "local", None)

@@ -21,6 +21,7 @@ from lab.bench.machine_load import LoadMonitor, busy_reason
 from lab.bench.validate import validate
 from lab.cli import main
 from lab.jobs import leases as lab_leases
+from lab.jobs.liveness import HOST
 from tests.conftest import ROOT
 
 SITECUSTOMIZE = '''
@@ -143,7 +144,8 @@ def test_two_workers_never_measure_side_by_side_on_one_device(tiny_spec, hooked_
         while time.time() < deadline:
             statuses = [jobs.get_job(j).status for j in ids]
             most_running = max(most_running, statuses.count("running"))
-            holders.update(lab_leases.leases().items())
+            # a lease is taken before its job is chosen: (key, None) for that moment
+            holders.update((key, job) for key, job in lab_leases.leases().items() if job is not None)
             if all(s == "done" for s in statuses):
                 break
             time.sleep(0.1)
@@ -152,7 +154,7 @@ def test_two_workers_never_measure_side_by_side_on_one_device(tiny_spec, hooked_
             stop(w)
     assert [jobs.get_job(j).status for j in ids] == ["done", "done"]
     assert most_running == 1, "two jobs measured side by side on one device"
-    assert holders <= {(f"cpu:{jobs.HOST}", ids[0]), (f"cpu:{jobs.HOST}", ids[1])} and holders
+    assert holders <= {(f"cpu:{HOST}", ids[0]), (f"cpu:{HOST}", ids[1])} and holders
     assert lab_leases.leases() == {}  # released when the jobs ended
 
 
@@ -230,8 +232,8 @@ def test_a_failing_run_fails_its_job_with_the_reason_and_the_worker_lives_on(tin
 
 def test_a_stale_lease_of_a_dead_worker_is_taken_over_and_a_live_one_is_not():
     with store.session() as s:
-        alive = store.Worker(pid=os.getpid(), host=jobs.HOST)
-        dead = store.Worker(pid=2 ** 22 + 7, host=jobs.HOST)  # above pid_max's default: no such process
+        alive = store.Worker(pid=os.getpid(), host=HOST)
+        dead = store.Worker(pid=2 ** 22 + 7, host=HOST)  # above pid_max's default: no such process
         s.add_all([alive, dead])
         s.flush()
         alive_id, dead_id = alive.id, dead.id
@@ -246,16 +248,22 @@ def test_a_stale_lease_of_a_dead_worker_is_taken_over_and_a_live_one_is_not():
         assert {lease.worker_id for lease in s.scalars(select(store.Lease))} == {alive_id}
 
 
-def test_the_device_key_names_the_host_and_the_gpu(monkeypatch):
-    assert lab_leases.device_key({"device": "cpu"}) == f"cpu:{jobs.HOST}"
+def test_a_workers_lease_names_the_host_and_the_physical_gpu(monkeypatch):
+    assert lab_leases.lease_key("cpu") == f"cpu:{HOST}"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert lab_leases.device_key({"device": "cuda"}) == f"cuda:{jobs.HOST}:3"
-    lab_leases._cuda_usable.cache_clear()
+    assert lab_leases.lease_key("cuda:0") == f"cuda:{HOST}:3"  # torch's cuda:0 is physical GPU 3 here
+    assert lab_leases.child_device_env("cuda:1") == {"CUDA_VISIBLE_DEVICES": "5"}
+    assert lab_leases.child_device_env("cpu") == {"CUDA_VISIBLE_DEVICES": ""}  # "auto" runs on the cpu there
+    lab_leases.cuda_usable.cache_clear()
     try:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-        assert lab_leases.device_key({"device": "auto"}) == f"cpu:{jobs.HOST}"
+        assert lab_leases.resolve_device("auto") == "cpu"
+        with pytest.raises(ValueError, match="no usable CUDA GPU here"):
+            lab_leases.resolve_device("cuda:0")
+        with pytest.raises(ValueError, match="allowed: auto, cpu, cuda or cuda:<index>"):
+            lab_leases.resolve_device("tpu")
     finally:
-        lab_leases._cuda_usable.cache_clear()
+        lab_leases.cuda_usable.cache_clear()
 
 
 def test_ensure_worker_from_many_processes_at_once_starts_one_worker():

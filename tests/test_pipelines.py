@@ -118,6 +118,7 @@ def test_caching_switched_off_equals_the_pipeline_baseline_bit_for_bit(loaded, k
 
 def test_a_pipeline_experiment_runs_stores_thumbnails_and_draws_the_comparison(folders, isolated_db):
     from lab import jobs
+    from lab.jobs import worker
     from lab.views import diffusion as diffusion_views
     from lab.views import results
 
@@ -126,7 +127,7 @@ def test_a_pipeline_experiment_runs_stores_thumbnails_and_draws_the_comparison(f
                 {"name": "4 steps", "techniques": [{"name": "step_reduction", "steps": 4}]}]
     spec = spec_for(folders["pixart"], repeats=2, warmup=0, prompts=3, variants=variants)
     exp_id, job_id = jobs.submit(spec)
-    jobs.run_job(jobs._claim(job_id, worker_id=None))  # what a worker does: claim, run, score, store at once
+    worker.run_job(worker.claim(job_id, worker_id=None))  # what a worker does: claim, run, score, store at once
     exp = results.load_experiment(exp_id)
     m = {run.variant: results.metric_values(run) for run in exp.runs}
     assert next(x for x in exp.runs[0].metrics if x.name == "s_per_image").n == 2 * 2  # 2 batches, 2 repeats

@@ -79,7 +79,7 @@ def test_schema_comes_from_the_alembic_migration_in_wal_mode(isolated_db):
     tables = set(inspect(engine).get_table_names())
     assert {"experiments", "runs", "metrics", "outputs", "jobs", "workers", "alembic_version"} <= tables
     with engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0003"
+        assert c.execute(text("select version_num from alembic_version")).scalar() == "0004"
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
 

@@ -32,7 +32,7 @@ def submit(raw: dict, fresh: bool = False) -> None:
     st.session_state.pop("reused", None)
     exp_id, job_id = jobs.submit(spec)
     if AUTOSTART:
-        jobs.ensure_worker()
+        jobs.ensure_worker(kind=spec.device)
     st.session_state["job_id"] = job_id
     st.query_params["experiment"] = str(exp_id)
 
@@ -69,8 +69,8 @@ def progress_panel(exp_id: int) -> None:
         return
     if job.status in ("queued", "running"):
         jobs.reap_dead()
-        if AUTOSTART and job.status == "queued" and not jobs.worker_alive():
-            jobs.ensure_worker()
+        if AUTOSTART and job.status == "queued" and not jobs.worker_alive(job.device_kind):
+            jobs.ensure_worker(kind=job.device_kind)
         st.progress(min(1.0, job.progress), text=f"Experiment {exp_id} {job.status}: {job.message}")
         if st.button("Cancel run", key="cancel"):
             jobs.cancel(job.id)

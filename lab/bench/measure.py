@@ -125,4 +125,6 @@ def environment(device: str, dtype: str, spec_hash: str) -> dict:
         "cpu_count": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if os.environ.get("LAB_RAY_NODE"):  # a unit of a sweep on Ray (lab/jobs/ray_units.py): which node measured it
+        env["ray_node"] = os.environ["LAB_RAY_NODE"]
     return env

@@ -1,42 +1,44 @@
-"""The job queue (in the store) and the worker process that runs it.
+"""The job queue (in the store): submitting, cancelling, and judging workers alive or dead.
 
-A page or the CLI submits a validated spec: the experiment and its job are written in one transaction. A worker
-(`python -m lab worker`) takes the device's lease (lab/jobs/leases.py) before it claims a job, so one job measures
-on a device at a time however many workers run. Each job runs in its own process (lab/jobs/process.py) that
-saves all results in one transaction; the worker heartbeats, watches the cancel flag and its own stop signal,
-and ends that process within seconds on either, even mid-forward. A job whose worker died is marked failed
-with the reason by whoever looks next (a worker, the page, the CLI), and its lease is freed.
+A page or the CLI submits a validated spec: the experiment and its job are written in one transaction; the job
+asks for the spec's device kind (auto, cpu or cuda). A worker (lab/jobs/worker.py, `python -m lab worker`) on a
+device of that kind claims it, taking the device's lease (lab/jobs/leases.py) first, so one job measures on a
+device at a time however many workers run on however many machines. Each job runs in its own process
+(lab/jobs/process.py) that saves all results in one transaction. A job whose worker died is marked failed with the
+reason by whoever looks next (a worker, the page, the CLI), and its lease is freed. `python -m lab run --ray`
+(lab/jobs/ray_units.py) submits jobs that only its Ray tasks run.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 from lab import store
 from lab.bench.validate import validate
-from lab.jobs.leases import _release_lease, acquire_lease, device_key, release_leases
-from lab.jobs.liveness import HOST
+from lab.jobs.leases import cuda_usable
 from lab.jobs.liveness import worker_dead as _worker_dead
 from lab.paths import ROOT, child_env, data_dir
 from lab.spec import Spec, spec_hash
-from lab.store import Experiment, Job, Lease, Run, Worker, utcnow
+from lab.store import RUNNER_WORKER, Experiment, Job, Lease, Run, Worker, utcnow
 
-HEARTBEAT_S = 2.0
-WATCH_S = 0.5  # how often the worker looks at its child, the cancel flag and its stop signal
-KILL_AFTER_S = 3.0  # SIGTERM first (lets the child's interpreter exit); SIGKILL if it is still there after this
 NO_WORKER_HINT = ("no worker is running and LAB_WORKER_AUTOSTART=0, so none was started: the job waits in the "
                   "queue until one runs. Start one with `python -m lab worker` (in another terminal).")
+
+
+def no_worker_hint(kind: str = "auto") -> str:
+    """Why a job asking for `kind` waits, and what starts a worker for it."""
+    if kind == "cuda" and autostart_enabled() and not cuda_usable():
+        return ("the job asks for a cuda device and this machine has no usable GPU: it waits in the queue until a "
+                "worker on a GPU machine sharing this store takes it (`python -m lab worker --device cuda:0` there).")
+    return NO_WORKER_HINT
 
 
 def autostart_enabled() -> bool:
@@ -45,13 +47,14 @@ def autostart_enabled() -> bool:
 
 
 # --- submitting and inspecting -----------------------------------------------------------------------
-def submit(spec: Spec) -> tuple[int, int]:
+def submit(spec: Spec, runner: str = RUNNER_WORKER, tags: list[str] | None = None) -> tuple[int, int]:
     """Store a validated spec as a queued experiment with its job; returns (experiment id, job id)."""
     with store.session() as s:
-        exp = Experiment(name=spec.name, spec=spec.to_dict(), spec_hash=spec_hash(spec), status="queued")
+        exp = Experiment(name=spec.name, spec=spec.to_dict(), spec_hash=spec_hash(spec), status="queued",
+                         tags=list(tags or []))
         s.add(exp)
         s.flush()
-        job = Job(experiment_id=exp.id, status="queued", message="queued")
+        job = Job(experiment_id=exp.id, status="queued", message="queued", device_kind=spec.device, runner=runner)
         s.add(job)
         s.flush()
         return exp.id, job.id
@@ -153,27 +156,35 @@ def reap_dead() -> int:
     return reaped
 
 
-def worker_alive() -> bool:
+def fits(kind: str, device: str) -> bool:
+    """Whether a worker on `device` ("cpu", "cuda:0") runs a job asking for `kind` ("auto", "cpu", "cuda")."""
+    return kind == "auto" or device.split(":")[0] == kind
+
+
+def worker_alive(kind: str = "auto") -> bool:
+    """Whether a live worker would run a job asking for `kind`."""
     now = utcnow()
     with store.session() as s:
-        return any(not _worker_dead(w, now) for w in s.scalars(select(Worker).where(Worker.stopped.is_(False))))
+        return any(not _worker_dead(w, now) and fits(kind, w.device)
+                   for w in s.scalars(select(Worker).where(Worker.stopped.is_(False))))
 
 
-def ensure_worker(idle_exit: float = 600.0) -> bool:
-    """Start a detached worker process when none is alive. Returns True if one was started.
+def ensure_worker(idle_exit: float = 600.0, kind: str = "auto") -> bool:
+    """Start a detached worker for jobs asking for `kind` when no live one would run them. Returns True if one
+    was started.
 
     Callers on this host take turns (a file lock), so twelve CLIs started at once start one worker, not
     twelve. Extra workers could not measure side by side anyway (the device lease), but each costs memory."""
     with _spawn_lock():
         reap_dead()
-        if worker_alive():
-            return False
+        if worker_alive(kind) or (kind == "cuda" and not cuda_usable()):
+            return False  # a GPU job on a machine without one waits for a worker on another machine
         log = open(data_dir() / "worker.log", "ab")
-        subprocess.Popen([sys.executable, "-m", "lab", "worker", "--idle-exit", str(idle_exit)], cwd=ROOT,
-                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                         env=child_env())
+        subprocess.Popen([sys.executable, "-m", "lab", "worker", "--idle-exit", str(idle_exit), "--device", kind],
+                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True, env=child_env())
         deadline = time.time() + 20  # wait until it has announced itself, so the next caller sees it alive
-        while time.time() < deadline and not worker_alive():
+        while time.time() < deadline and not worker_alive(kind):
             time.sleep(0.2)
     return True
 
@@ -201,173 +212,3 @@ def _spawn_lock_path() -> Path:
     if url.startswith("sqlite") and database and database != ":memory:":
         return Path(database + "-worker-start.lock")  # next to lab.db-wal: git-ignored alike
     return data_dir() / f"worker-start-{hashlib.sha1(url.encode()).hexdigest()[:12]}.lock"
-
-
-# --- the worker ----------------------------------------------------------------------------------------
-def _claim_next(worker_id: int) -> Job | None:
-    """Claim the oldest queued job whose device is free: its device's lease first, then the job itself."""
-    with store.session() as s:
-        queued = s.execute(select(Job.id, Experiment.spec).join(Experiment, Experiment.id == Job.experiment_id)
-                           .where(Job.status == "queued").order_by(Job.id)).all()
-    busy: set[str] = set()
-    for job_id, spec in queued:
-        key = device_key(spec)
-        if key in busy:
-            continue  # its device is taken: the job stays queued, in order
-        if not acquire_lease(key, worker_id, job_id):
-            busy.add(key)
-            continue
-        job = _claim(job_id, worker_id)
-        if job is not None:
-            return job
-        _release_lease(key, worker_id)  # cancelled or taken in between
-    return None
-
-
-def _claim(job_id: int, worker_id: int) -> Job | None:
-    with store.session() as s:
-        now = utcnow()
-        # compare-and-set: of two workers racing for a job, exactly one sees rowcount 1
-        if not s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
-                status="running", worker_id=worker_id, started_at=now, heartbeat_at=now,
-                message="starting")).rowcount:
-            return None
-        job = s.get(Job, job_id)
-        s.execute(update(Experiment).where(Experiment.id == job.experiment_id).values(status="running"))
-        return job
-
-
-class _Heartbeat(threading.Thread):
-    def __init__(self, worker_id: int):
-        super().__init__(daemon=True)
-        self.worker_id, self.job_id = worker_id, None
-        self.stop_event = threading.Event()
-
-    def run(self):
-        while not self.stop_event.wait(HEARTBEAT_S):
-            try:
-                with store.session() as s:
-                    now = utcnow()
-                    s.execute(update(Worker).where(Worker.id == self.worker_id).values(heartbeat_at=now))
-                    s.execute(update(Lease).where(Lease.worker_id == self.worker_id).values(heartbeat_at=now))
-                    if self.job_id is not None:
-                        s.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=now))
-            except Exception:  # a locked database for one beat is not fatal; the next beat retries
-                pass
-
-
-def run_job(job: Job, stopping: threading.Event | None = None) -> str:
-    """Run one claimed job in a child process and record its outcome. Returns how the child ended:
-    "exited" (done or failed), "cancelled" or "stopped" (the worker is stopping; the job went back to the queue)."""
-    child = subprocess.Popen([sys.executable, "-m", "lab", "_run-job", str(job.id)], cwd=ROOT,
-                             stdin=subprocess.DEVNULL, env={**child_env(), "LAB_WORKER_PID": str(os.getpid())})
-    outcome = _watch(child, job.id, stopping or threading.Event())
-    _settle(job.id, child.returncode, outcome)
-    return outcome
-
-
-def _watch(child: subprocess.Popen, job_id: int, stopping: threading.Event) -> str:
-    """Wait for the child; kill it as soon as the worker is stopping or the user cancels the job."""
-    while True:
-        try:
-            child.wait(timeout=WATCH_S)
-            return "exited"
-        except subprocess.TimeoutExpired:
-            pass
-        if stopping.is_set():
-            _kill(child)
-            return "stopped"
-        if _cancel_requested(job_id):
-            _kill(child)
-            return "cancelled"
-
-
-def _cancel_requested(job_id: int) -> bool:
-    try:
-        with store.session() as s:
-            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
-    except OperationalError:  # a locked database: look again at the next tick
-        return False
-
-
-def _kill(child: subprocess.Popen) -> None:
-    child.terminate()
-    try:
-        child.wait(timeout=KILL_AFTER_S)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-
-
-def _settle(job_id: int, returncode: int, outcome: str) -> None:
-    """Record what the child's end means for the job. Results exist only if the child's save committed."""
-    if outcome in ("stopped", "cancelled") and _has_runs(job_id):
-        _finish_if(job_id, "running", "done", None, "done")  # it finished just before the kill landed
-    elif outcome == "stopped":
-        _requeue_if_running(job_id, "re-queued: its worker was stopped mid-run")
-    elif outcome == "cancelled":
-        _finish_if(job_id, "running", "cancelled", None, "cancelled by the user; nothing was stored")
-    elif returncode == 0:  # the child marked it done after saving; this covers a lost final write
-        if _has_runs(job_id):
-            _finish_if(job_id, "running", "done", None, "done")
-        else:
-            _finish_if(job_id, "running", "failed", "the run's process exited without storing results", "failed")
-    else:
-        with store.session() as s:
-            written = s.scalar(select(Job.error).where(Job.id == job_id))
-        reason = _describe_exit(returncode)
-        _finish_if(job_id, "running", "failed", f"{written}\n\n({reason})" if written else f"{reason}.", "failed")
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        sig = -returncode
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
-        hint = ", which is what the kernel's out-of-memory killer sends" if sig == signal.SIGKILL else ""
-        return f"the run's process was killed by {name}{hint}; no results were stored"
-    return f"the run's process exited with code {returncode}; no results were stored"
-
-
-def worker_loop(idle_exit: float | None = None, poll_s: float = 0.5) -> None:
-    """Run queued jobs until stopped (SIGTERM/SIGINT) or idle for `idle_exit` seconds."""
-    with store.session() as s:
-        me = Worker(pid=os.getpid(), host=HOST)
-        s.add(me)
-        s.flush()
-        worker_id = me.id
-    heartbeat = _Heartbeat(worker_id)
-    heartbeat.start()
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
-    idle_since = time.time()
-    try:
-        while not stopping.is_set():
-            job = _next_job(worker_id)
-            if job is None:
-                if idle_exit is not None and time.time() - idle_since > idle_exit:
-                    break
-                stopping.wait(poll_s)
-                continue
-            heartbeat.job_id = job.id
-            print(f"[worker {os.getpid()}] running job {job.id} (experiment {job.experiment_id})", flush=True)
-            try:
-                run_job(job, stopping)
-            finally:
-                heartbeat.job_id = None
-                release_leases(worker_id)
-            idle_since = time.time()
-    finally:
-        heartbeat.stop_event.set()
-        with store.session() as s:
-            s.execute(update(Worker).where(Worker.id == worker_id).values(stopped=True))
-            s.execute(delete(Lease).where(Lease.worker_id == worker_id))
-
-
-def _next_job(worker_id: int) -> Job | None:
-    try:
-        reap_dead()
-        return _claim_next(worker_id)
-    except OperationalError as e:  # a database locked past its timeout: not fatal, the next poll retries
-        print(f"[worker {os.getpid()}] store busy, retrying: {e}", file=sys.stderr, flush=True)
-        return None

@@ -2,7 +2,10 @@
 
 A lease is a row per device ("cpu:<host>", "cuda:<host>:<index>") naming the worker and job that hold it,
 taken with an insert or a compare-and-set over a dead, silent or finished holder, so it works the same on
-SQLite and PostgreSQL."""
+SQLite and PostgreSQL.
+
+A worker measures on one device (`python -m lab worker --device cuda:1`); a job asks for a kind (the spec's
+device: auto, cpu or cuda) and only a worker of that kind claims it."""
 from __future__ import annotations
 
 import glob
@@ -23,21 +26,48 @@ from lab.store import Job, Lease, Worker, utcnow
 LEASE_GRACE_S = 10.0  # a lease whose job is no longer running is free after this (covers a failed release)
 
 
-def device_key(spec: dict) -> str:
-    """The lease key of the device a spec will measure on: "cpu:<host>" or "cuda:<host>:<index>".
+DEVICES_ALLOWED = "auto, cpu, cuda or cuda:<index>"
 
-    "auto" resolves as the runner does (cuda when usable, else cpu), decided without importing torch so the
-    worker stays light; a wrong guess only makes a job wait for the wrong lease, never run beside another."""
-    device = spec.get("device") or "auto"
-    if device == "auto":
-        device = "cuda" if _cuda_usable() else "cpu"
+
+def resolve_device(device: str | None) -> str:
+    """A worker's device as stored: "cpu" or "cuda:<index>"; "auto" is the first GPU when one is usable, else cpu.
+
+    Decided without importing torch so the worker stays light. A GPU named but not usable here is refused now,
+    not when its first job fails."""
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return "cuda:0" if cuda_usable() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    found = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if found is None:
+        raise ValueError(f"device {device!r} is not one a worker measures on; allowed: {DEVICES_ALLOWED}")
+    if not cuda_usable():
+        raise ValueError(f"device {device!r}: no usable CUDA GPU here (no /dev/nvidia*, torch built without CUDA, "
+                         f"or CUDA_VISIBLE_DEVICES hides them); allowed here: auto or cpu")
+    return f"cuda:{found.group(1) or 0}"
+
+
+def device_kinds(device: str) -> tuple[str, ...]:
+    """The spec devices ("auto", "cpu", "cuda") a worker on `device` runs: its own kind, and "auto"."""
+    return ("auto", "cuda") if device.startswith("cuda") else ("auto", "cpu")
+
+
+def lease_key(device: str) -> str:
+    """The lease of a worker's device: "cpu:<host>" or "cuda:<host>:<physical index>"."""
     if device.startswith("cuda"):
         return f"cuda:{HOST}:{_cuda_index(device)}"
     return f"cpu:{HOST}"
 
 
+def child_device_env(device: str) -> dict[str, str]:
+    """What the job's process sees: only the worker's GPU (as cuda:0), or none on a CPU worker, so the spec's
+    "auto" and "cuda" resolve to the worker's own device there."""
+    return {"CUDA_VISIBLE_DEVICES": _cuda_index(device) if device.startswith("cuda") else ""}
+
+
 @cache
-def _cuda_usable() -> bool:
+def cuda_usable() -> bool:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return False
@@ -64,7 +94,7 @@ def _cuda_index(device: str) -> str:
     return visible[index] if index < len(visible) else str(index)
 
 
-def acquire_lease(resource: str, worker_id: int, job_id: int) -> bool:
+def acquire_lease(resource: str, worker_id: int, job_id: int | None) -> bool:
     """Take the lease of a device for a job: insert it, or take it over (compare-and-set) from ourselves or
     from a holder that is dead, silent or done. Works the same on SQLite and PostgreSQL."""
     now = utcnow()
@@ -97,12 +127,18 @@ def _lease_stale(s, lease: Lease, now) -> bool:
     return job_status != "running" and now - lease.acquired_at > timedelta(seconds=LEASE_GRACE_S)
 
 
+def attach_job(resource: str, worker_id: int, job_id: int) -> None:
+    """Name the job a held lease measures (taken before the job was chosen)."""
+    with store.session() as s:
+        s.execute(update(Lease).where(Lease.resource == resource, Lease.worker_id == worker_id).values(job_id=job_id))
+
+
 def release_leases(worker_id: int) -> None:
     with store.session() as s:
         s.execute(delete(Lease).where(Lease.worker_id == worker_id))
 
 
-def _release_lease(resource: str, worker_id: int) -> None:
+def release_lease(resource: str, worker_id: int) -> None:
     with store.session() as s:
         s.execute(delete(Lease).where(Lease.resource == resource, Lease.worker_id == worker_id))
 
