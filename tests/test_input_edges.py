@@ -69,7 +69,7 @@ def model_copy(tmp_path, tiny_model_dir) -> Path:
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
 
 
-def _refused_unread(model: str, message: str, unread: str | Path) -> None:
+def assert_refused_unread(model: str, message: str, unread: str | Path) -> None:
     """validate() refuses `model` with `message`, having opened nothing in `unread`."""
     with opened_files() as opened, pytest.raises(SpecError, match=message):
         validate({"model": model})
@@ -86,19 +86,19 @@ def _refused_unread(model: str, message: str, unread: str | Path) -> None:
     ("/", r"^field 'model': model folder '/' is the system folder /;", "/etc"),
 ])
 def test_a_system_folder_is_refused_before_anything_in_it_is_read(no_loading, model, message, unread):
-    _refused_unread(model, message, unread)
+    assert_refused_unread(model, message, unread)
 
 
 def test_a_system_folder_reached_by_dot_dots_is_refused(tmp_path, no_loading):
     model = f"{tmp_path}{'/..' * len(tmp_path.parts)}/etc"
-    _refused_unread(model, r"lies in the system folder /etc", "/etc")
+    assert_refused_unread(model, r"lies in the system folder /etc", "/etc")
 
 
 @pytest.mark.parametrize("trailing", ["", "/"])
 def test_a_symlinked_folder_is_refused_naming_the_folder_to_give(model_copy, tmp_path, no_loading, trailing):
     link = tmp_path / "link"
     link.symlink_to(model_copy, target_is_directory=True)
-    _refused_unread(f"{link}{trailing}", rf"^field 'model': model folder '{re.escape(f'{link}{trailing}')}' is a "
+    assert_refused_unread(f"{link}{trailing}", rf"^field 'model': model folder '{re.escape(f'{link}{trailing}')}' is a "
                                          rf"symlink \(to {re.escape(str(model_copy))}\); allowed: the folder it "
                                          rf"points to", model_copy)
 
@@ -106,19 +106,19 @@ def test_a_symlinked_folder_is_refused_naming_the_folder_to_give(model_copy, tmp
 def test_a_symlink_to_a_system_folder_is_refused(tmp_path, no_loading):
     link = tmp_path / "innocent-model"
     link.symlink_to("/etc", target_is_directory=True)
-    _refused_unread(str(link), r"is a symlink \(to /etc\)", "/etc")
+    assert_refused_unread(str(link), r"is a symlink \(to /etc\)", "/etc")
 
 
 def test_a_file_is_refused_naming_its_folder(model_copy, no_loading):
     config = model_copy / "config.json"
-    _refused_unread(str(config), rf"^field 'model': model '{re.escape(str(config))}' is a file, not a folder "
+    assert_refused_unread(str(config), rf"^field 'model': model '{re.escape(str(config))}' is a file, not a folder "
                                  rf"\(give its folder, {re.escape(str(model_copy))}\); allowed: a folder holding "
                                  rf"config\.json", model_copy)
 
 
 def test_a_folder_without_a_config_is_refused(tmp_path, no_loading):
     (tmp_path / "notes.txt").write_text("not a model")
-    _refused_unread(str(tmp_path), r"^field 'model': model folder '.*' holds no config\.json or "
+    assert_refused_unread(str(tmp_path), r"^field 'model': model folder '.*' holds no config\.json or "
                                    r"model_index\.json, so it is no model folder", tmp_path)
 
 
@@ -128,7 +128,7 @@ def test_a_file_linked_from_outside_the_folder_is_refused_and_never_read(model_c
     outside.parent.mkdir()
     (model_copy / linked).rename(outside)  # the real file, moved out: only the link is left in the folder
     (model_copy / linked).symlink_to(outside)
-    _refused_unread(str(model_copy), rf"model folder '.*': {re.escape(linked)} is a symlink to "
+    assert_refused_unread(str(model_copy), rf"model folder '.*': {re.escape(linked)} is a symlink to "
                                      rf"{re.escape(str(outside))}, outside the folder; allowed: files inside the "
                                      rf"model folder", outside.parent)
 
@@ -139,14 +139,14 @@ def test_a_component_linked_from_outside_a_pipeline_is_refused(tmp_path, no_load
     (pipeline / "model_index.json").write_text('{"_class_name": "DiTPipeline", "transformer": '
                                                '["diffusers", "DiTTransformer2DModel"]}')
     (pipeline / "transformer" / "config.json").symlink_to("/etc/passwd")
-    _refused_unread(str(pipeline), r"transformer/config\.json is a symlink to /etc/passwd, outside the folder",
+    assert_refused_unread(str(pipeline), r"transformer/config\.json is a symlink to /etc/passwd, outside the folder",
                     "/etc")
 
 
 def test_an_oversized_config_is_refused_unread(model_copy, no_loading):
     with open(model_copy / "config.json", "r+b") as f:
         f.truncate(loader.CONFIG_LIMIT + 1)  # sparse: no disk used
-    _refused_unread(str(model_copy), rf"config\.json is {loader.CONFIG_LIMIT + 1} bytes, too big for a model's "
+    assert_refused_unread(str(model_copy), rf"config\.json is {loader.CONFIG_LIMIT + 1} bytes, too big for a model's "
                                      rf"config .*allowed: at most {loader.CONFIG_LIMIT} bytes", model_copy)
 
 
@@ -185,7 +185,7 @@ def test_a_cache_snapshot_link_leaving_its_blobs_is_refused(model_copy, tmp_path
     snapshot = _cache_snapshot(model_copy, tmp_path / "hub")
     (snapshot / "tokenizer.json").unlink()
     (snapshot / "tokenizer.json").symlink_to("/etc/passwd")
-    _refused_unread(str(snapshot), r"tokenizer\.json is a symlink to /etc/passwd, outside the folder", "/etc")
+    assert_refused_unread(str(snapshot), r"tokenizer\.json is a symlink to /etc/passwd, outside the folder", "/etc")
 
 
 def test_the_llm_page_shows_the_refusal_and_stores_nothing(model_copy, tmp_path):
