@@ -26,6 +26,7 @@ from lab import jobs, store
 from lab.bench.validate import validate
 from lab.jobs import leases as lab_leases
 from tests.conftest import ROOT
+from tests.test_jobs_cli import _stop_workers
 from tests.test_jobs_lease import job_processes, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -253,13 +254,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _stop_registered_workers() -> None:
-    with store.session() as s:
-        pids = [w.pid for w in s.scalars(select(store.Worker).where(store.Worker.stopped.is_(False)))]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    _stop_workers()  # SIGTERM every worker the store knows as running
     wait_for(lambda: not jobs.worker_alive(), timeout=30, what="the servers' workers stopped")
 
 
