@@ -11,7 +11,7 @@ NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -m
 PORT ?= 8501
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup prepare run test chromium worker clean-db gallery
+.PHONY: setup prepare run test chromium postgresql worker clean-db gallery
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ chromium:  ## Debian's chromium for the real-browser test
 	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null)
 
-test: setup $(LLAMA_CPP) chromium
+postgresql:  ## Debian's PostgreSQL server: the store and job tests also run on a real one (started on loopback by the tests)
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null)
+
+test: setup $(LLAMA_CPP) chromium postgresql
 	$(PY) -m pytest -q -ra
 
 worker: setup

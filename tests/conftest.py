@@ -19,14 +19,47 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-@pytest.fixture(autouse=True)
-def isolated_db(tmp_path, monkeypatch):
-    """Every test gets its own SQLite file; nothing touches data/lab.db."""
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked `both_databases` runs once on SQLite and once on a real PostgreSQL server."""
+    if metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("database", DATABASES, indirect=True)
+
+
+@pytest.fixture
+def database(request) -> str:
+    """Which store the test runs on: SQLite unless the test is marked `both_databases`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the whole session, started only when a test asks for it (tests/postgres_server.py)."""
     from lab import store
-    monkeypatch.setenv("LAB_DATABASE_URL", f"sqlite:///{tmp_path / 'lab.db'}")
+    from tests.postgres_server import PostgresServer
+    server = PostgresServer().start()
+    try:
+        server.migrate_template(store._migrate)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def isolated_db(database, tmp_path, monkeypatch, request):
+    """Every test gets its own store: a SQLite file, or a fresh PostgreSQL database; nothing touches data/lab.db.
+    Yields the SQLite file's path, or the PostgreSQL URL."""
+    from lab import store
+    server = request.getfixturevalue("postgres_server") if database == "postgresql" else None
+    where = server.new_database() if server else tmp_path / "lab.db"
+    monkeypatch.setenv("LAB_DATABASE_URL", where if server else f"sqlite:///{where}")
     store.reset_engines()
-    yield tmp_path / "lab.db"
+    yield where
     store.reset_engines()
+    if server:
+        server.drop_database(where)
 
 
 @pytest.fixture

@@ -74,6 +74,10 @@ class PostgresServer:
         self._sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
         return self.url(name)
 
+    def drop_database(self, url: str) -> None:
+        """Drop a test's database (its workers may still hold connections: FORCE ends them)."""
+        self._sql(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+
     def _sql(self, statement: str) -> None:
         import psycopg
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=lab dbname=postgres", autocommit=True) as c:

@@ -134,6 +134,7 @@ def test_downgrading_0003_keeps_the_experiments_and_their_runs(isolated_db):
 
 
 # --- rename, tags, note ------------------------------------------------------------------------------
+@pytest.mark.both_databases
 def test_rename_changes_only_the_name():
     a, b = make_experiment("a", tags=["x"]), make_experiment("b")
     before_a, before_b = stored(a), stored(b)
@@ -143,6 +144,7 @@ def test_rename_changes_only_the_name():
     assert stored(b) == before_b
 
 
+@pytest.mark.both_databases
 @pytest.mark.parametrize("bad, cause", [("", "empty"), ("   ", "empty"), ("x" * 201, "at most 200"),
                                         ("two\nlines", "line break"), (None, "expected text")])
 def test_a_bad_name_is_refused_and_nothing_changes(bad, cause):
@@ -152,12 +154,14 @@ def test_a_bad_name_is_refused_and_nothing_changes(bad, cause):
     assert stored(a)["name"] == "a"
 
 
+@pytest.mark.both_databases
 def test_a_name_of_exactly_the_column_length_fits():
     a = make_experiment("a")
     assert catalog.rename_experiment(a, "n" * 200) == "n" * 200
     assert stored(a)["name"] == "n" * 200
 
 
+@pytest.mark.both_databases
 def test_tags_are_stripped_deduplicated_and_sorted_and_replace_the_old_ones():
     a, b = make_experiment("a", tags=["old"]), make_experiment("b", tags=["other"])
     before_a, before_b = stored(a), stored(b)
@@ -167,6 +171,7 @@ def test_tags_are_stripped_deduplicated_and_sorted_and_replace_the_old_ones():
     assert catalog.set_tags(a, []) == [] and stored(a)["tags"] == []
 
 
+@pytest.mark.both_databases
 @pytest.mark.parametrize("bad, cause", [(["a,b"], "comma"), (["t" * 41], "at most 40"), (["ok", 3], "expected text"),
                                         (["line\nbreak"], "line break"), ("int8", "list of tags")])
 def test_a_bad_tag_is_refused_and_the_old_tags_stay(bad, cause):
@@ -176,6 +181,7 @@ def test_a_bad_tag_is_refused_and_the_old_tags_stay(bad, cause):
     assert stored(a)["tags"] == ["keep"]
 
 
+@pytest.mark.both_databases
 def test_a_tag_of_forty_characters_fits():
     a = make_experiment("a")
     assert catalog.set_tags(a, ["t" * 40]) == ["t" * 40]
@@ -203,6 +209,7 @@ def test_all_tags_lists_each_tag_once_sorted():
 
 
 # --- delete ------------------------------------------------------------------------------------------
+@pytest.mark.both_databases
 def test_deleting_an_experiment_removes_its_rows_and_leaves_the_others():
     a = make_experiment("a", techniques=[("weight_dtype",), ("snapkv",)])
     b = make_experiment("b")
@@ -217,6 +224,7 @@ def test_deleting_an_experiment_removes_its_rows_and_leaves_the_others():
         assert s.scalars(select(Experiment.id)).all() == [b]
 
 
+@pytest.mark.both_databases
 @pytest.mark.parametrize("status", ["queued", "running"])
 def test_an_experiment_whose_job_is_queued_or_running_is_not_deleted(status):
     a = make_experiment("a", job_status=status)
@@ -227,6 +235,7 @@ def test_an_experiment_whose_job_is_queued_or_running_is_not_deleted(status):
     assert stored(a)["name"] == "a"
 
 
+@pytest.mark.both_databases
 @pytest.mark.parametrize("status", ["done", "failed", "cancelled"])
 def test_an_experiment_whose_job_ended_is_deleted(status):
     a = make_experiment("a", job_status=status)
@@ -257,6 +266,7 @@ def test_a_connection_without_foreign_keys_is_refused_before_anything_is_deleted
 
 
 # --- unknown ids -------------------------------------------------------------------------------------
+@pytest.mark.both_databases
 @pytest.mark.parametrize("operation", [
     lambda i: catalog.rename_experiment(i, "x"), lambda i: catalog.set_tags(i, ["x"]),
     lambda i: catalog.set_note(i, "x"), catalog.delete_experiment, catalog.catalog_entry],
@@ -294,6 +304,7 @@ def three_experiments():
     ({"technique": "none"}, []),
     ({"model": "", "tag": None}, ["digits", "quant", "kv"]),
 ])
+@pytest.mark.both_databases
 def test_filters_return_the_matching_experiments_newest_first(three_experiments, filters, expected):
     rows = catalog.filter_experiments(**filters)
     assert [r["id"] for r in rows] == [three_experiments[name] for name in expected]

@@ -41,6 +41,7 @@ def count(model):
         return s.scalar(select(func.count()).select_from(model))
 
 
+@pytest.mark.both_databases
 def test_queued_jobs_run_after_a_worker_restart(tiny_spec):
     spec = validate(tiny_spec)
     ids = [jobs.submit(spec)[1] for _ in range(2)]  # no worker alive: they wait in the store
@@ -57,6 +58,7 @@ def test_queued_jobs_run_after_a_worker_restart(tiny_spec):
     assert lab_leases.leases() == {}
 
 
+@pytest.mark.both_databases
 def test_killed_worker_leaves_job_failed_with_reason_and_nothing_stored(tiny_spec):
     spec = validate({**tiny_spec, "repeats": 100, "max_new_tokens": 64})  # long enough to kill mid-run
     exp_id, job_id = jobs.submit(spec)
@@ -72,6 +74,7 @@ def test_killed_worker_leaves_job_failed_with_reason_and_nothing_stored(tiny_spe
     assert count(store.Run) == 0 and not jobs.worker_alive()
 
 
+@pytest.mark.both_databases
 def test_cancel_queued_and_running_jobs(tiny_spec):
     spec = validate({**tiny_spec, "repeats": 100, "max_new_tokens": 64})
     _, queued = jobs.submit(spec)
@@ -140,6 +143,7 @@ def _stop_workers():
             pass
 
 
+@pytest.mark.both_databases
 def test_stopping_a_worker_mid_run_puts_its_job_back_in_the_queue(tiny_spec):
     spec = validate({**tiny_spec, "repeats": 100, "max_new_tokens": 64})
     _, job_id = jobs.submit(spec)

@@ -132,6 +132,7 @@ def job_processes(db_path) -> list[int]:
     return pids
 
 
+@pytest.mark.both_databases
 def test_two_workers_never_measure_side_by_side_on_one_device(tiny_spec, hooked_env):
     spec = validate(tiny_spec)
     ids = [jobs.submit(spec)[1] for _ in range(2)]
@@ -176,6 +177,7 @@ def test_sigterm_stops_a_worker_mid_forward_within_seconds_and_requeues_the_job(
     assert job_processes(isolated_db) == [] and lab_leases.leases() == {}
 
 
+@pytest.mark.both_databases
 def test_cancel_mid_forward_ends_within_seconds_and_stores_nothing(tiny_spec, hooked_env, isolated_db):
     exp_id, job_id = jobs.submit(validate(tiny_spec))
     worker = start_worker({**hooked_env, "LAB_TEST_RUNNER": "sleep:300"})
@@ -215,6 +217,7 @@ def test_a_killed_worker_takes_its_job_process_with_it(tiny_spec, hooked_env, is
     ("raise:out of memory", "RuntimeError: out of memory"),
     ("kill", "killed by SIGKILL"),
 ])
+@pytest.mark.both_databases
 def test_a_failing_run_fails_its_job_with_the_reason_and_the_worker_lives_on(tiny_spec, hooked_env, hook, reason):
     _, job_id = jobs.submit(validate(tiny_spec))
     worker = start_worker({**hooked_env, "LAB_TEST_RUNNER": hook})
@@ -230,6 +233,7 @@ def test_a_failing_run_fails_its_job_with_the_reason_and_the_worker_lives_on(tin
     assert count(store.Run) == 0 and lab_leases.leases() == {}
 
 
+@pytest.mark.both_databases
 def test_a_stale_lease_of_a_dead_worker_is_taken_over_and_a_live_one_is_not():
     with store.session() as s:
         alive = store.Worker(pid=os.getpid(), host=HOST)

@@ -1,4 +1,6 @@
 """AppTest of the Compare page's selection in the URL, run-list filters and environment warning."""
+import pytest
+
 from lab import catalog, store
 from lab.views import experiments
 from tests.test_pages import page, run_and_store
@@ -9,6 +11,7 @@ def _run_ids(exp_id: int) -> list[int]:
         return sorted(r.id for r in s.get(store.Experiment, exp_id).runs)
 
 
+@pytest.mark.both_databases
 def test_the_selection_lives_in_the_url_and_a_link_opens_the_same_view(tiny_spec):
     first, second = run_and_store(tiny_spec), run_and_store(tiny_spec)
     picked = [_run_ids(first)[1], _run_ids(second)[0]]
@@ -19,6 +22,7 @@ def test_the_selection_lives_in_the_url_and_a_link_opens_the_same_view(tiny_spec
     assert experiments.runs_param(picked) in at.query_params["runs"]
 
 
+@pytest.mark.both_databases
 def test_an_unknown_run_in_the_link_is_named_not_fatal(tiny_spec):
     exp = run_and_store(tiny_spec)
     at = page("pages/3_Compare.py", runs=f"{_run_ids(exp)[0]},999,abc")
@@ -27,6 +31,7 @@ def test_an_unknown_run_in_the_link_is_named_not_fatal(tiny_spec):
     assert at.multiselect[0].value == [_run_ids(exp)[0]]
 
 
+@pytest.mark.both_databases
 def test_filter_by_tag_offers_only_that_experiments_runs(tiny_spec):
     tagged, other = run_and_store(tiny_spec), run_and_store(tiny_spec)
     catalog.set_tags(tagged, ["long context"])
@@ -39,6 +44,7 @@ def test_filter_by_tag_offers_only_that_experiments_runs(tiny_spec):
     assert sorted(at.multiselect[0].value) == _run_ids(tagged)  # the newest experiment the filter lets through
 
 
+@pytest.mark.both_databases
 def test_runs_from_different_environments_are_flagged(tiny_spec):
     first, second = run_and_store(tiny_spec), run_and_store(tiny_spec)
     with store.session() as s:
@@ -51,6 +57,7 @@ def test_runs_from_different_environments_are_flagged(tiny_spec):
                for w in mixed.warning)
 
 
+@pytest.mark.both_databases
 def test_an_imported_report_compares_beside_local_runs_and_is_marked(tiny_spec, tmp_path):
     from lab.report.export import write_report
     from lab.report.importer import import_report

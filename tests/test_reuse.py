@@ -3,6 +3,8 @@ measured here with this commit at once; a fresh measurement is a click away; ano
 taken for this one's."""
 import platform
 
+import pytest
+
 from sqlalchemy import func, select
 
 from lab import store
@@ -27,6 +29,7 @@ def _press(button: str, at=None):
     return next(b for b in at.button if b.label == button).click().run()
 
 
+@pytest.mark.both_databases
 def test_a_second_quickstart_joins_the_queued_one_instead_of_queueing_again():
     first = _press("Run quickstart")
     second = _press("Run quickstart")  # another student, another session
@@ -35,6 +38,7 @@ def test_a_second_quickstart_joins_the_queued_one_instead_of_queueing_again():
     assert any("already queued" in i.value for i in second.info)
 
 
+@pytest.mark.both_databases
 def test_a_finished_result_measured_here_is_shown_at_once_and_a_fresh_run_is_one_click_away(tiny_spec):
     exp_id = run_and_store(tiny_spec)
     with store.session() as s:  # the tiny run was measured by this process: this host, this commit

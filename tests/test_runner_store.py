@@ -49,6 +49,7 @@ def test_runner_measures_every_metric_with_the_baseline_interleaved(ran):
     assert half.environment["dtype"] == "bfloat16" and base.environment["dtype"] == "float32"
 
 
+@pytest.mark.both_databases
 def test_save_writes_runs_metrics_outputs_and_reads_back_as_a_table(ran):
     spec, res = ran
     exp_id, _ = submit(spec)
@@ -62,6 +63,7 @@ def test_save_writes_runs_metrics_outputs_and_reads_back_as_a_table(ran):
     assert rows[0]["Variant"] == "baseline" and "TTFT [s]" in rows[0] and "Perplexity [ppl]" in rows[1]
 
 
+@pytest.mark.both_databases
 def test_a_failing_save_leaves_nothing_half_written(ran, monkeypatch):
     spec, res = ran
     exp_id, _ = submit(spec)
@@ -83,6 +85,7 @@ def test_schema_comes_from_the_alembic_migration_in_wal_mode(isolated_db):
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
 
+@pytest.mark.both_databases
 def test_migration_matches_the_models(isolated_db):
     """A model change without a migration fails here (autogenerate finds no difference when in sync)."""
     from alembic.autogenerate import compare_metadata
