@@ -92,7 +92,6 @@ def test_cancel_queued_and_running_jobs(tiny_spec):
 
 def test_cli_run_wait_prints_the_table_and_stores_the_run(tiny_spec, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LAB_WORKER_AUTOSTART", "1")  # conftest turns it off; this test wants the CLI to start one
-    import tomllib  # noqa: F401  (the spec is written as TOML below)
     lines = [f'{k} = {v!r}' if not isinstance(v, str) else f'{k} = "{v}"'
              for k, v in tiny_spec.items() if k != "variants"]
     lines += ['[[variants]]', 'name = "bf16"', 'techniques = [{ name = "weight_dtype", dtype = "bf16" }]']

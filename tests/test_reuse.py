@@ -4,7 +4,6 @@ taken for this one's."""
 import platform
 
 import pytest
-
 from sqlalchemy import func, select
 
 from lab import store

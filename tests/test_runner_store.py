@@ -29,9 +29,10 @@ def test_runner_measures_every_metric_with_the_baseline_interleaved(ran):
         assert r.environment["threads"] == 1 and r.environment["spec_hash"]
     base, half = res
     # each ratio pairs the same item in the same repeat: the i-th sample of one variant with the baseline's
+    b, h = base.samples, half.samples
     for i in range(n):
-        assert half.samples["decode_speedup"][i] == pytest.approx(base.samples["tpot_ms"][i] / half.samples["tpot_ms"][i])
-        assert half.samples["prefill_speedup"][i] == pytest.approx(base.samples["ttft_s"][i] / half.samples["ttft_s"][i])
+        assert h["decode_speedup"][i] == pytest.approx(b["tpot_ms"][i] / h["tpot_ms"][i])
+        assert h["prefill_speedup"][i] == pytest.approx(b["ttft_s"][i] / h["ttft_s"][i])
     assert half.samples["speedup"] == half.samples["decode_speedup"]  # chat leads with the decode speedup
     # agreement recomputed from the stored token ids of both variants
     from lab.bench.fidelity import agreement
