@@ -12,6 +12,7 @@ checkout (`ray start` from it, PYTHONPATH at it), and reaches the store by the U
 """
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import replace
 
@@ -72,13 +73,35 @@ def _run_unit(job_id: int) -> str:
     return run_assigned(job_id, "cuda" if ray.get_gpu_ids() else "cpu")
 
 
+def import_ray():
+    try:
+        # lazy: Ray is only needed for --ray
+        import ray
+    except ImportError as e:
+        raise SpecError(f"--ray needs the ray package ({e}); install it with `pip install ray==2.60.0` "
+                        f"(requirements.txt pins it)") from e
+    return ray
+
+
+def check_head_answers(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse an address where no Ray head listens, at once: ray.init() would wait minutes for it."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise SpecError(f"--ray {address!r}: expected HOST:PORT of the Ray cluster's head (the port `ray start "
+                        f"--head --port PORT` opened; 6379 by default)")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SpecError(f"no Ray cluster answers at {address} ({e.strerror or e}); start its head with `ray start "
+                        f"--head --port {port}` from a lab checkout, or check the address") from e
+
+
 def submit_units(specs: list[Spec], address: str) -> list[tuple[int, int, object]]:
     """Connect to the cluster, store every unit as a queued job and start its Ray task.
     Returns (experiment id, job id, task ref) per unit. SpecError before anything is stored if the cluster
     cannot run them."""
-    # lazy: Ray is only needed for --ray
-    import ray
-
+    ray = import_ray()
+    check_head_answers(address)
     url = store.database_url()
     ray.init(address=address, runtime_env={"env_vars": {"LAB_DATABASE_URL": url}}, logging_level="ERROR",
              log_to_driver=False)
@@ -99,9 +122,7 @@ def submit_units(specs: list[Spec], address: str) -> list[tuple[int, int, object
 def wait_units(submitted: list[tuple[int, int, object]], say=print) -> dict[int, str]:
     """Wait for every unit's task; a task that failed on its node fails its job with Ray's reason.
     Returns each job's final status."""
-    # lazy: Ray is only needed for --ray
-    import ray
-
+    ray = import_ray()
     pending = {ref: job_id for _, job_id, ref in submitted}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
