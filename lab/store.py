@@ -7,6 +7,7 @@ applied automatically the first time a process opens the store.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -247,6 +248,17 @@ def write_with_retry(fn, what: str):
         return _retry_loop(fn, what)
     finally:
         _retrying.active = False
+
+
+def retried(what: str):
+    """Decorator for a function that is one whole write transaction (or several idempotent ones, each a
+    compare-and-set): on a lock conflict it is re-run from scratch by write_with_retry."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            return write_with_retry(lambda: fn(*args, **kwargs), what)
+        return run
+    return decorate
 
 
 def _retry_loop(fn, what: str):

@@ -5,7 +5,8 @@ database refuses, and SIGKILL in the middle of a burst of commits.
 The job's process is held at chosen points by a sitecustomize.py on the workers' PYTHONPATH that wraps
 lab.bench.record.save when it is imported (LAB_TEST_SAVE=ACTION:FOLDER): `pause` waits before the save's
 transaction, `pause-in-commit` waits inside it once every run, metric and output is flushed (the transaction
-open, the write lock held), `fail-commit` makes the database refuse the first save's COMMIT. A pause touches
+open, the write lock held), `exit-after-save` ends the process with code 3 right after the save committed,
+`fail-commit` makes the database refuse the first save's COMMIT. A pause touches
 FOLDER/ready and waits for FOLDER/go, so a test acts exactly while the job is at that point."""
 import json
 import os
@@ -78,6 +79,9 @@ class _WrapSave(importlib.abc.MetaPathFinder):
                 if action == "pause":
                     _gate(folder)
                     return real(experiment_id, results)
+                if action == "exit-after-save":
+                    real(experiment_id, results)
+                    os._exit(3)  # dies after the commit, before the process marks its job done
                 hook = _before_commit(action, folder)
                 event.listen(Session, "before_commit", hook)
                 try:
@@ -439,6 +443,19 @@ def test_a_refused_commit_leaves_no_half_written_experiment_and_the_next_job_sav
     assert stored(store.Run, next_exp) == 2 and nothing_stored_for(failed_exp)
     assert stored(store.Metric) == stored(store.Metric, next_exp)  # not even the injected row survived
     assert integrity(isolated_db) == "ok"
+
+
+# --- 4b. the job's process dies right after its save committed -------------------------------------------------
+@pytest.mark.timeout(180)
+def test_a_process_that_dies_after_its_save_committed_leaves_its_job_done_with_every_result(
+        tiny_spec, save_hooked_env, gate, workers, tmp_path):
+    exp_id, job_id = jobs.submit(validate(tiny_spec))
+    workers({**save_hooked_env, "LAB_TEST_SAVE": f"exit-after-save:{gate}"}, tmp_path / "worker.log")
+    wait_for(lambda: status(job_id) not in ("queued", "running"), what="the job ended")
+    job = jobs.get_job(job_id)
+    # its results are whole (one transaction), so the job is done, and the message says how the process ended
+    assert (job.status, job.error) == ("done", None) and "exited with code 3 after saving" in job.message
+    assert stored(store.Run, exp_id) == 2 and stored(store.Metric, exp_id) > 0
 
 
 # --- 5. SIGKILL in the middle of a burst of commits ------------------------------------------------------------

@@ -47,6 +47,7 @@ def autostart_enabled() -> bool:
 
 
 # --- submitting and inspecting -----------------------------------------------------------------------
+@store.retried("queueing a job")
 def submit(spec: Spec, runner: str = RUNNER_WORKER, tags: list[str] | None = None) -> tuple[int, int]:
     """Store a validated spec as a queued experiment with its job; returns (experiment id, job id)."""
     with store.session() as s:
@@ -76,6 +77,7 @@ def job_for_experiment(experiment_id: int) -> Job | None:
         return s.scalars(select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id.desc())).first()
 
 
+@store.retried("cancelling a job")
 def cancel(job_id: int) -> str:
     """Cancel a queued job at once; a running one is flagged and its worker kills its process within seconds."""
     with store.session() as s:
@@ -92,6 +94,7 @@ def cancel(job_id: int) -> str:
         return s.get(Job, job_id).status
 
 
+@store.retried("recording a job's outcome")
 def _finish_if(job_id: int, expected: str, status: str, error: str | None, message: str) -> bool:
     """Record a job's outcome unless someone else already moved it on (compare-and-set on its status)."""
     now = utcnow()
@@ -106,6 +109,7 @@ def _finish_if(job_id: int, expected: str, status: str, error: str | None, messa
         return True
 
 
+@store.retried("putting a job back in the queue")
 def _requeue_if_running(job_id: int, message: str) -> bool:
     """Put a running job back in the queue, untouched: the next worker runs it from the start."""
     with store.session() as s:
@@ -124,6 +128,7 @@ def _has_runs(job_id: int) -> bool:
 
 
 # --- liveness ------------------------------------------------------------------------------------------
+@store.retried("marking dead workers' jobs failed")
 def reap_dead() -> int:
     """Mark running jobs of dead workers as failed, with the reason, and free their leases.
     Returns how many jobs were reaped. Writes only when something is dead (pages and CLIs call it often)."""

@@ -94,6 +94,7 @@ def _cuda_index(device: str) -> str:
     return visible[index] if index < len(visible) else str(index)
 
 
+@store.retried("taking a device lease")
 def acquire_lease(resource: str, worker_id: int, job_id: int | None) -> bool:
     """Take the lease of a device for a job: insert it, or take it over (compare-and-set) from ourselves or
     from a holder that is dead, silent or done. Works the same on SQLite and PostgreSQL."""
@@ -127,17 +128,20 @@ def _lease_stale(s, lease: Lease, now) -> bool:
     return job_status != "running" and now - lease.acquired_at > timedelta(seconds=LEASE_GRACE_S)
 
 
+@store.retried("naming a lease's job")
 def attach_job(resource: str, worker_id: int, job_id: int) -> None:
     """Name the job a held lease measures (taken before the job was chosen)."""
     with store.session() as s:
         s.execute(update(Lease).where(Lease.resource == resource, Lease.worker_id == worker_id).values(job_id=job_id))
 
 
+@store.retried("releasing a worker's leases")
 def release_leases(worker_id: int) -> None:
     with store.session() as s:
         s.execute(delete(Lease).where(Lease.worker_id == worker_id))
 
 
+@store.retried("releasing a device lease")
 def release_lease(resource: str, worker_id: int) -> None:
     with store.session() as s:
         s.execute(delete(Lease).where(Lease.resource == resource, Lease.worker_id == worker_id))

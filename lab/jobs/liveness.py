@@ -6,9 +6,11 @@ import os
 import socket
 from datetime import timedelta
 
-from lab.store import Worker
+from lab.store import RETRY_FOR_S, Worker
 
-STALE_S = 30.0  # a heartbeat older than this means the worker is gone (checked by pid first where we can)
+# a heartbeat older than this means the worker is gone (checked by pid first where we can). Longer than a writer
+# waits out a locked database (store.RETRY_FOR_S): a worker whose beats were blocked that long is not dead.
+STALE_S = RETRY_FOR_S + 30.0
 HOST = socket.gethostname()
 
 

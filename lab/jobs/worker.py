@@ -77,6 +77,7 @@ def claim(job_id: int, worker_id: int | None, device: str | None = None) -> Job 
     return _mark_running(Job.id == job_id, worker_id, device)
 
 
+@store.retried("claiming a job")
 def _mark_running(which, worker_id: int | None, device: str | None) -> Job | None:
     now = utcnow()
     with store.session() as s:
@@ -163,11 +164,11 @@ def _settle(job_id: int, returncode: int, outcome: str) -> None:
         _requeue_if_running(job_id, "re-queued: its worker was stopped mid-run")
     elif outcome == "cancelled":
         _finish_if(job_id, "running", "cancelled", None, "cancelled by the user; nothing was stored")
-    elif returncode == 0:  # the child marked it done after saving; this covers a lost final write
-        if _has_runs(job_id):
-            _finish_if(job_id, "running", "done", None, "done")
-        else:
-            _finish_if(job_id, "running", "failed", "the run's process exited without storing results", "failed")
+    elif _has_runs(job_id):  # the save committed (one transaction): the results are whole whatever came after
+        ending = "" if returncode == 0 else f" ({_describe_exit(returncode).split(';')[0]} after saving its results)"
+        _finish_if(job_id, "running", "done", None, "done" + ending)
+    elif returncode == 0:
+        _finish_if(job_id, "running", "failed", "the run's process exited without storing results", "failed")
     else:
         with store.session() as s:
             written = s.scalar(select(Job.error).where(Job.id == job_id))
@@ -185,6 +186,7 @@ def _describe_exit(returncode: int) -> str:
 
 
 # --- the worker's life -----------------------------------------------------------------------------------
+@store.retried("registering a worker")
 def _register(device: str) -> int:
     with store.session() as s:
         me = Worker(pid=os.getpid(), host=HOST, device=device)
@@ -193,6 +195,7 @@ def _register(device: str) -> int:
         return me.id
 
 
+@store.retried("unregistering a worker")
 def _unregister(worker_id: int) -> None:
     with store.session() as s:
         s.execute(update(Worker).where(Worker.id == worker_id).values(stopped=True))
