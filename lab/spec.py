@@ -12,10 +12,8 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from lab import store
 from lab.errors import SpecError, named, shown
@@ -149,17 +147,6 @@ def check_length(where: str, value: str, table: str, column: str) -> None:
     if len(value) > limit:
         raise SpecError(f"{where}: {len(value)} characters is longer than the store keeps ({table}.{column}); "
                         f"allowed: at most {limit} characters")
-
-
-def read_toml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"spec file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: not valid TOML ({e})") from None
 
 
 def expand_runs(raw: dict) -> list[dict]:

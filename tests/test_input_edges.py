@@ -205,6 +205,41 @@ def test_the_llm_page_shows_the_refusal_and_stores_nothing(model_copy, tmp_path)
     assert jobs.job_for_experiment(1) is None
 
 
+def test_a_draft_model_folder_is_checked_again_when_the_engine_loads_it(model_copy, tmp_path, no_loading):
+    """A draft model is loaded mid-run by the engine (load_llm), after validation: its folder is checked there too."""
+    from lab.llm.models import load_llm
+    link = tmp_path / "draft-link"
+    link.symlink_to(model_copy, target_is_directory=True)
+    with opened_files() as opened, pytest.raises(SpecError, match=f"model folder '{link}' is a symlink"):
+        load_llm(str(link), "cpu")
+    assert _inside(opened, model_copy) == []
+
+
+def test_the_pipeline_form_refuses_a_system_folder_unread():
+    from lab.views.forms import pipeline_denoiser
+    with opened_files() as opened:
+        architecture, denoiser, error = pipeline_denoiser("/etc")
+    assert (architecture, denoiser) == (None, None) and "lies in the system folder /etc" in error
+    assert _inside(opened, "/etc") == []
+
+
+@pytest.mark.parametrize("index, cause", [("{not json", "not valid JSON"), ("[1, 2]", "a JSON list, not an object")])
+def test_the_pipeline_form_names_a_broken_model_index(tmp_path, index, cause):
+    from lab.views.forms import pipeline_denoiser
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text(index)
+    assert cause in pipeline_denoiser(str(tmp_path / "pipe"))[2]
+
+
+def test_the_what_if_config_reader_refuses_a_device_and_a_binary_file(tmp_path):
+    from lab.whatif.model import read_config
+    with pytest.raises(SpecError, match="/dev/zero: not a regular file"):
+        read_config("/dev/zero")  # read whole, it would never end
+    (tmp_path / "config.json").write_bytes(b"\x00\x01binary")
+    with pytest.raises(SpecError, match="not a text file"):
+        read_config(tmp_path)
+
+
 # --- a model's own code: never run --------------------------------------------------------------------------
 MARK_WHEN_RUN = "import pathlib\npathlib.Path({mark!r}).write_text('the model folder ran code')\n"
 

@@ -46,8 +46,8 @@ def model_dir() -> Path:
 def _embedder():
     """(tokenizer, model), loaded once per process, offline, in fp32 and eval mode."""
     folder = model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    model = AutoModel.from_pretrained(folder, local_files_only=True, trust_remote_code=False).float().eval()
     return tokenizer, model
 
 

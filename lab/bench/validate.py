@@ -3,14 +3,18 @@ here once, every variant's techniques are built against it, and the inputs must 
 free memory. Every error names the field and its allowed values."""
 from __future__ import annotations
 
-import os
-import stat
 import tomllib
 from pathlib import Path
 
 from lab.bench import limits
 from lab.bench.engines import check_engine
-from lab.bench.loader import check_model, check_model_folder, denoiser_of, is_pipeline, model_kind
+from lab.bench.loader import (
+    check_model,
+    check_model_folder,
+    denoiser_of,
+    is_pipeline,
+    model_kind,
+)
 from lab.errors import SpecError, named, shown
 from lab.knobs import KnobInfo
 from lab.llm.models import model_shape
@@ -30,6 +34,7 @@ from lab.spec import (
     expand_sweeps,
 )
 from lab.techniques import build, get
+from lab.textfile import read_text_file
 
 # A spec is a few KB (a long sweep tens of KB); a file a hundred times that is no spec.
 SPEC_FILE_LIMIT = 2**20
@@ -241,38 +246,3 @@ def _spec_toml(path: str | Path) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})") from None
-
-
-def read_text_file(path: str | Path, limit: int, what: str, error: type[Exception]) -> str:
-    """The text of a file the user gives the lab (a spec, a report), checked before any parser sees it. Its size
-    is taken from stat before it is opened, so a huge file is never read; `error` is the class the caller's
-    command shows (SpecError, ReportFormatError), its message naming the file, the cause and what is allowed."""
-    try:
-        status = os.stat(path)
-        if not stat.S_ISREG(status.st_mode):
-            raise error(f"{path}: not a regular file (a folder, a device or a pipe); allowed: a {what}")
-        _check_size(path, status.st_size, limit, what, error)
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)  # bounded: the file may have grown since stat
-    except OSError as e:
-        raise error(f"{path}: cannot be read ({e.strerror or e})") from None
-    _check_size(path, len(data), limit, what, error)
-    return _utf8_text(path, data, what, error)
-
-
-def _check_size(path, size: int, limit: int, what: str, error: type[Exception]) -> None:
-    if size > limit:
-        raise error(f"{path}: {size:,} bytes is too big for a {what}; allowed: at most {limit:,} bytes "
-                    f"({limit / 2**20:g} MiB)")
-
-
-def _utf8_text(path, data: bytes, what: str, error: type[Exception]) -> str:
-    # NUL is no character of a TOML or JSON text: a file holding one is binary (or saved as UTF-16)
-    nul = data.find(b"\0")
-    if nul >= 0:
-        raise error(f"{path}: not a text file (a NUL byte at byte {nul:,}); allowed: a {what} in UTF-8 text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not a text file (not UTF-8 at byte {e.start:,}); allowed: a {what} in UTF-8 "
-                    f"text") from None

@@ -21,6 +21,7 @@ from pathlib import Path
 from lab.diffusion.loaded import LoadedDenoiser
 from lab.errors import SpecError
 from lab.paths import model_file
+from lab.textfile import MODEL_CONFIG_LIMIT, read_text_file
 
 DENOISER_COMPONENTS = ("transformer", "unet")
 IMAGE_INPUTS = ("image", "mask_image", "control_image", "video")  # what image-to-image pipelines take
@@ -50,13 +51,26 @@ def pipeline_info(name: str) -> PipelineInfo:
     folder = pipeline_folder(name)
     if folder is None:
         raise SpecError(f"'{name}' is not a diffusers pipeline folder (no model_index.json)")
-    index = json.loads((folder / "model_index.json").read_text())
+    index = _read_index(folder / "model_index.json")
     found = [c for c in DENOISER_COMPONENTS if isinstance(index.get(c), list) and index[c][1]]
     if not found:
         raise SpecError(f"pipeline '{name}' ({index.get('_class_name')}) has no denoiser component; the lab "
                         f"hooks one of: {', '.join(DENOISER_COMPONENTS)}")
     return PipelineInfo(folder=folder, pipeline_class=index.get("_class_name", "?"), denoiser=found[0],
                         denoiser_class=index[found[0]][1])
+
+
+def _read_index(file: Path) -> dict:
+    text = read_text_file(file, MODEL_CONFIG_LIMIT, "pipeline's model_index.json", SpecError)
+    try:
+        index = json.loads(text)
+    except ValueError as e:
+        raise SpecError(f"{file}: not valid JSON ({e}); a diffusers pipeline's model_index.json is a JSON "
+                        f"object") from None
+    if not isinstance(index, dict):
+        raise SpecError(f"{file}: a JSON {type(index).__name__}, not an object; a diffusers pipeline's "
+                        f"model_index.json is a JSON object")
+    return index
 
 
 def load_pipeline(name: str, device: str):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import SpecError
+from lab.model_folder import check_local_folder
 from lab.paths import model_cache_dir, model_file
 from lab.whatif.model import CONFIG_KEYS
 
@@ -219,6 +220,8 @@ def load_llm(name: str, device: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name not in BUILTIN_MODELS:  # again at load: the folder may have changed since validation (or is a draft's)
+        check_local_folder(name)
     check_llm(name)
     source = str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
     kwargs = dict(trust_remote_code=False, local_files_only=True)

@@ -9,9 +9,9 @@ from datetime import datetime
 from pathlib import Path
 
 from lab import store
-from lab.bench.validate import read_text_file
 from lab.report.collect import FORMAT, VERSION
 from lab.spec import spec_hash
+from lab.textfile import read_text_file
 
 # The shipped gallery (five experiments, outputs and samples included) is 1.7 MiB; 64 MiB holds dozens of large
 # experiments, and parsing takes about five times a file's size in memory, which a page's process can spare.

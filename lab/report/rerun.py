@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lab.bench.validate import load_toml_specs, read_text_file, validate
+from lab.bench.validate import load_toml_specs, validate
 from lab.errors import SpecError
 from lab.report.collect import FORMAT
 from lab.report.importer import REPORT_FILE_LIMIT
 from lab.spec import Spec, expand_runs
+from lab.textfile import read_text_file
 
 
 def raw_specs(path: str | Path) -> list[dict]:

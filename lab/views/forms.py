@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from lab.bench.loader import check_model_folder
 from lab.diffusion import models as diffusion_models
 from lab.diffusion.models import DIFFUSION_MODELS
 from lab.diffusion.pipelines import pipeline_info
@@ -119,6 +120,7 @@ def pipeline_denoiser(folder: str) -> tuple[str | None, str | None, str | None]:
     if not folder.strip():
         return None, None, None
     try:
+        check_model_folder(folder.strip())  # stat and listing only: /etc, a symlink or a file is refused unread
         info = pipeline_info(folder.strip())
     except SpecError as e:
         return None, None, str(e)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import SpecError, shown
+from lab.textfile import MODEL_CONFIG_LIMIT, read_text_file
 
 # Allowed ranges of each typed size: wide enough for any real model (Llama 3 405B has 126 layers, hidden 16384,
 # vocab 128256; Gemma's vocab is 256000), narrow enough to catch a typo.
@@ -126,14 +127,16 @@ def shape_from_config(config: dict, name: str = "config.json") -> ModelShape:
 
 
 def read_config(path: str | Path) -> dict:
-    """The config dict of a local model folder or config.json file (SpecError when it cannot be read)."""
+    """The config dict of a local model folder or config.json file (SpecError when it cannot be read). The file
+    is checked before it is opened (a regular file, at most MODEL_CONFIG_LIMIT bytes, UTF-8 text)."""
     path = Path(path).expanduser()
     file = path / "config.json" if path.is_dir() else path
+    if not file.exists():
+        raise SpecError(f"no config.json at {file}: give a local model folder or its config.json")
+    text = read_text_file(file, MODEL_CONFIG_LIMIT, "model's config.json", SpecError)
     try:
-        return json.loads(file.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"no config.json at {file}: give a local model folder or its config.json") from None
-    except (OSError, ValueError) as err:
+        return json.loads(text)
+    except ValueError as err:
         raise SpecError(f"{file} is not a readable JSON config: {err}") from None
 
 
