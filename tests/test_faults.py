@@ -27,13 +27,14 @@ from lab import jobs, store
 from lab.bench.validate import validate
 from lab.jobs import leases as lab_leases
 from tests.conftest import ROOT
+from tests.import_hooks import hooked_environment
 from tests.test_jobs_cli import _stop_workers
 from tests.test_jobs_lease import job_processes, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 
-SITECUSTOMIZE = '''
-import importlib.abc, importlib.util, os, sys, time
+SAVE_WRAPPER = '''
+import time
 from pathlib import Path
 
 
@@ -60,43 +61,25 @@ def _before_commit(action, folder):
     return hook
 
 
-class _WrapSave(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name != "lab.bench.record":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        exec_module = spec.loader.exec_module
+def _wrapped(real):
+    def save(experiment_id, results):
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+        action, _, folder = os.environ["LAB_TEST_SAVE"].partition(":")
+        if action == "pause":
+            _gate(folder)
+            return real(experiment_id, results)
+        if action == "exit-after-save":
+            real(experiment_id, results)
+            os._exit(3)  # dies after the commit, before the process marks its job done
+        hook = _before_commit(action, folder)
+        event.listen(Session, "before_commit", hook)
+        try:
+            return real(experiment_id, results)
+        finally:
+            event.remove(Session, "before_commit", hook)
 
-        def exec_and_wrap(module):
-            exec_module(module)
-            real = module.save
-
-            def save(experiment_id, results):
-                from sqlalchemy import event
-                from sqlalchemy.orm import Session
-                action, _, folder = os.environ["LAB_TEST_SAVE"].partition(":")
-                if action == "pause":
-                    _gate(folder)
-                    return real(experiment_id, results)
-                if action == "exit-after-save":
-                    real(experiment_id, results)
-                    os._exit(3)  # dies after the commit, before the process marks its job done
-                hook = _before_commit(action, folder)
-                event.listen(Session, "before_commit", hook)
-                try:
-                    return real(experiment_id, results)
-                finally:
-                    event.remove(Session, "before_commit", hook)
-
-            module.save = save
-
-        spec.loader.exec_module = exec_and_wrap
-        return spec
-
-
-if os.environ.get("LAB_TEST_SAVE"):
-    sys.meta_path.insert(0, _WrapSave())
+    return save
 '''
 
 
@@ -112,10 +95,7 @@ def gate(tmp_path) -> Path:
 @pytest.fixture
 def save_hooked_env(tmp_path):
     """The environment for a worker whose job's save goes through the test hook; set LAB_TEST_SAVE in it."""
-    hooks = tmp_path / "save-hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(ROOT)])}
+    return hooked_environment(tmp_path / "save-hooks", "lab.bench.record", "save", "LAB_TEST_SAVE", SAVE_WRAPPER)
 
 
 @pytest.fixture

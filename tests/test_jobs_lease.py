@@ -23,53 +23,33 @@ from lab.cli import main
 from lab.jobs import leases as lab_leases
 from lab.jobs.liveness import HOST
 from tests.conftest import ROOT
+from tests.import_hooks import hooked_environment
 
-SITECUSTOMIZE = '''
-import importlib.abc, importlib.util, os, signal, sys, time
-
-
-class _WrapRunner(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name != "lab.bench.run":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        exec_module = spec.loader.exec_module
-
-        def exec_and_wrap(module):
-            exec_module(module)
-            real = module.execute
-
-            def execute(spec_, progress=None, *args, **kwargs):
-                action, _, arg = os.environ["LAB_TEST_RUNNER"].partition(":")
-                if progress is not None:
-                    progress(0.01, "test hook: " + action)
-                if action == "sleep":
-                    time.sleep(float(arg))  # a long forward: no progress point for a long time
-                elif action == "raise":
-                    raise RuntimeError(arg)
-                elif action == "kill":
-                    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
-                return real(spec_, progress, *args, **kwargs) if progress is not None else real(spec_)
-
-            module.execute = execute
-
-        spec.loader.exec_module = exec_and_wrap
-        return spec
+RUNNER_WRAPPER = '''
+import signal, time
 
 
-if os.environ.get("LAB_TEST_RUNNER"):
-    sys.meta_path.insert(0, _WrapRunner())
+def _wrapped(real):
+    def execute(spec_, progress=None, *args, **kwargs):
+        action, _, arg = os.environ["LAB_TEST_RUNNER"].partition(":")
+        if progress is not None:
+            progress(0.01, "test hook: " + action)
+        if action == "sleep":
+            time.sleep(float(arg))  # a long forward: no progress point for a long time
+        elif action == "raise":
+            raise RuntimeError(arg)
+        elif action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+        return real(spec_, progress, *args, **kwargs) if progress is not None else real(spec_)
+
+    return execute
 '''
 
 
 @pytest.fixture
 def hooked_env(tmp_path):
     """The environment for a worker whose runs go through the test hook; set LAB_TEST_RUNNER in it."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(ROOT)])}
+    return hooked_environment(tmp_path / "hooks", "lab.bench.run", "execute", "LAB_TEST_RUNNER", RUNNER_WRAPPER)
 
 
 def start_worker(env, idle_exit=None):
