@@ -266,6 +266,12 @@ def test_a_newcomers_path_home_techniques_workshop_result_calculator(server):
         expect(page.get_by_text("Questions to discuss (workshop)")).to_be_visible()
         page.get_by_text("Experiment 1: workshop 3: quantization").scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "newcomer_4_workshop_result.png"))
+        rows = page.locator("[data-testid='stTable']").first.locator("tbody tr").count()
+        chart = page.get_by_test_id("stVegaLiteChart").first
+        chart.scroll_into_view_if_needed()
+        # each variant keeps a row of its own in the speedup chart: the rows' height plus title, axis and legend
+        # (squeezed into the rows' height, the labels were drawn on top of each other)
+        assert rows >= 2 and chart.bounding_box()["height"] >= 28 * rows + 60
 
         page.get_by_test_id("stSidebarNav").get_by_role("link", name="What-if calculator").click()
         expect(page.get_by_role("heading", name="What-if calculator")).to_be_visible(timeout=60_000)

@@ -58,8 +58,10 @@ def _interval_chart(rows: list[dict], metric: str, reference: float | None) -> a
     if reference is not None:
         layers.insert(0, alt.Chart(pd.DataFrame({"x": [reference]})).mark_rule(strokeDash=[4, 4], color="#999")
                       .encode(x="x:Q"))
-    return alt.layer(*layers).properties(width=WIDTH, height=max(60, 28 * len(order)),
-                                         title=definition(metric).label)
+    # fit-x: the page stretches the width; the height stays the rows' own (Streamlit's default, "fit", would squeeze
+    # the rows into the given height with the title, axis and legend, drawing all labels on top of each other)
+    return alt.layer(*layers).properties(width=WIDTH, height=max(60, 28 * len(order)), title=definition(metric).label,
+                                         autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
 
 
 def speedup_chart(rows: list[dict], metric: str = "speedup") -> alt.LayerChart:
