@@ -29,7 +29,7 @@ from lab.jobs import leases as lab_leases
 from tests.conftest import ROOT
 from tests.import_hooks import hooked_environment
 from tests.test_jobs_cli import _stop_workers
-from tests.test_jobs_lease import job_processes, wait_for
+from tests.test_jobs_lease import job_processes, stop, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -112,17 +112,7 @@ def workers():
 
     yield start
     for proc in started:
-        end_process(proc)
-
-
-def end_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def stored(model, experiment_id: int | None = None) -> int:
