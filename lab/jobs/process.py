@@ -46,16 +46,16 @@ def run_job_child(job_id: int) -> int:
     except Exception as e:  # the job fails with its reason; the worker lives on for the next job
         text = f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
         print(text, file=sys.stderr, flush=True)
-        store.write_with_retry(lambda: _write_error(job_id, text), f"recording job {job_id}'s error")
+        _write_error(job_id, text)
         return 1
     try:
-        store.write_with_retry(lambda: _finish_if(job_id, "running", "done", None, "done"),
-                               f"marking job {job_id} done")
+        _finish_if(job_id, "running", "done", None, "done")  # re-run on a lock conflict (store.retried)
     except OperationalError as e:  # the results are stored: exit 0, and the worker marks it done on seeing them
         print(f"could not mark job {job_id} done ({e}); its worker will", file=sys.stderr, flush=True)
     return 0
 
 
+@store.retried("recording a job's error")
 def _write_error(job_id: int, text: str) -> None:
     with store.session() as s:  # only while running: a dying child must not overwrite "cancelled"
         s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(error=text))
