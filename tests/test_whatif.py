@@ -272,7 +272,7 @@ def test_bad_device_rows_are_refused(row, words):
 @pytest.fixture
 def fake_timing(monkeypatch):
     calls = []
-    monkeypatch.setattr(machine, "copy_bandwidth_gbs", lambda: calls.append("copy") or 12.5)
+    monkeypatch.setattr(machine, "read_bandwidth_gbs", lambda threads=None: calls.append("read") or 12.5)
     peaks = {"fp32": 0.1, "bf16": 0.2}
     monkeypatch.setattr(machine, "matmul_tflops", lambda dtype: calls.append(dtype) or peaks[dtype])
     return calls
@@ -282,14 +282,14 @@ def test_the_machine_measurement_round_trips_through_its_cache(data_in_tmp, fake
     assert machine.load_measured() is None and not views.machine_measured()
     assert machine.THIS_MACHINE not in views.devices()
     measured = views.measure_this_machine()
-    assert fake_timing == ["copy", "fp32", "bf16"]  # measured once, on request
+    assert fake_timing == ["read", "fp32", "bf16"]  # measured once, on request
     path = data_in_tmp / "cache" / "machine.json"
     stored = json.loads(path.read_text())
     assert stored["bandwidth_gbs"] == 12.5 and stored["peak_tflops"] == {"fp32": 0.1, "bf16": 0.2}
     assert stored["measured_at"].endswith("UTC")
     assert machine.load_measured() == measured
     assert views.devices()[machine.THIS_MACHINE] == measured and views.machine_measured()
-    assert fake_timing == ["copy", "fp32", "bf16"]  # reading it back times nothing
+    assert fake_timing == ["read", "fp32", "bf16"]  # reading it back times nothing
     path.write_text("{damaged")
     assert machine.load_measured() is None
 
@@ -407,7 +407,7 @@ def test_page_measures_this_machine_on_request(data_in_tmp, fake_timing):
     at = _page()
     assert fake_timing == []  # opening the page times nothing
     at.button(key="whatif_measure").click().run()
-    assert not at.exception and fake_timing == ["copy", "fp32", "bf16"]
+    assert not at.exception and fake_timing == ["read", "fp32", "bf16"]
     assert at.selectbox(key="whatif_device").value == machine.THIS_MACHINE
 
 

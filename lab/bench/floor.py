@@ -23,16 +23,23 @@ With batch > 1 every sequence's TPOT is the step time of the whole batch, which 
 of them: a sequence's floor counts the weights once per forward and its own row of the KV cache only (the
 other rows would add to it), so it stays a floor.
 
-The bandwidth is measured once per machine and device and stored under the data folder: on the CPU, the
-What-if page's measurement when the page has made one (lab/whatif/machine.py: a 256 MB numpy copy, 2n / t),
-else that same copy timed here (about a second); on a CUDA GPU, a device-to-device copy timed with CUDA events.
-A CPU copy says nothing about a GPU's memory, so any other device gets no floor.
+What the floor assumes: every weight byte a forward uses and every cached K/V byte is read from memory once per
+forward (nothing stays in cache between steps), nothing else is read, and memory delivers the bandwidth below.
+
+The bandwidth: on the CPU, the best of several reads over 512 MB with torch on the run's own thread count
+(lab/whatif/machine.py read_bandwidth_gbs: a read, as a decode step mostly reads; one thread reads less than two,
+so each thread count has its own), measured once in each process that runs an experiment (about a second) and
+stored under the data folder per host and thread count, where the stored value only ever rises: a later, weaker
+measurement (a busy machine) never replaces a stronger one, so the floor never errs high because of one. On a
+CUDA GPU, a device-to-device copy timed with CUDA events, stored per GPU name the same way. A CPU measurement says
+nothing about another device's memory, so any other device gets no floor.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,11 +58,12 @@ def cache_path() -> Path:
     return data_dir() / "cache" / "bandwidth.json"
 
 
-def device_key(device: str) -> str | None:
-    """What a bandwidth is stored under: "cpu", "cuda:<GPU name>", or None for a device without a floor."""
+def device_key(device: str, threads: int) -> str | None:
+    """What a bandwidth is stored under: "cpu:<host>:<n> threads", "cuda:<GPU name>", or None for a device without
+    a floor."""
     device = str(device)
     if device == "cpu":
-        return "cpu"
+        return f"cpu:{platform.node()}:{threads} threads"
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
     return None
@@ -85,50 +93,55 @@ def cuda_copy_bandwidth_gbs(device: str = "cuda", nbytes: int = CUDA_COPY_BYTES,
     return 2 * nbytes / best / 1e9
 
 
-def _stored(key: str) -> float | None:
-    if key == "cpu":
-        whatif = machine.load_measured()  # the What-if page's measurement of this machine, when it made one
-        if whatif is not None:
-            return whatif.bandwidth_gbs
+def stored_table() -> dict:
     try:
-        value = json.loads(cache_path().read_text())[key]["bandwidth_gbs"]
-        return float(value) if value > 0 else None
-    except (OSError, ValueError, KeyError, TypeError):
+        table = json.loads(cache_path().read_text())
+        return table if isinstance(table, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _stored(key: str) -> float | None:
+    try:
+        value = float(stored_table()[key]["bandwidth_gbs"])
+        return value if value > 0 else None
+    except (KeyError, TypeError, ValueError):
         return None
 
 
 def _store(key: str, gbs: float, how: str) -> None:
-    path = cache_path()
-    try:
-        table = json.loads(path.read_text())
-        table = table if isinstance(table, dict) else {}
-    except (OSError, ValueError):
-        table = {}
+    table = stored_table()
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table[key] = {"bandwidth_gbs": round(gbs, 2), "measured_at": when, "source": how}
+    path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".partial-{os.getpid()}")
     partial.write_text(json.dumps(table, indent=2))
     partial.replace(path)  # atomic: a reader never sees half a file
 
 
-def bandwidth_gbs(device: str = "cpu") -> float | None:
-    """The memory bandwidth of `device` in GB/s (10^9 bytes/s), measured once and stored; None where no floor
-    can be given (a device other than the CPU or a CUDA GPU)."""
-    key = device_key(device)
+def _measure(device: str, threads: int) -> tuple[float, str]:
+    if str(device) == "cpu":
+        gbs = machine.read_bandwidth_gbs(threads)  # looked up at call time, so tests can stand in for it
+        return gbs, (f"torch sum over {machine.READ_BYTES // MB} MB on {threads} threads, best of "
+                     f"{machine.READ_REPEATS}, n / t")
+    return cuda_copy_bandwidth_gbs(device), f"CUDA device-to-device copy of up to {CUDA_COPY_BYTES // MB} MB, best of 5, 2n / t"
+
+
+def bandwidth_gbs(device: str = "cpu", threads: int | None = None) -> float | None:
+    """The memory bandwidth of `device` on `threads` threads (None: torch's current count) in GB/s (10^9 bytes/s):
+    measured once per process, and the best of that and what is stored for this host and thread count is stored
+    and returned. None where no floor can be given (a device other than the CPU or a CUDA GPU)."""
+    threads = threads or torch.get_num_threads()
+    key = device_key(device, threads)
     if key is None:
         return None
     if key not in _measured:
-        gbs = _stored(key)
-        if gbs is None:
-            if key == "cpu":
-                gbs = machine.copy_bandwidth_gbs()  # looked up at call time, so tests can stand in for it
-                how = f"np.copyto of {machine.COPY_BYTES // MB} MB, best of 5, 2n / t"
-            else:
-                gbs = cuda_copy_bandwidth_gbs(device)
-                how = f"CUDA device-to-device copy of up to {CUDA_COPY_BYTES // MB} MB, best of 5, 2n / t"
-            _store(key, gbs, how)
-        _measured[key] = gbs
+        fresh, how = _measure(device, threads)
+        stored = _stored(key)
+        if stored is None or fresh > stored:
+            _store(key, fresh, how)
+        _measured[key] = max(fresh, stored or 0.0)
     return _measured[key]
 
 
