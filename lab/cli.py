@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lab import jobs
 from lab.bench.loader import list_models
-from lab.errors import SpecError
+from lab.errors import SpecError, named
 from lab.jobs import cancel
 from lab.jobs.leases import DEVICES_ALLOWED
 from lab.jobs.worker import worker_loop
@@ -28,6 +28,8 @@ from lab.views.results import busy_runs, text_table
 
 def _cmd_run(args) -> int:
     specs = run_specs(args.spec)  # a TOML spec, or a .json report (its embedded specs) or spec
+    if args.only:
+        specs = _only(specs, args.only)
     if args.ray:
         return _run_on_ray(specs, args.ray)
     queued = []
@@ -249,6 +251,17 @@ def _cmd_worker(args) -> int:
     return 0
 
 
+def _only(specs: list, names: list[str]) -> list:
+    """The specs whose name is one of `names` (a [[runs]] table's name), in the file's order; SpecError naming
+    the allowed names for one that is not there."""
+    known = [spec.name for spec in specs]
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise SpecError(f"--only {named(missing[0])}: the file has no run of that name; allowed: "
+                        f"{', '.join(named(k) for k in known)}")
+    return [spec for spec in specs if spec.name in names]
+
+
 def _cmd_run_job(args) -> int:
     # lazy: lab.jobs.process imports torch; pages import this module
     from lab.jobs.process import run_job_child
@@ -274,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="wait for it and print the results table. With LAB_WORKER_AUTOSTART=0 and no worker "
                         "running it says so and keeps waiting for one; Ctrl-C stops waiting and leaves the "
                         "job queued")
+    p.add_argument("--only", action="append", metavar="RUN_NAME", default=None,
+                   help="queue only the run of this name (a [[runs]] table's name; repeat for several)")
     p.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="spread the units (the baseline and one variant each) over the Ray cluster at ADDRESS "
                         "(host:port of its head) and wait for them; every node must reach the store "

@@ -152,3 +152,18 @@ def test_stopping_a_worker_mid_run_puts_its_job_back_in_the_queue(tiny_spec):
     assert worker.wait(timeout=60) == 0
     job = jobs.get_job(job_id)
     assert job.status == "queued" and "re-queued" in job.message and count(store.Run) == 0
+
+
+def test_run_only_queues_the_named_runs_and_refuses_an_unknown_name(tiny_spec, tmp_path, capsys):
+    """A benchmark file holds several [[runs]]; --only reproduces one table without queuing the rest."""
+    lines = [f'{k} = {v!r}' if not isinstance(v, str) else f'{k} = "{v}"'
+             for k, v in tiny_spec.items() if k not in ("variants", "name")]
+    lines += ['[[runs]]', 'name = "short"', '[[runs]]', 'name = "long"', 'max_new_tokens = 6']
+    path = tmp_path / "runs.toml"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["run", str(path), "--only", "long"]) == 0
+    out = capsys.readouterr().out
+    assert "(long)" in out and "(short)" not in out and count(store.Job) == 1
+    assert main(["run", str(path), "--only", "middle"]) != 0
+    assert "--only middle: the file has no run of that name; allowed: short, long" in capsys.readouterr().err
+    assert count(store.Job) == 1
