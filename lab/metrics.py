@@ -99,11 +99,19 @@ _DEFS = [
               "quality", share=True),
     MetricDef("image_exact", "Identical images", "%", "Diffusion: share of images equal to the baseline's bit for "
               "bit (float32, before quantising to pixels).", True, "quality", share=True),
-    MetricDef("attention_share", "Attention share", "%", "Share of a dense prefill of the workload's first input "
-              "spent in the attention op (SDPA over q, k, v), measured once after the timed runs on the baseline "
-              "model; the same for every row.", None),
-    MetricDef("amdahl_ceiling", "Ceiling", "x", "The prefill speedup a pattern cannot pass: 1 / (1 - s (1 - a)) "
-              "with s the attention share and a the attended share; free attention gives 1 / (1 - s).", None),
+    MetricDef("attention_share", "Attention share", "%", "Share of the baseline's prefill spent in the attention "
+              "op (SDPA over q, k, v), timed after the timed runs in the same calls they make (an item's prompt "
+              "and question up to its first token; a perplexity window's two forwards, the second with every "
+              "position's logits), on the baseline's threads, the faster of two runs; one sample per item or "
+              "window of the workload, median over them. The same for every row.", None),
+    MetricDef("amdahl_ceiling", "Ceiling", "x", "Amdahl bound on the prefill speedup, per item or window: "
+              "1 / (1 - s (1 - a)), with s its attention share and a the computed share of its prefill (the "
+              "causal pairs the row's kernel computes, counted while the row runs the same prefill again); median "
+              "over items, which bounds the median prefill speedup when each item's bound holds. It holds only if "
+              "the rest of the prefill costs what the baseline's does and attention's time shrinks in proportion "
+              "to the pairs computed: a kernel cheaper per computed pair than dense SDPA, or noise, can pass it. "
+              "1 for a row that computes every pair (no pattern, or kernel sdpa_mask); free attention gives "
+              "1 / (1 - s).", None),
     MetricDef("calibration_s", "Calibration", "s", "Time a technique spent calibrating before the timed runs (or "
               "loading a stored calibration): statistics of held-out text that no workload scores. Never inside a "
               "timed repeat.", False),

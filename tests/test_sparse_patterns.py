@@ -1,6 +1,6 @@
 """Block top-k and vertical + slash on the tiny random Llama: each mask against a slow definition written here,
 dense equality when the pattern covers everything, the flex kernel against the masked reference, decode against
-prefill for the static per-head pattern, and the attended share moving with the knob."""
+prefill for the static per-head pattern, and the kept share moving with the knob."""
 from __future__ import annotations
 
 import math
@@ -110,8 +110,11 @@ def test_block_topk_flex_kernel_matches_the_masked_reference_and_fewer_blocks_at
         got = all_logits(Engine(model, tok, flex), ids)
         torch.testing.assert_close(got, all_logits(Engine(model, tok, reference), ids), rtol=1e-4, atol=1e-4)
         assert not torch.allclose(got, dense, atol=1e-4)
-        shares.append(flex[0].attended_share(len(ids)))
-        assert shares[-1] == pytest.approx(reference[0].attended_share(len(ids)))
+        shares.append(flex[0].kept_share(len(ids)))
+        assert shares[-1] == pytest.approx(reference[0].kept_share(len(ids)))
+        # block top-k keeps whole blocks, so the flex kernel computes what it keeps; the mask path every pair
+        assert flex[0].sequence_shares(len(ids))["attended_share"] == pytest.approx(shares[-1])
+        assert reference[0].sequence_shares(len(ids))["attended_share"] == 100.0
     assert 100 > shares[0] > shares[1] > shares[2] > 0
 
 
@@ -174,7 +177,7 @@ def test_vertical_slash_attends_less_with_fewer_slashes(tiny):
     for slashes in (64, 16, 4):
         t = technique("vertical_slash", slashes=slashes, verticals=1)
         Engine(model, tok, t)
-        shares.append(t[0].attended_share(200))
+        shares.append(t[0].kept_share(200))
     assert shares[0] > shares[1] > shares[2] > 0
 
 
@@ -190,8 +193,8 @@ def test_a_pattern_stacks_on_a_quantized_cache_and_refuses_an_evicting_one(tiny,
     assert covered.token_ids == quantized.token_ids  # the pattern covers every block: the quantized cache alone
     stacked = build([{"name": "block_topk", "top_k": 0, "block_size": 64}, {"name": "quantized_kv"}],
                     model_kind="llm")
-    Engine(model, tok, stacked).generate(ids, settings)
-    assert stacked[0].measure(None)["attended_share"] < 100
+    gen = Engine(model, tok, stacked).generate(ids, settings)
+    assert stacked[0].measure(gen)["attended_share"] < 100
     for pattern in ("block_topk", "vertical_slash"):
         with pytest.raises(SpecError, match="cannot be combined: an evicting KV cache"):
             validate({**tiny_spec, "variants": [{"techniques": [{"name": pattern}, {"name": "snapkv"}]}]})

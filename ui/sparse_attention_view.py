@@ -39,7 +39,8 @@ def show_sparse_attention_views(exp) -> None:
     left.altair_chart(_heatmap(frame, "kept", "Share kept", alt.Scale(domain=[0, 1], scheme="blues")))
     right.altair_chart(_heatmap(frame, "dense", "Attention mass", alt.Scale(type="log", scheme="oranges")))
     st.caption("What am I looking at: the experiment's first input, one layer and head, in 64 x 64 cells of "
-               "queries x keys. Left, the share of each cell's causal pairs the pattern computes (block top-k "
-               "chooses per input, so this is its choice for this text). Right, dense attention of the same text "
-               "on the baseline: the mean attention a query of the cell gives the cell's keys, log scale. A good "
-               "pattern keeps the dark cells.")
+               "queries x keys. Left, the share of each cell's causal pairs the pattern keeps (block top-k "
+               "chooses per input, so this is its choice for this text); the kernel computes at least these: "
+               "whole blocks with flex, every pair with sdpa_mask (the Computed share column). Right, dense "
+               "attention of the same text on the baseline: the mean attention a query of the cell gives the "
+               "cell's keys, log scale. A good pattern keeps the dark cells.")

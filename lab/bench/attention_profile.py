@@ -1,13 +1,17 @@
-"""How much of a dense prefill is attention, measured: the ceiling a sparse pattern's speedup cannot pass.
+"""How much of a dense prefill is attention, measured: the Amdahl ceiling of a sparse pattern's prefill speedup.
 
-One prefill of the workload's first input runs through the baseline model with its attention function wrapped by
-a timer (the attention op itself: SDPA over q, k, v; the projections are not attention's). If attention takes a
-share s of the prefill and a pattern computes a fraction a of its pairs, Amdahl's law bounds the prefill speedup
-by 1 / (1 - s (1 - a)); free attention (a = 0) by 1 / (1 - s). Measured after the timed repeats, never in them.
+The baseline runs a timed unit's prefill again (the same calls the timed repeats make: see llm_runner) with its
+attention function wrapped by a timer (the attention op itself: SDPA over q, k, v; the projections are not
+attention's). If attention takes a share s of the prefill and a pattern's kernel computes a fraction a of its
+causal pairs, Amdahl's law bounds the prefill speedup by 1 / (1 - s (1 - a)); free attention (a = 0) by
+1 / (1 - s). The bound assumes the rest of the prefill costs the same and attention's time shrinks with the pairs
+computed: a kernel cheaper per computed pair than dense SDPA, or noise, can pass it. Measured after the timed
+repeats, never in them.
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -32,25 +36,27 @@ register_attention(TIMED, _timed_sdpa, "sdpa")
 
 
 @torch.inference_mode()
-def attention_share(engine, ids: list[int]) -> float:
-    """Share (0..1) of one dense prefill of `ids` spent in the attention op (the fastest of two runs)."""
+def attention_share(engine, prefill: Callable[[], float]) -> float:
+    """Share (0..1) of a prefill on the dense `engine` spent in the attention op: prefill() runs it on `engine`
+    and returns its seconds; the share of the faster of two runs (the first may pay first-touch costs)."""
     model, previous = engine.model, engine.model.config._attn_implementation
     model.set_attn_implementation(TIMED)
     try:
-        shares = []
-        for _ in range(2):  # the first run also pays for first-touch allocations
-            _Timer.seconds, cache = 0.0, engine.new_cache()
-            start = time.perf_counter()
-            engine.forward(torch.tensor([ids], device=engine.device), cache, 0)
-            shares.append(_Timer.seconds / (time.perf_counter() - start))
+        runs = []
+        for _ in range(2):
+            _Timer.seconds = 0.0
+            seconds = prefill()
+            runs.append((seconds, _Timer.seconds))
     finally:
         model.set_attn_implementation(previous)
-    return min(shares)
+    seconds, attention = min(runs)
+    return attention / seconds
 
 
-def amdahl_ceiling(share: float, attended: float) -> float:
-    """The prefill speedup bound when a fraction `attended` of attention's work remains."""
-    return 1.0 / (1.0 - share * (1.0 - attended))
+def amdahl_ceiling(share: float, computed: float) -> float:
+    """The prefill speedup bound when attention is a fraction `share` of the prefill and the kernel computes a
+    fraction `computed` of its pairs at dense attention's cost per pair."""
+    return 1.0 / (1.0 - share * (1.0 - computed))
 
 
 MAPPED = "lab_attention_maps"

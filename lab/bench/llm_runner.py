@@ -7,7 +7,6 @@ per text window. Each metric keeps every sample; lab/bench/record.py summarises 
 from __future__ import annotations
 
 import base64
-import statistics
 import time
 
 import torch
@@ -63,21 +62,60 @@ def _record_preparation(res, engine) -> None:
 
 
 def _record_attention_ceiling(spec, loaded, engines, results) -> None:
-    """Attention's share of the baseline's prefill of the first input, and each variant's Amdahl ceiling."""
-    if spec.workload == "perplexity":
-        ids = perplexity_windows(loaded.tokenizer, spec.perplexity_window, spec.perplexity_window)[0]
-    else:
-        item = _items(spec, loaded.tokenizer)[0]
-        ids = item.prompt_ids + (item.question_ids or [])
-    share = attention_share(engines[0], ids)
-    for engine, res in zip(engines, results):
+    """For every unit the timed repeats ran (each item; each perplexity window): attention's share of the
+    baseline's prefill of it, and each row's Amdahl ceiling from its kernel's computed share of the same prefill,
+    one sample per unit (summarised by the median, like the prefill speedup they bound)."""
+    units = _profile_units(spec, loaded.tokenizer)
+    first_token = GenerationSettings(1, spec.temperature, spec.top_p, spec.seed)
+    with variant_threads(spec.variants[0].threads):  # the share depends on threads: the baseline's own
+        shares = [attention_share(engines[0], lambda u=u: _prefill(u, engines[0], results[0].engine, first_token))
+                  for u in units]
+    for engine, res, variant in zip(engines, results, spec.variants):
         pattern = engine.slots.get("attention")
-        if pattern is not None and hasattr(pattern, "attended_share") and not res.samples.get("attended_share"):
-            # the perplexity workload makes no generations to measure: its timed forwards are whole windows
-            res.record({"attended_share": pattern.attended_share(len(ids))})
-        attended = statistics.median(res.samples["attended_share"]) / 100 if res.samples.get("attended_share") else 1
-        res.record({"attention_share": 100 * share, "amdahl_ceiling": amdahl_ceiling(share, attended)})
-    _record_attention_maps(loaded, engines, results, ids)
+        if pattern is None:  # dense attention computes every pair
+            computed = [1.0] * len(units)
+        elif hasattr(pattern, "sequence_shares"):
+            with variant_threads(variant.threads):
+                computed = [_computed_share(pattern, u, engine, res, first_token, spec.workload) for u in units]
+        else:  # an attention technique that does not count what it computes: no ceiling can be stated
+            computed = [None] * len(units)
+        for share, part in zip(shares, computed):
+            res.record({"attention_share": 100 * share})
+            if part is not None:
+                res.record({"amdahl_ceiling": amdahl_ceiling(share, part)})
+    _record_attention_maps(loaded, engines, results, units[0][0])
+
+
+def _profile_units(spec, tokenizer) -> list[tuple[list[int], object]]:
+    """The units the timed repeats ran, as (token ids, workload item or None for a perplexity window)."""
+    if spec.workload == "perplexity":
+        windows = perplexity_windows(tokenizer, spec.prompts * spec.perplexity_window, spec.perplexity_window)
+        return [(ids, None) for ids in windows]
+    return [(item.prompt_ids + (item.question_ids or []), item) for item in _items(spec, tokenizer)]
+
+
+def _prefill(unit, engine, engine_name: str, first_token) -> float:
+    """Seconds of a unit's prefill, doing what its timed run does: a perplexity window's two forwards
+    (continuation_nll, the second with every position's logits), timed whole; an item's prompt and question up
+    to its first token through the variant's own path (run_batch), its TTFT (what the prefill speedup compares)."""
+    ids, item = unit
+    if item is None:
+        start = time.perf_counter()
+        engine.continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
+        return time.perf_counter() - start
+    return run_batch(engine, engine_name, [item], first_token)[0].ttft
+
+
+def _computed_share(pattern, unit, engine, res, first_token, workload: str) -> float:
+    """The fraction of causal pairs the row's kernel computes in the unit's prefill, counted by the pattern while
+    the unit runs again. The perplexity workload makes no generation that measure() could count: its shares are
+    recorded from these runs."""
+    _prefill(unit, engine, res.engine, first_token)
+    ids, item = unit
+    shares = pattern.sequence_shares(len(ids) - (item is None))  # a window's last token is never fed
+    if workload == "perplexity":
+        res.record(shares)
+    return shares["attended_share"] / 100
 
 
 def _record_attention_maps(loaded, engines, results, ids: list[int]) -> None:

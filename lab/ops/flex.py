@@ -1,5 +1,6 @@
 """FlexAttention for the sparse-attention patterns: a pattern becomes a BlockMask, and a compiled flex_attention
-kernel (inductor on the CPU) skips every key block the mask leaves empty.
+kernel (inductor on the CPU) skips every key block the mask leaves empty. Each pattern compiles its own kernel and
+never falls back to eager flex_attention (unfused) in silence: FlexFallback says why instead.
 
 Two ways to a BlockMask: a static pattern's keep() through create_block_mask (it evaluates the pattern at every
 pair, ~0.5 s at 8k tokens, so the last one is kept and shared by all layers of a forward), or a pattern that
@@ -18,20 +19,30 @@ import os
 import time
 
 import torch
+from torch._dynamo.exc import FailOnRecompileLimitHit
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from lab.paths import data_dir
 
-_KERNEL = None
+# Distinct shapes (queries, keys, dtype, heads) one pattern may compile in a process. One torch.compile serves each
+# pattern (isolate_recompiles: other patterns' shapes do not count against it); past this many Dynamo would hand
+# the call to eager flex_attention, which computes the whole score matrix, unfused, with only a warning. fullgraph
+# turns that fallback into an error instead, raised here as FlexFallback with its cause.
+SHAPES_PER_PATTERN = 64
 
 
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        # inductor's compiled kernels kept on disk, so the next run of the lab reuses them
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_dir() / "cache" / "inductor"))
-        _KERNEL = torch.compile(flex_attention, dynamic=False)
-    return _KERNEL
+class FlexFallback(RuntimeError):
+    """The compiled FlexAttention kernel cannot serve a call (torch.compile's recompile limit reached): the call
+    is refused rather than run unfused."""
+
+
+def compiled_flex(max_shapes: int = SHAPES_PER_PATTERN):
+    """flex_attention compiled for one pattern: its own compiled shapes, at most `max_shapes` of them, and no
+    silent fallback to eager (fullgraph: a graph break or the recompile limit raises)."""
+    # inductor's compiled kernels kept on disk, so the next run of the lab reuses them
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_dir() / "cache" / "inductor"))
+    return torch.compile(flex_attention, dynamic=False, fullgraph=True, isolate_recompiles=True,
+                         recompile_limit=max_shapes)
 
 
 def blocks_to_mask(partial: torch.Tensor, full: torch.Tensor, mask_mod, block_size: int, queries: int,
@@ -58,14 +69,45 @@ def causal_mod(offset: int):
     return mask_mod
 
 
+def computed_pairs(block_mask: BlockMask, queries: int, keys: int, heads: int) -> int:
+    """Causal pairs inside the blocks `block_mask` makes the kernel compute (partial and full), summed over `heads`
+    query heads (a mask shared by all heads counts once per head). A block below the diagonal counts
+    block_size x block_size pairs, one crossing it only its causal ones (dense causal attention computes those
+    blocks too), one at the end only the positions inside the sequence: dense causal attention counts as all
+    causal pairs, and a pattern pays for every pair of a block it touches."""
+    # lazy: block_select's per-shape layout (the causal pairs of every block), shared with block top-k
+    from lab.ops.block_select import causal_layout
+
+    pairs = causal_layout(queries, keys, block_mask.BLOCK_SIZE[1])[2]
+    computed = _listed_pairs(block_mask.kv_num_blocks, block_mask.kv_indices, pairs)
+    if block_mask.full_kv_num_blocks is not None:
+        computed = computed + _listed_pairs(block_mask.full_kv_num_blocks, block_mask.full_kv_indices, pairs)
+    return int(computed.sum()) * (heads // computed.shape[0])
+
+
+def _listed_pairs(num: torch.Tensor, indices: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Per head: the causal pairs of the blocks a BlockMask lists, the first num[h, q] entries of indices[h, q]
+    for each query block q (what the kernel visits). Counted inside the prefill, so only the listed columns are
+    read (to_dense() costs 100x more)."""
+    rows, cols = pairs.shape
+    num = num[0, :, :rows].long().cpu()  # batch 1; padding query blocks dropped; counted where pairs lives
+    width = int(num.max()) if num.numel() else 0
+    indices = indices[0, :, :rows, :width].long().cpu()
+    listed = (torch.arange(width) < num[..., None]) & (indices < cols)
+    flat = torch.arange(rows)[:, None] * cols + indices.clamp(max=cols - 1)  # (query block, key block) in pairs
+    return (pairs.flatten()[flat] * listed).sum((-2, -1))
+
+
 class FlexPattern:
     """A pattern's compiled attention, remembering which shapes it has compiled and how long their first calls
     took (compile included)."""
 
-    def __init__(self, block_size: int):
+    def __init__(self, block_size: int, max_shapes: int = SHAPES_PER_PATTERN):
         self.block_size = block_size
+        self.max_shapes = max_shapes
         self.compiled_shapes: set = set()
         self.compile_seconds = 0.0
+        self._kernel = compiled_flex(max_shapes)
         self._mask_for, self._mask = None, None  # the last static BlockMask and the (queries, keys, device) it is for
 
     def static_mask(self, causal_keep, queries: int, keys: int, device) -> BlockMask:
@@ -87,8 +129,16 @@ class FlexPattern:
         queries, keys = query.shape[2], key.shape[2]
         shape = (queries, keys, query.dtype, query.shape[1], key.shape[1])
         start = time.perf_counter()
-        out = _kernel()(query, key, value, block_mask=block_mask, scale=scaling,
-                        enable_gqa=query.shape[1] != key.shape[1])
+        try:
+            out = self._kernel(query, key, value, block_mask=block_mask, scale=scaling,
+                               enable_gqa=query.shape[1] != key.shape[1])
+        except FailOnRecompileLimitHit as e:
+            raise FlexFallback(
+                f"FlexAttention refused a call of {queries} queries x {keys} keys ({query.dtype}, {query.shape[1]} "
+                f"query heads): this pattern has compiled its kernel for {len(self.compiled_shapes)} shapes and "
+                f"torch.compile's recompile limit ({self.max_shapes}) stops a new one; torch would run flex_attention "
+                f"unfused (the whole score matrix), so nothing it measured would be the sparse kernel. Run fewer "
+                f"distinct lengths per experiment, or raise SHAPES_PER_PATTERN in lab/ops/flex.py") from e
         if shape not in self.compiled_shapes:
             self.compiled_shapes.add(shape)
             self.compile_seconds += time.perf_counter() - start

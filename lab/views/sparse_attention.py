@@ -54,7 +54,7 @@ def _decoded(entry: dict) -> np.ndarray:
 
 def maps_frame(exp: Experiment, run: Run, layer: int, head: int) -> pd.DataFrame:
     """Per cell (query cell start, key cell start): `kept`, the share of its causal pairs the run's pattern
-    computes (a pattern shared by all heads is stored once), and `dense`, the mean attention mass a query of the
+    keeps (a pattern shared by all heads is stored once), and `dense`, the mean attention mass a query of the
     cell gives the cell's keys in the dense baseline (NaN above the diagonal)."""
     maps = recorded_maps(run)
     kept = _decoded(maps["kept"][str(layer)])
@@ -79,7 +79,7 @@ def sequence_length(spec: dict) -> int:
 
 def mask_frame(run: Run, length: int, cells: int = 64) -> pd.DataFrame:
     """For a run without recorded maps: per block of queries x keys (cells x cells blocks over `length` tokens)
-    the share of the block's causal pairs its static pattern computes (NaN above the diagonal). Built one row of
+    the share of the block's causal pairs its static pattern keeps (NaN above the diagonal). Built one row of
     blocks at a time: at 8k tokens the whole mask would hold 64M pairs."""
     pattern = pattern_of(run)
     pos = np.arange(length)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from lab.errors import SpecError
 from lab.techniques.base import knob
-from lab.techniques.sparse_attention.base import SparsePattern, causal_pairs
+from lab.techniques.sparse_attention.base import SparsePattern
 
 
 @dataclass
@@ -66,20 +66,8 @@ class BlockTopK(SparsePattern):
 
         blocks = select_blocks(query, key, self.block_size, self.top_k, self.score, self.window,
                                self.coverage)
-        self._count(blocks.kept_pairs(), causal_pairs(key.shape[2] - query.shape[2], key.shape[2]) * query.shape[1])
+        self._count(kept=blocks.kept_pairs())  # chosen per call: kept_share counts what each call kept
         return blocks
-
-    def dense_call(self, queries: int, keys: int, heads: int) -> None:
-        pairs = causal_pairs(keys - queries, keys) * heads
-        self._count(pairs, pairs)
-
-    def forget_calls(self) -> None:
-        self.__dict__.pop("_counts", None)
-
-    def _count(self, kept: int, causal: int) -> None:
-        counts = self.__dict__.setdefault("_counts", [0, 0])  # kept and causal pairs since the last reading
-        counts[0] += kept
-        counts[1] += causal
 
     def token_mask(self, layer: int, query, key):
         # lazy: torch loads only when a technique runs
@@ -95,14 +83,3 @@ class BlockTopK(SparsePattern):
         blocks = self._select(query, key)
         return blocks_to_mask(blocks.partial, blocks.full, causal_mod(keys - queries), self.block_size, queries,
                               keys)
-
-    def _measured_share(self) -> float:
-        """Percent of causal pairs kept by the calls since the last reading (dense calls count in full)."""
-        kept, total = self.__dict__.pop("_counts", [0, 0])
-        return 100.0 * kept / total if total else 100.0
-
-    def attended_share(self, length: int) -> float:
-        return self._measured_share()
-
-    def measure(self, output) -> dict[str, float]:
-        return {"attended_share": self._measured_share()}

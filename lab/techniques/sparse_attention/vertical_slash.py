@@ -78,12 +78,9 @@ class VerticalSlash(SparsePattern):
                                                          self.block_size, queries, keys)
         return masks[layer, queries, keys]
 
-    def attended_share(self, length: int) -> float:
-        """Percent of causal pairs kept over a `length`-token sequence, averaged over layers and heads."""
+    def kept_share(self, length: int) -> float:
+        """Percent of causal pairs kept over a `length`-token sequence, summed over layers and heads."""
         return 100.0 * float(self._patterns.kept_pairs(length).float().mean()) / causal_pairs(0, length)
-
-    def measure(self, output) -> dict[str, float]:
-        return {"attended_share": self.attended_share(output.prompt_len + max(len(output.token_ids) - 1, 0))}
 
 
 def _bits(row) -> str:
