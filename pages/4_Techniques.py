@@ -11,5 +11,6 @@ st.set_page_config(page_title="Techniques · Efficiency Lab", layout="wide")
 st.title("Techniques")
 st.write("Every technique the lab can switch on, grouped by family and written from its own declaration: the idea, "
          "a small picture of what it does, its knobs, what its paper claims and where, and what this lab measured "
-         "for it here. A paper's numbers come from its own model and hardware; the lab's come from yours.")
+         "for it on this machine. A paper's numbers come from its own model and hardware; the lab's come from yours "
+         "(a result recorded on another machine, such as the shipped gallery or an imported report, says so).")
 show_catalogue(st.query_params.get("technique"))

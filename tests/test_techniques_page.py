@@ -1,9 +1,11 @@
 """The Techniques page: every registered technique explains itself (idea, paper claim, picture), the pictures draw,
-the catalogue lists each technique once, and "measured here" finds the latest finished stored run (rows written
-here directly, no model runs); the page under AppTest."""
+the catalogue lists each technique once, and "measured here" finds this machine's own latest finished run (alone
+before a stack, the stack named, noise and busy notes carried; gallery, imported and other hosts' runs labelled as
+recorded elsewhere) from rows written here directly, no model runs; the page under AppTest."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -99,14 +101,19 @@ LLM_SPEC = {"name": "kv study", "model": "smollm2-135m-instruct", "workload": "c
 DIGITS_SPEC = {"name": "cache study", "model": "digits-dit", "workload": "digits"}
 
 
+HERE = {"host": platform.node(), "device_name": "this CPU"}
+
+
 def _add_experiment(spec: dict, variants: list[tuple[str, list[str], dict]], status: str = "done",
-                    finished: datetime | None = datetime(2026, 1, 2)) -> int:
+                    finished: datetime | None = datetime(2026, 1, 2), origin: str = store.ORIGIN_LOCAL,
+                    environment: dict | None = None) -> int:
     """An experiment of `variants` (name, technique names, metric -> (median, p10, p90, n)); the first is the
-    baseline."""
+    baseline. By default measured by this machine (origin local, this host)."""
     with store.session() as s:
-        exp = store.Experiment(name=spec["name"], spec=spec, spec_hash="h", status=status, finished_at=finished)
+        exp = store.Experiment(name=spec["name"], spec=spec, spec_hash="h", status=status, finished_at=finished,
+                               origin=origin)
         for i, (variant, names, metrics) in enumerate(variants):
-            run = store.Run(position=i, variant=variant, is_baseline=i == 0, environment={},
+            run = store.Run(position=i, variant=variant, is_baseline=i == 0, environment=dict(environment or HERE),
                             params={"techniques": [{"name": n} for n in names], "engine": "lab"})
             run.metrics = [store.Metric(name=m, value=v, p10=lo, p90=hi, n=n) for m, (v, lo, hi, n) in metrics.items()]
             exp.runs.append(run)
@@ -137,6 +144,73 @@ def test_measured_here_links_a_diffusion_run_to_the_diffusion_lab():
     exp = _add_experiment(DIGITS_SPEC, [BASELINE, ("every 2", ["block_cache"], {"psnr_db": (30.0, 30.0, 30.0, 2)})])
     measured = techniques.measured_here("block_cache")
     assert measured.link == f"/Diffusion_Lab?experiment={exp}" and measured.metrics == {"PSNR [dB]": "30.0"}
+
+
+ELSEWHERE = {"host": "workshop-box", "device_name": "AMD EPYC 7B13"}
+
+
+def test_gallery_imported_and_other_hosts_runs_are_never_measured_here_but_labelled_as_recorded():
+    gallery = _add_experiment({**LLM_SPEC, "name": "gallery kv"}, [BASELINE, SNAPKV_RUN], finished=datetime(2026, 5, 1),
+                              origin=store.ORIGIN_GALLERY, environment=ELSEWHERE)
+    _add_experiment({**LLM_SPEC, "name": "imported kv"}, [BASELINE, SNAPKV_RUN], finished=datetime(2026, 4, 1),
+                    origin=store.ORIGIN_IMPORTED, environment=ELSEWHERE)
+    _add_experiment({**LLM_SPEC, "name": "team kv"}, [BASELINE, SNAPKV_RUN], finished=datetime(2026, 3, 1),
+                    environment=ELSEWHERE)  # local to a shared store, measured by another host
+    assert techniques.measured_here("snapkv") is None
+    recorded = techniques.measurements()["snapkv"]
+    assert (recorded.here, recorded.experiment_id) == (False, gallery)
+    assert recorded.where == "recorded by the lab on AMD EPYC 7B13 (the shipped gallery), not this machine"
+    mine = _add_experiment(LLM_SPEC, [BASELINE, SNAPKV_RUN], finished=datetime(2025, 1, 1))  # older, but here
+    assert techniques.measured_here("snapkv").experiment_id == mine
+    at = page(technique="snapkv")
+    assert not at.exception
+    measured = [m.value for m in at.markdown if m.value.startswith("**Measured here.**")]
+    assert len(measured) == 1 and f"(experiment {mine})" in measured[0] and "snapkv alone" in measured[0]
+    assert not any(m.value.startswith("**Recorded") for m in at.markdown)
+
+
+def test_a_recorded_result_is_shown_with_its_label_and_what_to_run_here():
+    exp = _add_experiment({**LLM_SPEC, "name": "imported kv"}, [BASELINE, SNAPKV_RUN], origin=store.ORIGIN_IMPORTED,
+                          environment=ELSEWHERE)
+    with store.session() as s:
+        s.get(store.Experiment, exp).imported_from = {"file": "colleague.json"}
+    at = page(technique="snapkv")
+    assert not at.exception
+    texts = [m.value for m in at.markdown]
+    assert not any(t.startswith("**Measured here.**") for t in texts)
+    shown = next(t for t in texts if t.startswith("**Recorded, not measured here.**"))
+    assert "imported from colleague.json, recorded on AMD EPYC 7B13, not this machine" in shown and "1.60" in shown
+    assert any("Not measured here yet: run the preset 'kv_quick'" in i.value for i in at.info)
+
+
+def test_a_stacks_speedup_names_the_stack_and_a_technique_alone_is_preferred():
+    stack = ("bf16 + lookup", ["weight_dtype", "prompt_lookup"], {"speedup": (4.85, 4.5, 5.1, 6)})
+    stacked = _add_experiment({**LLM_SPEC, "name": "stacked"}, [BASELINE, stack])
+    measured = techniques.measured_here("prompt_lookup")
+    assert (measured.experiment_id, measured.stack, measured.alone) == (stacked, ("weight_dtype", "prompt_lookup"),
+                                                                         False)
+    at = page(technique="prompt_lookup")
+    shown = next(m.value for m in at.markdown if m.value.startswith("**Measured here.**"))
+    assert "as part of weight\\_dtype + prompt\\_lookup (the numbers are the whole stack's)" in shown
+    assert f"stacked (experiment {stacked})" in shown and "4.85" in shown
+    alone = ("lookup", ["prompt_lookup"], {"speedup": (2.02, 1.9, 2.1, 6)})
+    older = _add_experiment({**LLM_SPEC, "name": "alone"}, [BASELINE, alone, stack], finished=datetime(2025, 1, 1))
+    measured = techniques.measured_here("prompt_lookup")
+    assert (measured.experiment_id, measured.variant, measured.alone) == (older, "lookup", True)
+    assert techniques.measured_here("weight_dtype").experiment_id == stacked  # only ever in a stack: the latest
+    shown = [m.value for m in page(technique="prompt_lookup").markdown if m.value.startswith("**Measured here.**")]
+    assert any(f"alone (experiment {older}), variant lookup]" in t and "prompt\\_lookup alone" in t for t in shown)
+
+
+def test_measured_here_carries_the_noise_and_busy_notes_of_the_results_page():
+    noisy = ("snapkv noisy", ["snapkv"], {"speedup": (1.05, 0.9, 1.2, 2)})
+    _add_experiment(LLM_SPEC, [BASELINE, noisy], environment={**HERE, "cores": 2, "other_cpu_share": 0.6})
+    measured = techniques.measured_here("snapkv")
+    assert measured.metrics == {"Speedup [x]": "1.05 (0.900–1.20) · only 2 pairs, within noise"}
+    assert "other processes used 60% of the CPU time" in measured.busy
+    at = page(technique="snapkv")
+    assert any("within noise" in m.value for m in at.markdown if m.value.startswith("**Measured here.**"))
+    assert any(w.value.startswith("Measured on a busy machine: other processes used 60%") for w in at.warning)
 
 
 def test_an_unmeasured_technique_is_told_which_preset_measures_it():

@@ -1,5 +1,6 @@
 """The Techniques page: a tab per family, an expander per technique with its idea, a picture of what it does, its
-knobs, its paper and the paper's claim, and what this lab measured for it (a link to the stored run)."""
+knobs, its paper and the paper's claim, and what this machine measured for it (a link to the stored run, the stack
+it was part of, the noise and busy notes); a result recorded elsewhere is labelled so, never as measured here."""
 from __future__ import annotations
 
 import re
@@ -54,13 +55,31 @@ def show_technique(entry: TechniqueEntry) -> None:
 
 
 def show_measured(measured: Measured | None, hint: str) -> None:
+    """This machine's measurement, or one recorded elsewhere under a label that says so (with what to run to
+    measure it here), or what to run."""
     if measured is None:
         st.info(hint)
         return
     numbers = "; ".join(f"{label}: {value}" for label, value in measured.metrics.items())
     where = f"{escaped(measured.experiment_name)} (experiment {measured.experiment_id})"
-    st.markdown(f"**Measured here.** [{where}, variant {escaped(measured.variant)}]({measured.link}) on the "
-                f"{measured.page}: {escaped(numbers) or 'no speedup or quality metric stored'}.")
+    run = f"[{where}, variant {escaped(measured.variant)}]({measured.link}) on the {measured.page}"
+    said = f"{stack_text(measured)}: {escaped(numbers) or 'no speedup or quality metric stored'}."
+    if measured.here:
+        st.markdown(f"**Measured here.** {run}, {said}")
+    else:
+        st.markdown(f"**Recorded, not measured here.** {run}, {escaped(measured.where)}; {said}")
+    if measured.busy:
+        st.warning(f"Measured on a busy machine: {escaped(measured.busy)}. Timings and speedups may be wrong.")
+    if not measured.here:
+        st.info(hint)
+
+
+def stack_text(measured: Measured) -> str:
+    """What the numbers belong to: the technique alone, or the whole stack it was part of."""
+    engine = f" on the {escaped(measured.engine)} engine" if measured.engine != "lab" else ""
+    if measured.alone:
+        return f"{escaped(measured.stack[0])} alone{engine}"
+    return f"as part of {escaped(' + '.join(measured.stack))}{engine} (the numbers are the whole stack's)"
 
 
 def escaped(text: str, code: bool = False) -> str:

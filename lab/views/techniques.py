@@ -1,8 +1,10 @@
 """The Techniques page's data: every registered technique grouped by family, read from its declaration (idea,
-picture, knobs, paper and its claim), and what this lab measured for it: the latest finished run that used it.
+picture, knobs, paper and its claim), and what this lab measured for it: a finished run of this machine that used
+it (alone rather than in a stack where both exist), or, labelled as such, one recorded elsewhere.
 No Streamlit, no torch."""
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +16,16 @@ from lab.store import Experiment, Metric, Run
 from lab.techniques.registry import all_techniques
 from lab.views import forms
 from lab.views.diffusion import is_diffusion
-from lab.views.results import SUMMARY_METRICS, column_label, definition, fmt, ordered_metric_names
+from lab.views.results import (
+    RATIOS,
+    SUMMARY_METRICS,
+    busy_runs,
+    column_label,
+    definition,
+    fmt,
+    ordered_metric_names,
+    ratio_note,
+)
 
 
 @dataclass(frozen=True)
@@ -133,52 +144,105 @@ def _knob_row(k) -> dict:
 
 @dataclass(frozen=True)
 class Measured:
-    """The latest finished run that used a technique, with its key numbers and where the lab shows it."""
+    """A finished run that used a technique: its key numbers, the variant's whole stack (a speedup belongs to the
+    stack, not to one technique in it), the notes the results page shows beside them, and where the lab shows it.
+
+    `here`: measured by this machine's own runs (origin local, this host). Otherwise `where` says whose numbers
+    they are (the lab's recorded gallery, a colleague's imported report, another host of a shared store)."""
     experiment_id: int
     experiment_name: str
     variant: str
+    stack: tuple[str, ...]  # the variant's techniques in slot order; one name: the technique alone
+    engine: str  # what ran the variant (lab/bench/engines.py): "lab" unless it says otherwise
     finished_at: datetime | None
     page: str  # the lab page that shows the experiment
     link: str  # its address, the experiment opened
-    metrics: dict[str, str]  # column label -> median (p10–p90); speedup and the first quality metric present
+    metrics: dict[str, str]  # column label -> median (p10–p90), a ratio's noise note beside it; speedup, 1st quality
+    busy: str | None  # why the machine counted as busy while it measured (lab/views/results.busy_runs), or None
+    here: bool
+    where: str  # "" when here; else whose machine measured it, ending "not this machine"
+
+    @property
+    def alone(self) -> bool:
+        return len(self.stack) == 1
 
 
 def measured_here(technique: str) -> Measured | None:
-    """The latest finished stored run that used `technique`, or None (see unmeasured_hints for what to run)."""
-    return measurements().get(technique)
+    """The measurement of `technique` made on this machine (see measurements), or None (see unmeasured_hints for
+    what to run)."""
+    found = measurements().get(technique)
+    return found if found is not None and found.here else None
 
 
 def measurements() -> dict[str, Measured]:
-    """measured_here for every technique any finished run used, in one pass over the store."""
+    """For every technique a finished stored run used, in one pass over the store: the best run measured here,
+    else the best recorded elsewhere (here=False). Best: measured here; then the fewest techniques stacked with it
+    (alone before any stack); the lab's own engine; a machine that was not busy; the latest experiment."""
     latest_first = func.coalesce(Experiment.finished_at, Experiment.created_at).desc()
     with store.session() as s:
         experiments = s.scalars(
             select(Experiment).where(Experiment.status == "done").order_by(latest_first, Experiment.id.desc())
             .options(selectinload(Experiment.runs).selectinload(Run.metrics).options(defer(Metric.samples)))).all()
-    found: dict[str, Measured] = {}
-    for exp in experiments:
+    host = platform.node()
+    best: dict[str, tuple[tuple, Experiment, Run]] = {}
+    for age, exp in enumerate(experiments):
+        busy = busy_runs(exp) is not None
         for run in exp.runs:
-            for name in technique_names(run):
-                found.setdefault(name, _measured(exp, run))
-    return found
+            names = technique_names(run)
+            rank = (not measured_on(exp, run, host), len(names), run_engine(run) != "lab", busy, age)
+            for name in names:
+                if name not in best or rank < best[name][0]:
+                    best[name] = (rank, exp, run)
+    return {name: _measured(exp, run, host) for name, (_rank, exp, run) in best.items()}
+
+
+def measured_on(exp: Experiment, run: Run, host: str) -> bool:
+    """Whether this machine measured the run: the store's own (local) experiment, on this host."""
+    return exp.origin == store.ORIGIN_LOCAL and (run.environment or {}).get("host") == host
 
 
 def technique_names(run: Run) -> list[str]:
     return [t["name"] for t in (run.params or {}).get("techniques", []) if isinstance(t, dict) and "name" in t]
 
 
-def _measured(exp: Experiment, run: Run) -> Measured:
+def run_engine(run: Run) -> str:
+    return (run.params or {}).get("engine") or "lab"
+
+
+def _measured(exp: Experiment, run: Run, host: str) -> Measured:
     page, path = ("Diffusion Lab", "Diffusion_Lab") if is_diffusion(exp) else ("LLM Lab", "LLM_Lab")
-    return Measured(exp.id, exp.name, run.variant, exp.finished_at, page, f"/{path}?experiment={exp.id}",
-                    key_metrics(run))
+    here = measured_on(exp, run, host)
+    return Measured(exp.id, exp.name, run.variant, tuple(technique_names(run)), run_engine(run), exp.finished_at,
+                    page, f"/{path}?experiment={exp.id}", key_metrics(run, (exp.spec or {}).get("warmup", 1)),
+                    busy_runs(exp), here, "" if here else recorded_where(exp, run))
 
 
-def key_metrics(run: Run) -> dict[str, str]:
-    """The run's speedup and its first quality metric with a value (in the summary table's order)."""
+def recorded_where(exp: Experiment, run: Run) -> str:
+    """Whose machine measured a run this machine did not, in words."""
+    env = run.environment or {}
+    cpu = env.get("device_name") or "an unrecorded machine"
+    if exp.origin == store.ORIGIN_GALLERY:
+        return f"recorded by the lab on {cpu} (the shipped gallery), not this machine"
+    if exp.origin == store.ORIGIN_IMPORTED:
+        source = (exp.imported_from or {}).get("file") or "a report"
+        return f"imported from {source}, recorded on {cpu}, not this machine"
+    return f"recorded on {cpu} by host {env.get('host') or '(unrecorded)'}, not this machine"
+
+
+def key_metrics(run: Run, warmup: int = 1) -> dict[str, str]:
+    """The run's speedup and its first quality metric with a value (in the summary table's order); a speedup
+    that cannot be told from noise says so beside it, as in the results table (lab/views/results.ratio_note)."""
     by_name = {m.name: m for m in run.metrics if m.value is not None}
     quality = [n for n in SUMMARY_METRICS + ordered_metric_names(by_name)
                if n in by_name and definition(n).kind == "quality"]
-    return {column_label(n): _median_text(by_name[n]) for n in ["speedup", *quality[:1]] if n in by_name}
+    shown = {}
+    for name in ["speedup", *quality[:1]]:
+        if name not in by_name:
+            continue
+        m = by_name[name]
+        note = ratio_note(m.p10, m.p90, m.n, warmup) if name in RATIOS and not run.is_baseline else None
+        shown[column_label(name)] = _median_text(m) + (f" · {note}" if note else "")
+    return shown
 
 
 def _median_text(m: Metric) -> str:
