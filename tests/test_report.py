@@ -121,9 +121,33 @@ def test_csv_has_one_row_per_run_and_metric(two_experiments):
     assert len(rows) == 3 * 4 + 3 * 3
     first = rows[4]
     assert first == {"experiment": str(two_experiments[0]), "run": first["run"], "variant": "snapkv | 50%",
-                     "metric": "speedup", "median": "1.6", "p10": "1.4", "p90": "1.8", "n": "6", "unit": "x"}
+                     "metric": "speedup", "median": "1.6", "p10": "1.4", "p90": "1.8", "n": "6", "unit": "x",
+                     "origin": "local", "busy": "", "noise": ""}
     baseline_psnr = next(r for r in rows if r["metric"] == "psnr_db")
     assert baseline_psnr["median"] == "" and baseline_psnr["n"] == "2"
+
+
+def test_every_csv_row_carries_its_origin_busy_and_noise_flags(two_experiments):
+    llm, digits = two_experiments
+    with store.session() as s:  # the digits study: a colleague's, measured while other work ran
+        exp = s.get(store.Experiment, digits)
+        exp.origin = store.ORIGIN_IMPORTED
+        for run in exp.runs:
+            run.environment = {**run.environment, "cores": 2, "other_cpu_share": 0.6}
+    rows = list(csv.DictReader(io.StringIO(to_csv(report_data(two_experiments)))))
+    assert list(rows[0]) == CSV_COLUMNS and all(None not in r for r in rows)
+    of = {(r["experiment"], r["variant"], r["metric"]): r for r in rows}
+    assert {r["origin"] for r in rows if r["experiment"] == str(llm)} == {"local"}
+    assert {r["origin"] for r in rows if r["experiment"] == str(digits)} == {"imported"}
+    assert {r["busy"] for r in rows if r["experiment"] == str(llm)} == {""}
+    assert all(r["busy"].startswith("other processes used 60% of the CPU time") for r in rows
+               if r["experiment"] == str(digits))
+    # the results table's note beside a ratio: streaming's speedup spans 1 (0.9-1.5); snapkv's does not
+    assert of[(str(llm), "streaming", "speedup")]["noise"] == "within noise"
+    assert of[(str(llm), "snapkv | 50%", "speedup")]["noise"] == ""
+    assert of[(str(llm), "baseline", "speedup")]["noise"] == ""  # 1 by construction
+    assert of[(str(llm), "streaming", "tpot_ms")]["noise"] == ""  # not a ratio to the baseline
+    assert of[(str(digits), "block cache", "speedup")]["noise"] == ""  # 3 pairs, 1.7-1.9: told from noise
 
 
 def test_json_holds_everything_and_names_the_rerun_command(two_experiments):
