@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from lab.bench.engines import variant_threads
 from lab.bench.measure import MB
 from lab.bench.protocol import run_interleaved, scaled
+from lab.bench.provenance import WEIGHTS_KEY, weights_fingerprint
 from lab.diffusion.pipelines import thumbnail_png
 from lab.diffusion.quality import psnr, ssim, to_pixels
 from lab.diffusion.variant import DiffusionVariant, image_batches
@@ -24,6 +26,7 @@ def run_diffusion(spec: Spec, loaded, results, progress) -> None:
         progress(0.03, f"preparing {results[k].name}")
         v.prepare()
         results[k].samples["weight_mb"].append(v.weight_bytes / MB)
+        results[k].environment[WEIGHTS_KEY] = weights_fingerprint(spec.model)  # what a reused result must match
         if "calibration" in v.call.info:
             results[k].environment["calibration"] = v.call.info["calibration"]
     batches = image_batches(spec)
@@ -32,7 +35,9 @@ def run_diffusion(spec: Spec, loaded, results, progress) -> None:
 
     def run(k: int, b: int, repeat: int | None):
         seed = spec.seed + b  # each batch its own seed, the same for every variant
-        result, per_step, computed = variants[k].generate(batches[b], seed, loaded.device)
+        with variant_threads(spec.variants[k].threads) as threads:  # a variant may run on threads of its own
+            result, per_step, computed = variants[k].generate(batches[b], seed, loaded.device)
+        results[k].environment["threads"] = threads  # what torch ran with, not what the spec asked for
         if repeat is not None:
             n = len(batches[b])
             results[k].record({"s_per_image": result.seconds / n, "s_per_step": result.seconds / result.steps_run,

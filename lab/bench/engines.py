@@ -57,14 +57,15 @@ def make_engine(variant, loaded, spec, techniques: list | None = None):
 
 @contextlib.contextmanager
 def variant_threads(threads: int):
-    """Run with `threads` torch threads (0: leave them as the spec set them), and set them back after."""
-    if not threads:
-        yield
-        return
+    """Run with `threads` torch threads (0: leave them as the spec set them), and set them back after. Yields the
+    count torch runs with inside, which the variant's environment records: what ran, not what was asked."""
     import torch  # lazy: as make_engine
+    if not threads:
+        yield torch.get_num_threads()
+        return
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        yield
+        yield torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)

@@ -17,6 +17,7 @@ from lab.bench.engines import make_engine, variant_threads
 from lab.bench.floor import bandwidth_gbs, decode_floor, weights_read
 from lab.bench.measure import MB
 from lab.bench.protocol import run_interleaved, scaled
+from lab.bench.provenance import WEIGHTS_KEY, weights_fingerprint
 from lab.bench.similarity import answer_similarity
 from lab.llm.workloads import chat_items, context_qa_items, grounded_items, needle_items, perplexity_windows
 from lab.ops.sampling import GenerationSettings
@@ -30,8 +31,7 @@ def run_llm(spec: Spec, loaded, results, progress) -> None:
         engine = make_engine(v, loaded, spec)
         engines.append(engine)
         res.environment["dtype"] = engine.dtype_name
-        if v.threads:
-            res.environment["threads"] = v.threads
+        res.environment[WEIGHTS_KEY] = weights_fingerprint(spec.model)  # what a reused result must match
         res.samples["weight_mb"].append(engine.weight_bytes() / MB)
         _record_preparation(res, engine)
     torch.manual_seed(spec.seed)
@@ -183,8 +183,9 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
         res.environment["memory_bandwidth_gbs"] = round(bandwidth, 1)
 
     def run(k: int, b: int, repeat: int | None) -> list:
-        with variant_threads(spec.variants[k].threads):
+        with variant_threads(spec.variants[k].threads) as threads:
             gens = run_batch(engines[k], results[k].engine, batches[b], settings)
+        results[k].environment["threads"] = threads  # what torch ran with, not what the spec asked for
         if repeat is None:  # warm-up
             return gens
         res = results[k]
@@ -228,10 +229,11 @@ def _run_perplexity_workload(spec: Spec, loaded, engines, results, progress):
 
     def run(k: int, i: int, repeat: int | None) -> float:
         ids = windows[i]
-        with variant_threads(spec.variants[k].threads):
+        with variant_threads(spec.variants[k].threads) as threads:
             start = time.perf_counter()
             nll, n = engines[k].continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
             rate = len(ids) / (time.perf_counter() - start)
+        results[k].environment["threads"] = threads  # as in _run_generation
         if repeat is not None:
             results[k].samples["prefill_tokens_per_s"].append(rate)
         if repeat == 0:

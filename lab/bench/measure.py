@@ -119,6 +119,7 @@ def environment(device: str, dtype: str, spec_hash: str) -> dict:
         "torch": torch.__version__,
         "transformers": _version("transformers"),
         "diffusers": _version("diffusers"),
+        "llama_cpp": _version("llama_cpp_python"),  # the llama_cpp engine's numbers are its build's
         "lab_commit": git_commit(),
         "spec_hash": spec_hash,
         "host": platform.node(),
