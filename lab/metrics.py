@@ -50,11 +50,19 @@ _DEFS = [
     MetricDef("latency_s", "Latency", "s", "End-to-end time of one generation, prefill included.", False),
     MetricDef("new_tokens", "New tokens", "tok", "Tokens generated (stops at max_new_tokens or end of sequence).",
               None),
-    MetricDef("peak_mem_mb", "Peak memory", "MB", "Peak process RSS (CPU) or peak CUDA memory allocated (GPU) "
-              "while the variant runs the workload's first item, measured after the timed repeats in a fresh "
-              "process holding only this variant's weights (its bf16 copy, not also the fp32 original).", False),
-    MetricDef("mem_rise_mb", "Memory rise", "MB", "Rise of that peak above the level just before the generation "
-              "(weights loaded): the working memory of the generation itself (activations, KV cache).", False),
+    MetricDef("peak_mem_mb", "Peak memory", "MB", "Peak process RSS (CPU: the kernel's high-water mark) or peak CUDA "
+              "memory allocated (GPU) while the variant runs the workload's first unit, in a fresh process of its "
+              "own that imports only what the variant needs, on the variant's threads, after one unmeasured run "
+              "of the same unit (compiles, caches); = runtime + weights + work.", False),
+    MetricDef("mem_runtime_mb", "Memory: runtime", "MB", "RSS of that fresh process before any weight is loaded: "
+              "Python and the libraries the variant runs with (torch and transformers; llama.cpp's row: "
+              "libllama, no torch). 0 on a GPU.", False),
+    MetricDef("mem_weights_mb", "Memory: weights", "MB", "RSS the loaded model adds to the runtime, with only this "
+              "variant's own copy alive and every page touched (llama.cpp: also the context it allocates on "
+              "opening, its KV cache sized to the run's longest sequence).", False),
+    MetricDef("mem_rise_mb", "Memory: work", "MB", "Peak above runtime + weights: the working memory of the "
+              "workload's first unit (activations, KV cache, temporaries) and what its unmeasured first run "
+              "left (compiled kernels, a static cache).", False),
     MetricDef("weight_mb", "Weights", "MB", "Bytes of the model's parameters and buffers as held in memory "
               "(tied weights counted once), plus a draft model's own weights.", False),
     MetricDef("kv_cache_mb", "KV cache", "MB", "Bytes of the target's KV cache at the end of a generation, "

@@ -223,10 +223,25 @@ def test_the_llm_form_shows_the_llama_cpp_engine_where_it_is_installed(installed
     assert list(engines.options) == (["lab", "hf_generate", "llama_cpp"] if installed else ["lab", "hf_generate"])
 
 
+def reference_perplexity(reference, windows: list[list[int]]) -> float:
+    """Perplexity of each window's second half given its first, from the reference Llama's own logits (float64
+    log-softmax over the vocabulary), pooled over the windows as the runner pools them."""
+    nll, n = 0.0, 0
+    for ids in windows:
+        half = len(ids) // 2
+        z = reference_logits(reference, ids[:-1])
+        for i in range(half - 1, len(ids) - 1):
+            top = z[i].max()
+            nll += float(top + np.log(np.exp(z[i] - top).sum()) - z[i][ids[i + 1]])
+            n += 1
+    return math.exp(nll / n)
+
+
 @pytest.mark.real_model
-def test_a_small_experiment_runs_llama_cpp_beside_the_baseline():
+def test_a_small_experiment_runs_llama_cpp_beside_the_baseline(reference, smollm2):
     importlib.import_module("llama_cpp")  # make test installs it: missing is a failure, not a skip
     from lab.bench import run
+    from lab.llm.workloads import perplexity_windows
     spec = validate({"model": MODEL, "workload": "chat", "prompts": 1, "max_new_tokens": 8, "repeats": 1,
                      "perplexity_tokens": 64, "perplexity_window": 32,
                      "variants": [{"name": "llama.cpp", "engine": "llama_cpp"}]})
@@ -237,7 +252,15 @@ def test_a_small_experiment_runs_llama_cpp_beside_the_baseline():
     assert llama.samples["tokens_per_s"][0] > 0 and 0 <= llama.samples["agreement"][0] <= 100
     assert llama.samples["kv_cache_mb"][0] == pytest.approx(base.samples["kv_cache_mb"][0] / 2)  # f16 vs fp32
     assert llama.environment["dtype"] == "Q4_1" and llama.samples["weight_mb"][0] < base.samples["weight_mb"][0] / 4
-    ppl_base, ppl_llama = base.samples["perplexity"][0], llama.samples["perplexity"][0]
-    assert 1 < ppl_llama < 1000 and ppl_llama == pytest.approx(ppl_base, rel=0.1)  # the same weights, rounded
-    assert "memory_probe" not in llama.environment and llama.samples["peak_mem_mb"][0] > 0
+    # the row's perplexity is llama.cpp's own: the same windows scored from its eval logits give the same number
+    # (batched vs one-token kernels round differently, hence not to the last digit)
+    windows = perplexity_windows(smollm2.tokenizer, spec.perplexity_tokens, spec.perplexity_window)
+    assert llama.samples["perplexity"][0] == pytest.approx(reference_perplexity(reference, windows), rel=1e-3)
+    for res in (base, llama):  # no decode is faster than streaming its bytes at the measured bandwidth
+        assert res.samples["tpot_over_floor"] and min(res.samples["tpot_over_floor"]) >= 1, res.name
+    assert "memory_probe" not in llama.environment
+    parts = [llama.samples[m][0] for m in ("mem_runtime_mb", "mem_weights_mb", "mem_rise_mb")]
+    assert llama.samples["peak_mem_mb"][0] == pytest.approx(sum(parts), abs=1)  # the peak is its three parts
+    assert parts[1] > llama.samples["weight_mb"][0]  # the GGUF's tensors are in what the weights part holds
+    assert parts[0] < base.samples["mem_runtime_mb"][0]  # its process holds no torch
     assert llama.outputs[0]["token_ids"] and llama.outputs[0]["extra"]["stopped_by"] in ("eos", "length")

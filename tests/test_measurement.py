@@ -126,36 +126,6 @@ def test_the_table_flags_a_speedup_measured_without_warm_up_and_gives_each_cell_
     assert "no warm-up" not in rows[0]["Speedup [x]"]  # the baseline is the reference, not a measurement of it
 
 
-def big_enough_tiny_llama(tmp_path_factory):
-    """Many small tensors (8 layers of 512-wide projections, ~100 MB in fp32), as a real model allocates them:
-    freed small tensors stay in malloc's arenas unless handed back, unlike one 192 MB block."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=260, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                         bos_token_id=256, eos_token_id=257, pad_token_id=257, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("probe-llama")
-    model.save_pretrained(folder)
-    build_byte_tokenizer().save_pretrained(folder)
-    return folder, sum(p.numel() for p in model.parameters())
-
-
-def test_bf16_shows_its_weight_saving_in_peak_memory(tmp_path_factory):
-    """Each variant's peak is measured with only its own weights alive, so bf16's halved weights show up (before,
-    every variant's peak held the fp32 original and the bf16 copy alike, and the rise read ~0)."""
-    from lab.bench.memory_probe import probe
-    from lab.bench.validate import validate
-    folder, params = big_enough_tiny_llama(tmp_path_factory)
-    spec = validate({"model": str(folder), "workload": "chat", "prompts": 1, "max_new_tokens": 4, "threads": 1,
-                     "variants": [{"name": "bf16", "techniques": [{"name": "weight_dtype", "dtype": "bf16"}]}]})
-    fp32, bf16 = probe(spec)
-    assert "error" not in fp32 and "error" not in bf16
-    fp32_mb, bf16_mb = params * 4 / 2**20, params * 2 / 2**20
-    assert fp32["peak_mb"] - fp32["rise_mb"] > fp32_mb  # the weights are in the level the rise starts from
-    assert fp32["peak_mb"] - bf16["peak_mb"] > 0.5 * (fp32_mb - bf16_mb), (fp32, bf16, fp32_mb)
-
-
 def test_the_memory_probe_of_an_llm_holds_no_diffusion_libraries():
     """The probe's own process is what it measures: an LLM variant's peak must not include diffusers and sklearn
     (about 60 MB that the LLM never uses), so the probe imports each kind's work only for that kind."""
@@ -169,3 +139,18 @@ def test_the_memory_probe_of_an_llm_holds_no_diffusion_libraries():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_memory_probe_of_a_llama_cpp_row_holds_no_torch():
+    """A llama.cpp row's probe process must not hold torch (about 200 MB that llama.cpp never uses): the probe
+    module, llama.cpp's engine and its settings import without it."""
+    import subprocess
+    import sys
+
+    from lab.paths import ROOT, child_env
+    code = ("import sys, lab.bench.memory_probe, lab.llm.llama_cpp, lab.ops.settings; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=child_env(),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False False"

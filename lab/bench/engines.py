@@ -37,16 +37,17 @@ def _with_counterpart() -> list[str]:
     return [name for name, cls in all_techniques().items() if cls.hf_generate_counterpart]
 
 
-def make_engine(variant, loaded, spec, techniques: list | None = None):
+def make_engine(variant, loaded, spec, techniques: list | None = None, n_ctx: int | None = None):
     """The object that generates for this variant: an Engine (the lab's loop, also behind hf_generate) or a
-    LlamaCppEngine; both offer generate(prompt_ids, settings, question_ids) and continuation_nll()."""
+    LlamaCppEngine (its context holds n_ctx tokens: the run's longest sequence; None: llama_cpp.MAX_CONTEXT); both
+    offer generate(prompt_ids, settings, question_ids) and continuation_nll()."""
     if variant.engine == "llama_cpp":
         # lazy: validation imports this module in the page process, which never loads torch or llama.cpp
         import torch
 
-        from lab.llm.llama_cpp import LlamaCppEngine
+        from lab.llm.llama_cpp import MAX_CONTEXT, LlamaCppEngine
         threads = variant.threads or spec.threads or torch.get_num_threads()
-        return LlamaCppEngine(spec.model, loaded.tokenizer, threads=threads)
+        return LlamaCppEngine(spec.model, loaded.tokenizer, threads=threads, n_ctx=n_ctx or MAX_CONTEXT)
     # lazy: as above
     from lab.llm.engine import Engine
     from lab.techniques import build

@@ -63,7 +63,7 @@ def device_key(device: str, threads: int) -> str | None:
     a floor."""
     device = str(device)
     if device == "cpu":
-        return f"cpu:{platform.node()}:{threads} threads"
+        return f"cpu:{platform.node()}:{threads} thread" + ("s" if threads != 1 else "")
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
     return None
@@ -123,9 +123,11 @@ def _store(key: str, gbs: float, how: str) -> None:
 def _measure(device: str, threads: int) -> tuple[float, str]:
     if str(device) == "cpu":
         gbs = machine.read_bandwidth_gbs(threads)  # looked up at call time, so tests can stand in for it
-        return gbs, (f"torch sum over {machine.READ_BYTES // MB} MB on {threads} threads, best of "
+        plural = "s" if threads != 1 else ""
+        return gbs, (f"torch sum over {machine.READ_BYTES // MB} MB on {threads} thread{plural}, best of "
                      f"{machine.READ_REPEATS}, n / t")
-    return cuda_copy_bandwidth_gbs(device), f"CUDA device-to-device copy of up to {CUDA_COPY_BYTES // MB} MB, best of 5, 2n / t"
+    how = f"CUDA device-to-device copy of up to {CUDA_COPY_BYTES // MB} MB, best of 5, 2n / t"
+    return cuda_copy_bandwidth_gbs(device), how
 
 
 def bandwidth_gbs(device: str = "cpu", threads: int | None = None) -> float | None:

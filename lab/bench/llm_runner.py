@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import asdict
 
 import torch
 
@@ -26,9 +27,10 @@ from lab.spec import Spec
 
 def run_llm(spec: Spec, loaded, results, progress) -> None:
     engines = []
+    n_ctx = longest_sequence(spec, loaded.tokenizer)
     for v, res in zip(spec.variants, results):
         progress(0.02, f"preparing {v.name}")
-        engine = make_engine(v, loaded, spec)
+        engine = make_engine(v, loaded, spec, n_ctx=n_ctx)
         engines.append(engine)
         res.environment["dtype"] = engine.dtype_name
         res.environment[WEIGHTS_KEY] = weights_fingerprint(spec.model)  # what a reused result must match
@@ -163,6 +165,31 @@ def first_batch(spec: Spec, tokenizer) -> list:
     return _items(spec, tokenizer)[:spec.batch_size]
 
 
+def longest_sequence(spec: Spec, tokenizer) -> int:
+    """Tokens of the longest sequence any variant holds in this run: an item's prompt and question with every new
+    token, or a perplexity window (llama.cpp's context is sized from it)."""
+    lengths = [spec.perplexity_window] if spec.workload == "perplexity" or spec.perplexity_tokens else []
+    if spec.workload != "perplexity":
+        lengths += [len(it.prompt_ids) + len(it.question_ids or []) + spec.max_new_tokens
+                    for it in _items(spec, tokenizer)]
+    return max(lengths)
+
+
+def probe_work(spec: Spec, tokenizer) -> dict:
+    """What the memory probe's children run (lab/bench/memory_probe.py), as plain data: the workload's first unit
+    as token ids (a llama.cpp child has no tokenizer and no torch), each variant's thread count as the timed runs
+    used it, and llama.cpp's context size."""
+    work = {"threads": [v.threads or torch.get_num_threads() for v in spec.variants],
+            "n_ctx": longest_sequence(spec, tokenizer), "eos_token_id": tokenizer.eos_token_id}
+    if spec.workload == "perplexity":
+        work["perplexity_ids"] = perplexity_windows(tokenizer, spec.perplexity_window, spec.perplexity_window)[0]
+        return work
+    work["batch"] = [{"prompt_ids": list(it.prompt_ids), "question_ids": list(it.question_ids or []) or None}
+                     for it in first_batch(spec, tokenizer)]
+    work["settings"] = asdict(settings_for(spec))
+    return work
+
+
 def run_batch(engine, engine_name: str, batch: list, settings) -> list:
     """One batch of workload items through one variant: a list of Generations."""
     if engine_name == "hf_generate":
@@ -177,10 +204,13 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
     items = _items(spec, loaded.tokenizer)
     batches = [items[i:i + spec.batch_size] for i in range(0, len(items), spec.batch_size)]
     settings = settings_for(spec)
-    bandwidth = bandwidth_gbs(results[0].environment.get("device", "cpu"))  # measured once per machine, stored
+    device = results[0].environment.get("device", "cpu")
+    # on each variant's own threads: one thread reads memory slower than two, so its floor is its own
+    bandwidths = [bandwidth_gbs(device, v.threads or torch.get_num_threads()) for v in spec.variants]
     weights = [weights_read(e) for e in engines]  # (bytes a target forward reads, bytes a draft forward reads)
-    for res in results if bandwidth else ():
-        res.environment["memory_bandwidth_gbs"] = round(bandwidth, 1)
+    for res, bandwidth in zip(results, bandwidths):
+        if bandwidth:
+            res.environment["memory_bandwidth_gbs"] = round(bandwidth, 1)
 
     def run(k: int, b: int, repeat: int | None) -> list:
         with variant_threads(spec.variants[k].threads) as threads:
@@ -193,7 +223,7 @@ def _run_generation(spec: Spec, loaded, engines, results, progress):
             res.samples["batch_tokens_per_s"].append(sum(len(g.token_ids) for g in gens) / max(g.latency for g in gens))
         for item, gen in zip(batches[b], gens):
             _record_generation(res, gen, engines[k].techniques)
-            res.record(decode_floor(gen, weights[k][0], bandwidth, draft_weight_bytes=weights[k][1]))
+            res.record(decode_floor(gen, weights[k][0], bandwidths[k], draft_weight_bytes=weights[k][1]))
             if repeat == 0:
                 res.outputs.append(_output(loaded.tokenizer, item, gen, engines[k].techniques, detail=item is items[0]))
         return gens

@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 import os
 import platform
-import threading
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
+from lab.bench.rss import PeakRSS
 from lab.paths import git_commit
 
 MB = 1024 * 1024
@@ -43,22 +43,18 @@ def summarize(values: list[float], share: bool = False) -> Summary:
     return Summary(percentile(finite, 50), percentile(finite, 10), percentile(finite, 90), len(finite))
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 class PeakMemory:
-    """Peak memory during a block: RSS sampled every 2 ms on CPU, max_memory_allocated on CUDA.
+    """Peak memory during a block: on CPU this process's RSS (lab/bench/rss.py: the kernel's high-water mark, reset
+    at entry), on CUDA max_memory_allocated.
 
     Reports the peak in absolute terms and its rise above the level at entry (the working memory the
     generation itself needed: activations, KV cache, temporaries).
     """
 
-    def __init__(self, device: str = "cpu", interval: float = 0.002):
-        self.device, self.interval = device, interval
+    def __init__(self, device: str = "cpu"):
+        self.device = device
         self.peak = self.start = 0
-        self._stop = threading.Event()
+        self._rss = PeakRSS()
 
     def __enter__(self):
         if self.device.startswith("cuda"):
@@ -66,23 +62,17 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
-            self.start = self.peak = _rss_bytes()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            self._rss.__enter__()
+            self.start = self._rss.start
         return self
-
-    def _sample(self):
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_bytes())
 
     def __exit__(self, *exc):
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated()
         else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss_bytes())
+            self._rss.__exit__(*exc)
+            self.peak = self._rss.peak
         return False
 
     @property

@@ -1,12 +1,26 @@
-"""Peak memory of each variant with only its own model copy alive, measured in a fresh process.
+"""Each variant's memory, measured in a fresh process of its own that holds only what that variant needs.
 
 In the measuring process every variant's weights are alive at once (a bf16 variant is a copy beside the fp32
-original), so its RSS cannot tell variants apart. The probe runs after the timed repeats, in a new Python
-process: for each variant in turn it loads the model, applies the variant's techniques, drops every reference
-to weights the variant does not use and hands the freed pages back to the OS (gc, then glibc's malloc_trim:
-freed small tensors otherwise stay in malloc's arenas and keep counting in RSS), then runs the workload's first
-batch once while PeakMemory samples RSS (on CUDA: peak allocated). The variant's memory is that peak, and the
-rise is the peak above the level just before the generation (activations, KV cache, temporaries).
+original), and what one variant imported or compiled stays for the next, so its RSS cannot tell variants apart.
+After the timed repeats, the probe starts one new Python process per variant (so no variant's imports, kernels
+or allocations reach another's, and the order of the variants changes nothing). Each child:
+
+1. imports what its variant runs with and nothing else (an LLM never holds diffusers; a llama.cpp row never
+   holds torch: python + torch alone is about 200 MB) and sets the variant's own thread count;
+   its RSS then is the **runtime**;
+2. loads the weights, applies the variant's techniques, drops every reference to weights the variant does not
+   use and hands the freed pages back to the OS (gc, then glibc's malloc_trim), then touches every weight page;
+   the RSS added is the **weights** (for llama.cpp also the context it allocates when it opens the model:
+   its KV cache, sized from the spec's longest sequence, and compute buffers);
+3. runs the workload's first unit once unmeasured (compiles, kernel caches, first-call allocations), then again
+   while the kernel's RSS high-water mark is watched (lab/bench/rss.py); the peak above the level after step 2
+   is the **work** (activations, KV cache, temporaries, and what the first run left: compiled kernels, a static
+   cache).
+
+peak = runtime + weights + work, so a reader sees where the megabytes go. On CUDA the peak is torch's peak
+allocated memory, the runtime is 0 and the weights are what was allocated before the work.
+
+This module imports no torch at module level: the llama.cpp child runs it.
 """
 from __future__ import annotations
 
@@ -15,33 +29,33 @@ import gc
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
-import torch
-
-from lab.bench import loader
-from lab.bench.measure import MB, PeakMemory
-from lab.bench.validate import stored_spec
-from lab.llm.models import default_device
+from lab.bench.rss import PeakRSS, rss_bytes
 from lab.paths import ROOT, child_env, set_parent_death_signal
-from lab.spec import Spec, Variant
-from lab.techniques import build
 
-PROBE_TIMEOUT_S = 3600
+MB = 1024 * 1024
+PROBE_TIMEOUT_S = 1800
 
 
-def probe(spec: Spec) -> list[dict]:
-    """{'peak_mb', 'rise_mb'} per variant of a spec (LLM or diffusion), measured in a child process (or
-    {'error': ...} for every variant when the probe could not run)."""
+def probe(spec, work: dict) -> list[dict]:
+    """{'peak_mb', 'runtime_mb', 'weights_mb', 'rise_mb'} per variant of a spec (LLM or diffusion), each from a
+    child process of its own, or {'error': ...} for a variant whose probe could not run. `work` is what
+    probe_work() in the runner made: the first unit's token ids, each variant's threads, llama.cpp's context."""
+    return [_probe_one(spec.to_dict(), k, work) for k in range(len(spec.variants))]
+
+
+def _probe_one(spec: dict, index: int, work: dict) -> dict:
+    request = json.dumps({"spec": spec, "variant": index, "work": work})
     try:
-        done = subprocess.run([sys.executable, "-m", "lab.bench.memory_probe"], input=json.dumps(spec.to_dict()),
-                              text=True,
+        done = subprocess.run([sys.executable, "-m", "lab.bench.memory_probe"], input=request, text=True,
                               capture_output=True, cwd=ROOT, env=child_env(), timeout=PROBE_TIMEOUT_S,
                               preexec_fn=set_parent_death_signal)  # never outlive the job
     except subprocess.TimeoutExpired:
-        return [{"error": f"the memory probe took over {PROBE_TIMEOUT_S} s"}] * len(spec.variants)
+        return {"error": f"the memory probe took over {PROBE_TIMEOUT_S} s"}
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        return [{"error": f"the memory probe failed: {last}"}] * len(spec.variants)
+        return {"error": f"the memory probe failed: {last}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -53,52 +67,126 @@ def release_freed_memory() -> None:
         pass
 
 
-def probe_variant(spec: Spec, variant: Variant, device: str) -> dict:
-    loaded = loader.load(spec.model, device=device, kind=spec.model_kind)
-    techniques = build(variant.techniques, model_kind=loaded.kind)
-    weights, work = (_diffusion_work if loaded.kind == "diffusion" else _llm_work)(spec, variant, loaded, techniques)
-    del loaded
-    loader.unload_all()  # only this variant's own weights stay referenced
+def measure(prepare, device: str = "cpu") -> dict:
+    """The three parts of one variant's memory (module docstring): prepare() loads the weights and returns
+    (weights, work); work() runs once unmeasured, then once measured."""
+    if device.startswith("cuda"):
+        return _measure_cuda(prepare, device)
+    runtime = rss_bytes()
+    weights, work = prepare()
     release_freed_memory()
     _page_in(weights)
+    loaded = rss_bytes()
+    work()  # unmeasured: compiling, kernel caches and first-call allocations are not the work's peak
+    release_freed_memory()
+    with PeakRSS() as mem:
+        work()
+    return {"peak_mb": mem.peak / MB, "runtime_mb": runtime / MB, "weights_mb": (loaded - runtime) / MB,
+            "rise_mb": max(0, mem.peak - loaded) / MB}
+
+
+def _measure_cuda(prepare, device: str) -> dict:
+    # lazy: only a CUDA variant's child gets here, and it has torch loaded already
+    from lab.bench.measure import PeakMemory
+
+    weights, work = prepare()
+    release_freed_memory()
+    work()
     with PeakMemory(device) as mem:
         work()
-    result = {"peak_mb": mem.peak / MB, "rise_mb": mem.rise / MB}
-    del weights, work
-    release_freed_memory()
-    return result
+    return {"peak_mb": mem.peak / MB, "runtime_mb": 0.0, "weights_mb": mem.start / MB, "rise_mb": mem.rise / MB}
 
 
 def _page_in(model) -> None:
     """Read every weight once: safetensors maps the file, and pages count in RSS only once touched, so without
-    this the first generation's rise would include loading the weights rather than the generation's own work.
-    None: an engine that maps its own weights (llama.cpp) and reads them itself."""
+    this the work's rise would include loading the weights. None: an engine that read its own weights."""
     if model is None:
         return
+    # lazy: a model to page in is a torch module, in a child that has torch loaded already
+    import torch
+
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             t.reshape(-1)[::512].sum()  # one element in every 4 KB page, read in place (no full-size temporary)
 
 
-def _llm_work(spec: Spec, variant: Variant, loaded, techniques):
-    """The variant's model, and the first unit of the workload the timed repeats ran: a batch of items, or a
-    perplexity window."""
-    # lazy: the probe's own memory is what it measures, so an LLM's probe never holds diffusers or sklearn
+def _llama_cpp_prepare(spec: dict, work: dict, threads: int):
+    """llama.cpp on the GGUF with the run's context size; its work is the first unit, fed as token ids."""
+    # lazy: the child of a llama.cpp row imports only this engine and libllama (no torch), before the runtime is read
+    import llama_cpp  # noqa: F401
+
+    from lab.llm.llama_cpp import LlamaCppEngine
+    from lab.ops.settings import GenerationSettings
+
+    def prepare():
+        tokenizer = SimpleNamespace(eos_token_id=work["eos_token_id"])
+        engine = LlamaCppEngine(spec["model"], tokenizer, threads=threads, n_ctx=work["n_ctx"])
+        if work.get("perplexity_ids"):
+            ids = work["perplexity_ids"]
+            return None, lambda: engine.continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
+        settings = GenerationSettings(**work["settings"])
+        batch = work["batch"]
+        return None, lambda: [engine.generate(it["prompt_ids"], settings, it["question_ids"]) for it in batch]
+    return prepare
+
+
+def _torch_prepare(spec_dict: dict, index: int, work: dict, threads: int):
+    """The lab's own engines (LLM or diffusion): the model loaded, the variant's techniques applied, the original
+    dropped when the variant made its own copy."""
+    # lazy: torch, the loader and the spec's techniques, imported before the runtime is read
+    import torch
+
+    from lab.bench import loader
+    from lab.bench.validate import stored_spec
+    from lab.llm.models import default_device
+    from lab.techniques import build
+
+    torch.set_num_threads(threads)
+    spec = stored_spec(spec_dict)
+    variant = spec.variants[index]
+    device = default_device() if spec.device == "auto" else spec.device
+    _import_kind(spec.model_kind)
+
+    def prepare():
+        loaded = loader.load(spec.model, device=device, kind=spec.model_kind)
+        techniques = build(variant.techniques, model_kind=loaded.kind)
+        kind_work = _diffusion_work if loaded.kind == "diffusion" else _llm_work
+        weights, run = kind_work(spec, variant, loaded, techniques, work)
+        del loaded
+        loader.unload_all()  # only this variant's own weights stay referenced
+        return weights, run
+    return prepare, device
+
+
+def _import_kind(kind: str) -> None:
+    """Import what the work of this kind runs with before the runtime is read, so the weights part is weights."""
+    if kind == "diffusion":
+        import lab.diffusion.variant  # noqa: F401  # lazy: each kind's child imports only its own runner
+    else:
+        # lazy: an LLM's child never holds diffusers or sklearn
+        import lab.bench.llm_runner  # noqa: F401
+        import lab.llm.engine  # noqa: F401
+
+
+def _llm_work(spec, variant, loaded, techniques, work: dict):
+    """The variant's engine, and the first unit of the workload the timed repeats ran (from the runner's ids)."""
+    # lazy: as _import_kind
     from lab.bench.engines import make_engine
-    from lab.bench.llm_runner import first_batch, run_batch, settings_for
-    from lab.llm.workloads import perplexity_windows
+    from lab.bench.llm_runner import run_batch
+    from lab.ops.settings import GenerationSettings
 
     engine = make_engine(variant, loaded, spec, techniques)
-    if spec.workload == "perplexity":
-        ids = perplexity_windows(loaded.tokenizer, spec.perplexity_window, spec.perplexity_window)[0]
+    if work.get("perplexity_ids"):
+        ids = work["perplexity_ids"]
         return engine.weights_to_page_in(), lambda: engine.continuation_nll(ids[:len(ids) // 2], ids[len(ids) // 2:])
-    batch = first_batch(spec, loaded.tokenizer)
-    return engine.weights_to_page_in(), lambda: run_batch(engine, variant.engine, batch, settings_for(spec))
+    batch = [SimpleNamespace(**it) for it in work["batch"]]
+    settings = GenerationSettings(**work["settings"])
+    return engine.weights_to_page_in(), lambda: run_batch(engine, variant.engine, batch, settings)
 
 
-def _diffusion_work(spec: Spec, _variant: Variant, loaded, techniques):
+def _diffusion_work(spec, _variant, loaded, techniques, _work: dict):
     """The variant's denoiser (its own copy under a weights technique), and its first image batch."""
-    # lazy: the probe's own memory is what it measures, so a diffusion probe never holds the LLM runner's scorers
+    # lazy: as _import_kind
     from lab.diffusion.variant import DiffusionVariant, image_batches
 
     diffusion = DiffusionVariant(spec, loaded, techniques)
@@ -108,12 +196,15 @@ def _diffusion_work(spec: Spec, _variant: Variant, loaded, techniques):
 
 
 def main() -> None:
-    spec = stored_spec(json.loads(sys.stdin.read()))
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    device = default_device() if spec.device == "auto" else spec.device
-    out = [probe_variant(spec, v, device) for v in spec.variants]
-    print(json.dumps(out))
+    request = json.loads(sys.stdin.read())
+    spec, index, work = request["spec"], request["variant"], request["work"]
+    threads = work["threads"][index]
+    if spec["variants"][index].get("engine") == "llama_cpp":
+        result = measure(_llama_cpp_prepare(spec, work, threads))
+    else:
+        prepare, device = _torch_prepare(spec, index, work, threads)
+        result = measure(prepare, device)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

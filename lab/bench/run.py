@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from lab.bench.diffusion_runner import run_diffusion
-from lab.bench.llm_runner import run_llm
+from lab.bench.llm_runner import probe_work, run_llm
 from lab.bench.loader import load
 from lab.bench.measure import environment
 from lab.bench.memory_probe import probe
@@ -38,17 +38,23 @@ def execute(spec: Spec, progress: Callable[[float, str], None] = _noop) -> list[
                for v in spec.variants]
     runner = run_diffusion if spec.model_kind == "diffusion" else run_llm
     runner(spec, loaded, results, progress)
-    measure_memory(spec, results, progress)
+    measure_memory(spec, results, progress, _probe_work(spec, loaded))
     progress(1.0, "done")
     return results
 
 
-def measure_memory(spec: Spec, results: list[VariantResult], progress) -> None:
-    """Each variant's memory with only its own weights alive, from a fresh process (lab/bench/memory_probe.py)."""
-    progress(0.92, "memory: each variant once more, in a fresh process with only its own weights")
-    for res, m in zip(results, probe(spec)):
+def _probe_work(spec: Spec, loaded) -> dict:
+    if spec.model_kind == "llm":
+        return probe_work(spec, loaded.tokenizer)
+    return {"threads": [v.threads or torch.get_num_threads() for v in spec.variants]}
+
+
+def measure_memory(spec: Spec, results: list[VariantResult], progress, work: dict) -> None:
+    """Each variant's memory in a fresh process of its own (lab/bench/memory_probe.py): the peak and its parts."""
+    progress(0.92, "memory: each variant once more, each in a fresh process of its own")
+    for res, m in zip(results, probe(spec, work)):
         if "error" in m:
             res.environment["memory_probe"] = m["error"]
             continue
-        res.samples["peak_mem_mb"].append(m["peak_mb"])
-        res.samples["mem_rise_mb"].append(m["rise_mb"])
+        res.record({"peak_mem_mb": m["peak_mb"], "mem_runtime_mb": m["runtime_mb"],
+                    "mem_weights_mb": m["weights_mb"], "mem_rise_mb": m["rise_mb"]})

@@ -20,12 +20,14 @@ import numpy as np
 from lab.errors import SpecError
 from lab.llm.models import BUILTIN_MODELS, _package_folder
 from lab.ops.generation import Generation
-from lab.ops.sampling import GenerationSettings
+from lab.ops.settings import GenerationSettings
 
 PIN = "llama-cpp-python==0.3.36"
 # llama.cpp allocates (and zeroes) the KV cache of n_ctx tokens when it opens the model, so it counts in the row's
-# peak memory (8192 tokens of SmolLM2 in f16: 180 MiB): cap what a GGUF may declare
+# peak memory (8192 tokens of SmolLM2 in f16: 180 MiB): the runner sizes n_ctx from the spec's longest sequence
+# (context_for), and this caps it
 MAX_CONTEXT = 8192
+CONTEXT_STEP = 256  # n_ctx rounded up to a multiple of this (llama.cpp pads its KV cache to 256 cells anyway)
 BATCH = 512  # tokens per llama_decode call in a prefill (llama.cpp's default n_batch)
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is f16; the context here keeps the default
 
@@ -63,6 +65,12 @@ def check_llama_cpp(model: str) -> None:
     gguf_path(model)
 
 
+def context_for(longest: int) -> int:
+    """The n_ctx that holds a sequence of `longest` tokens: rounded up to CONTEXT_STEP, at most MAX_CONTEXT (a
+    longer sequence is refused by generate with the reason)."""
+    return min(MAX_CONTEXT, max(CONTEXT_STEP, -(-int(longest) // CONTEXT_STEP) * CONTEXT_STEP))
+
+
 class LlamaCppEngine:
     """The model's GGUF in llama.cpp, behind the Engine interface. One llama.cpp context serves every call; its
     KV cache is emptied at the start of each, so no call reuses another's prefix (every variant does the same
@@ -72,16 +80,17 @@ class LlamaCppEngine:
     slots: dict = {}
     calibration = None
 
-    def __init__(self, model: str, tokenizer, threads: int):
+    def __init__(self, model: str, tokenizer, threads: int, n_ctx: int = MAX_CONTEXT):
         # lazy: llama_cpp is optional and loads libllama; only a llama_cpp variant's run reaches here
         import llama_cpp
 
         self._lib = llama_cpp
         self.path = gguf_path(model)
         self.tokenizer = tokenizer
-        self.llama = self._open(MAX_CONTEXT, threads)
+        n_ctx = context_for(n_ctx)
+        self.llama = self._open(n_ctx, threads)
         trained = llama_cpp.llama_model_n_ctx_train(self.llama.model)
-        if 0 < trained < MAX_CONTEXT:  # a GGUF trained on fewer positions: no context past them (rare: load twice)
+        if 0 < trained < n_ctx:  # a GGUF trained on fewer positions: no context past them (rare: load twice)
             self.llama.close()
             self.llama = self._open(trained, threads)
         self.n_vocab = self.llama.n_vocab()

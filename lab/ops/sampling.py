@@ -2,21 +2,9 @@
 loop, the draft/verify loop and the drafters)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 means greedy (argmax)
-    top_p: float = 1.0
-    seed: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+from lab.ops.settings import GenerationSettings  # noqa: F401  (imported from here by the engine and tests)
 
 
 def warped_probs(logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:

@@ -17,7 +17,7 @@ SUMMARY_METRICS = ["speedup", "decode_speedup", "prefill_speedup", "s_per_image"
                    "class_accuracy", "psnr_db", "ssim", "image_exact", "tokens_per_s", "decode_tokens_per_s",
                    "prefill_tokens_per_s", "batch_tokens_per_s", "ttft_s", "tpot_ms", "floor_ms", "tpot_over_floor",
                    "latency_s", "acceptance_rate", "mean_accepted", "tokens_per_forward", "draft_ms", "verify_ms",
-                   "peak_mem_mb", "mem_rise_mb",
+                   "peak_mem_mb", "mem_runtime_mb", "mem_weights_mb", "mem_rise_mb",
                    "weight_mb", "calibration_s", "kv_cache_mb", "draft_kv_mb", "kv_compression", "answer_accuracy",
                    "agreement", "answer_similarity", "exact_match", "first_divergence", "perplexity"]
 NOT_SUMMARISED = ("new_tokens", "images_per_s")  # shown as TPOT/latency and s/image; technique metrics all show
