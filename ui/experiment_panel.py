@@ -44,8 +44,9 @@ def show_reuse_note(exp_id: int) -> None:
         return
     if reused["status"] == "done":
         when = reused["finished_at"].strftime("%Y-%m-%d %H:%M UTC") if reused["finished_at"] else "earlier"
-        st.info(f"Shown at once: this exact spec was measured on this machine, with this version of the lab, at "
-                f"{when} (experiment {exp_id}). Its numbers stand; measure again only to see the spread yourself.")
+        st.info(f"Shown at once: this exact spec was measured on this machine at {when} (experiment {exp_id}), "
+                f"with this clean version of the lab, the same library versions and model weights, on a machine "
+                f"that was not busy. Its numbers stand; measure again only to see the spread yourself.")
     else:
         st.info(f"The same spec is already {reused['status']} as experiment {exp_id}: you are following that run "
                 f"instead of queueing another behind it.")
