@@ -41,9 +41,11 @@ _DEFS = [
               "plus a draft model's own weights per drafted token) and the KV cache as it stood before each "
               "forward, summed over the generation's decode forwards and divided by (new tokens - 1).", False),
     MetricDef("floor_ms", "Memory floor", "ms", "The memory-bound floor of TPOT: bytes read per token divided by "
-              "the machine's memory bandwidth (measured once by a large copy, in the run's environment as "
-              "memory_bandwidth_gbs). No decode step streams its bytes faster; compute and per-op overhead come "
-              "on top. CPU and CUDA only.", None),
+              "the memory bandwidth on the row's threads (CPU: the best read over 512 MB this host has measured "
+              "on that thread count; in the run's environment as memory_bandwidth_gbs). It assumes each forward "
+              "reads every weight it uses and every cached K/V byte once from memory, nothing stays in cache "
+              "between steps and nothing else is read; compute and per-op overhead come on top. CPU and CUDA "
+              "only.", None),
     MetricDef("tpot_over_floor", "TPOT / floor", "x", "Measured TPOT divided by the memory floor: how far the "
               "decode loop is from only streaming its weights and KV cache (1 = memory-bound, nothing else "
               "spent).", False),
