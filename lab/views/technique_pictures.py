@@ -189,7 +189,9 @@ PICTURES: dict[str, Picture] = {
 
 def picture(kind: str) -> alt.TopLevelMixin:
     """The chart of a picture kind (KeyError for a kind no builder draws)."""
-    return PICTURES[kind].build()
+    # pad: the chart's own width and height are its plot's; Streamlit's default ("fit") squeezed a picture whose
+    # axis title is long into a few pixels of height, every point on one line
+    return PICTURES[kind].build().properties(autosize=alt.AutoSizeParams(type="pad"))
 
 
 def caption(kind: str) -> str:
