@@ -5,6 +5,7 @@ timed: these settings were chosen for quality first, and the ones worth timing a
 experiments/bench_sparse.toml.
 
     .venv/bin/python scripts/sparse_probes.py [--window 8192] [--windows 2] [--threads 2]
+    .venv/bin/python scripts/sparse_probes.py --run "bench_sparse (perplexity 8k)"   # that run's variants instead
 
 About 2 minutes per setting at 8k on 2 CPU cores (the FlexAttention kernel compiles once per shape first).
 """
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the lab is the folder above
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from anywhere: the lab is the folder above
 
 from lab.bench.loader import load  # noqa: E402
+from lab.bench.validate import load_toml_specs  # noqa: E402
 from lab.llm.engine import Engine  # noqa: E402
 from lab.llm.workloads import perplexity_windows  # noqa: E402
 from lab.techniques import build  # noqa: E402
@@ -64,7 +67,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--windows", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--run", default=None, help="probe the variants of this run of experiments/bench_sparse.toml "
+                                                    "(its window too) instead of the settings above")
     args = parser.parse_args()
+    probes = PROBES
+    if args.run:
+        spec = next(s for s in load_toml_specs(ROOT / "experiments" / "bench_sparse.toml") if s.name == args.run)
+        probes, args.window = {v.name: v.techniques for v in spec.variants}, spec.perplexity_window
     torch.set_num_threads(args.threads)
     loaded = load(MODEL, device="cpu", kind="llm")
     windows = perplexity_windows(loaded.tokenizer, args.windows * args.window, args.window)
@@ -75,7 +84,7 @@ def main() -> None:
           f"({'with' if 'avx512_bf16' in flags else 'without'} avx512_bf16), "
           f"{datetime.now(timezone.utc):%Y-%m-%d}")
     print("| setting | perplexity | kept % | computed % |\n| --- | --- | --- | --- |")
-    for label, techniques in PROBES.items():
+    for label, techniques in probes.items():
         row = probe(loaded, techniques, windows)
         print(f"| {label} | {row['perplexity']:.2f} | {row['kept']:.1f} | {row['computed']:.1f} |", flush=True)
 
