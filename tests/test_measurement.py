@@ -126,15 +126,17 @@ def test_the_table_flags_a_speedup_measured_without_warm_up_and_gives_each_cell_
     assert "no warm-up" not in rows[0]["Speedup [x]"]  # the baseline is the reference, not a measurement of it
 
 
-def test_the_memory_probe_of_an_llm_holds_no_diffusion_libraries():
+def test_the_memory_probe_of_an_llm_holds_no_diffusion_libraries_and_no_scorers():
     """The probe's own process is what it measures: an LLM variant's peak must not include diffusers and sklearn
-    (about 60 MB that the LLM never uses), so the probe imports each kind's work only for that kind."""
+    (about 60 MB that the LLM never uses), nor the runner and its scorers (about 130 MB and 3 s per variant), so
+    the child imports each kind's work only for that kind (what _torch_prepare and _import_kind import)."""
     import subprocess
     import sys
 
     from lab.paths import ROOT, child_env
-    code = ("import sys, lab.bench.memory_probe as m, lab.bench.llm_runner, lab.llm.engine; "
-            "print(sorted(k for k in ('diffusers', 'sklearn') if k in sys.modules))")
+    code = ("import sys, lab.bench.memory_probe as m, lab.bench.loader, lab.bench.validate, lab.techniques; "
+            "m._import_kind('llm'); import lab.bench.engines; "
+            "print(sorted(k for k in ('diffusers', 'sklearn', 'lab.bench.llm_runner') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=child_env(),
                          timeout=120)
     assert out.returncode == 0, out.stderr

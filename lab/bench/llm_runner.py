@@ -14,6 +14,7 @@ import torch
 
 from lab.bench import fidelity
 from lab.bench.attention_profile import amdahl_ceiling, attention_maps, attention_share
+from lab.bench.batches import run_batch
 from lab.bench.engines import make_engine, variant_threads
 from lab.bench.floor import bandwidth_gbs, decode_floor, weights_read
 from lab.bench.measure import MB
@@ -188,15 +189,6 @@ def probe_work(spec: Spec, tokenizer) -> dict:
                      for it in first_batch(spec, tokenizer)]
     work["settings"] = asdict(settings_for(spec))
     return work
-
-
-def run_batch(engine, engine_name: str, batch: list, settings) -> list:
-    """One batch of workload items through one variant: a list of Generations."""
-    if engine_name == "hf_generate":
-        return [engine.generate_hf(it.prompt_ids + (it.question_ids or []), settings) for it in batch]
-    if len(batch) == 1:
-        return [engine.generate(batch[0].prompt_ids, settings, batch[0].question_ids)]
-    return engine.generate_batch([it.prompt_ids + (it.question_ids or []) for it in batch], settings)
 
 
 def _run_generation(spec: Spec, loaded, engines, results, progress):

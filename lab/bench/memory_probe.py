@@ -163,8 +163,8 @@ def _import_kind(kind: str) -> None:
     if kind == "diffusion":
         import lab.diffusion.variant  # noqa: F401  # lazy: each kind's child imports only its own runner
     else:
-        # lazy: an LLM's child never holds diffusers or sklearn
-        import lab.bench.llm_runner  # noqa: F401
+        # lazy: an LLM's child never holds diffusers, sklearn or the runner's scorers
+        import lab.bench.batches  # noqa: F401
         import lab.llm.engine  # noqa: F401
 
 
@@ -172,7 +172,7 @@ def _llm_work(spec, variant, loaded, techniques, work: dict):
     """The variant's engine, and the first unit of the workload the timed repeats ran (from the runner's ids)."""
     # lazy: as _import_kind
     from lab.bench.engines import make_engine
-    from lab.bench.llm_runner import run_batch
+    from lab.bench.batches import run_batch
     from lab.ops.settings import GenerationSettings
 
     engine = make_engine(variant, loaded, spec, techniques)
