@@ -80,3 +80,17 @@ def test_the_llama_cpp_rows_peak_is_a_plain_llama_cpp_process_doing_the_same_wor
     assert done.returncode == 0, done.stderr
     standalone = float(done.stdout.split()[-1])
     assert forward["llama.cpp"]["peak_mb"] == pytest.approx(standalone, rel=0.15), (forward["llama.cpp"], standalone)
+
+
+def test_the_weights_part_holds_weights_not_the_models_code(tiny_spec):
+    """The lab's engines' children are forked from a server that imported the model's transformers code: loading
+    a 0.4 MB model in a fresh process imported 146 MB of modules, all of it counted as weights before."""
+    from lab.bench.llm_runner import probe_work
+    from lab.bench.loader import load
+    from lab.bench.memory_probe import probe
+    spec = validate(tiny_spec)
+    measured = probe(spec, probe_work(spec, load(spec.model, device="cpu", kind="llm").tokenizer))
+    assert all("error" not in m for m in measured), measured
+    for m in measured:
+        assert 0 < m["weights_mb"] < 64, m  # the model's code is the runtime's: python, torch, transformers
+        assert m["runtime_mb"] > 150, m

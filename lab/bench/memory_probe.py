@@ -5,9 +5,11 @@ original), and what one variant imported or compiled stays for the next, so its 
 After the timed repeats, the probe starts one new Python process per variant (so no variant's imports, kernels
 or allocations reach another's, and the order of the variants changes nothing). Each child:
 
-1. imports what its variant runs with and nothing else (an LLM never holds diffusers; a llama.cpp row never
+1. holds what its variant runs with and nothing else (an LLM never holds diffusers; a llama.cpp row never
    holds torch: python + torch alone is about 200 MB) and sets the variant's own thread count;
-   its RSS then is the **runtime**;
+   its RSS then is the **runtime**. A llama.cpp row's child is a new process; the lab's own engines' children
+   are forked from one server process (serve()) that imported torch, the kind's engine and the model's
+   transformers code once and ran nothing, so no variant pays those seconds of imports again;
 2. loads the weights, applies the variant's techniques, drops every reference to weights the variant does not
    use and hands the freed pages back to the OS (gc, then glibc's malloc_trim), then touches every weight page;
    the RSS added is the **weights** (for llama.cpp also the context it allocates when it opens the model:
@@ -37,7 +39,6 @@ from lab.paths import ROOT, child_env, set_parent_death_signal
 
 MB = 1024 * 1024
 PROBE_TIMEOUT_S = 1800
-CHILDREN_AT_ONCE = 2
 
 
 def probe(spec, work: dict) -> list[dict]:
@@ -45,18 +46,34 @@ def probe(spec, work: dict) -> list[dict]:
     child process of its own, or {'error': ...} for a variant whose probe could not run. `work` is what
     probe_work() in the runner made: the first unit's token ids, each variant's threads, llama.cpp's context."""
     stored = spec.to_dict()
-    # two children at a time: each reads only its own process's memory, so a neighbour changes no peak, and the
-    # probe's wall time (imports, loads) halves on two cores
-    with ThreadPoolExecutor(max_workers=CHILDREN_AT_ONCE) as pool:
-        return list(pool.map(lambda k: _probe_one(stored, k, work), range(len(spec.variants))))
+    own_engine = [i for i, v in enumerate(spec.variants) if v.engine == "llama_cpp"]
+    lab_engine = [i for i in range(len(spec.variants)) if i not in own_engine]
+    results: dict[int, dict] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(own_engine))) as pool:
+        started = {i: pool.submit(_probe_started, stored, i, work) for i in own_engine}
+        # in this thread, not the pool's: the server outlives this call, and a pool thread's end would kill it
+        results.update(_probe_served(stored, lab_engine, work) if lab_engine else {})
+        results.update({i: f.result() for i, f in started.items()})
+    return [results[i] for i in range(len(spec.variants))]
 
 
-def _probe_one(spec: dict, index: int, work: dict) -> dict:
+def _probe_started(spec: dict, index: int, work: dict) -> dict:
+    """A llama.cpp row: a plain new process (no torch in it), importing only libllama and its engine."""
     request = json.dumps({"spec": spec, "variant": index, "work": work})
+    return _child_reply([sys.executable, "-m", "lab.bench.memory_probe"], request)
+
+
+def _probe_served(spec: dict, indices: list[int], work: dict) -> dict[int, dict]:
+    """The lab's own engines: forked from a probe server that imported torch, transformers and the model's code
+    once (lab/bench/probe_server.py), instead of each variant's process importing them again (seconds each)."""
+    from lab.bench.probe_server import served  # lazy: the llama.cpp child never imports the server's client
+    return served(spec, indices, work)
+
+
+def _child_reply(argv: list[str], request: str) -> dict:
     try:
-        done = subprocess.run([sys.executable, "-m", "lab.bench.memory_probe"], input=request, text=True,
-                              capture_output=True, cwd=ROOT, env=child_env(), timeout=PROBE_TIMEOUT_S,
-                              preexec_fn=set_parent_death_signal)  # never outlive the job
+        done = subprocess.run(argv, input=request, text=True, capture_output=True, cwd=ROOT, env=child_env(),
+                              timeout=PROBE_TIMEOUT_S, preexec_fn=set_parent_death_signal)  # never outlive the job
     except subprocess.TimeoutExpired:
         return {"error": f"the memory probe took over {PROBE_TIMEOUT_S} s"}
     if done.returncode != 0:
@@ -204,12 +221,7 @@ def _diffusion_work(spec, _variant, loaded, techniques, _work: dict):
 def main() -> None:
     request = json.loads(sys.stdin.read())
     spec, index, work = request["spec"], request["variant"], request["work"]
-    threads = work["threads"][index]
-    if spec["variants"][index].get("engine") == "llama_cpp":
-        result = measure(_llama_cpp_prepare(spec, work, threads))
-    else:
-        prepare, device = _torch_prepare(spec, index, work, threads)
-        result = measure(prepare, device)
+    result = measure(_llama_cpp_prepare(spec, work, work["threads"][index]))
     print(json.dumps(result))
 
 

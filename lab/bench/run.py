@@ -6,7 +6,6 @@ from typing import Callable
 
 import torch
 
-from lab.bench.diffusion_runner import run_diffusion
 from lab.bench.llm_runner import probe_work, run_llm
 from lab.bench.loader import load
 from lab.bench.measure import environment
@@ -36,11 +35,18 @@ def execute(spec: Spec, progress: Callable[[float, str], None] = _noop) -> list[
     loaded = load(spec.model, device=device, kind=spec.model_kind)
     results = [VariantResult(v.name, v.engine, v.techniques, environment(device, loaded.dtype, spec_hash(spec)))
                for v in spec.variants]
-    runner = run_diffusion if spec.model_kind == "diffusion" else run_llm
-    runner(spec, loaded, results, progress)
+    _runner(spec.model_kind)(spec, loaded, results, progress)
     measure_memory(spec, results, progress, _probe_work(spec, loaded))
     progress(1.0, "done")
     return results
+
+
+def _runner(kind: str):
+    if kind == "diffusion":
+        # lazy: diffusers, scipy and sklearn take seconds to import, and an LLM job never runs them
+        from lab.bench.diffusion_runner import run_diffusion
+        return run_diffusion
+    return run_llm
 
 
 def _probe_work(spec: Spec, loaded) -> dict:

@@ -232,6 +232,20 @@ def load_llm(name: str, device: str) -> LoadedModel:
     return LoadedModel(name=name, kind="llm", model=model, tokenizer=tokenizer, device=device,
                        dtype=str(model.dtype).replace("torch.", ""), source=source)
 
+def import_model_code(name: str) -> None:
+    """Import the transformers code that loading `name` runs (its configuration and modeling modules; seconds of
+    imports, 100+ MB) without reading its weights: the memory probe counts that code in the runtime, not in the
+    weights."""
+    # lazy: as load_llm
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers.models.auto.tokenization_auto import AutoTokenizer  # noqa: F401
+
+    source = str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
+    config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=True)
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the lazy mapping imports the model's modeling module on lookup
+
+
 def llm_rows() -> list[dict]:
     """The built-in LLMs as `lab models` lists them."""
     rows = []

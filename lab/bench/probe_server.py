@@ -1,0 +1,143 @@
+"""The memory probe's server for the lab's own engines: one process per model kind that imports torch, the kind's
+engine and the model's transformers code, and then only forks a fresh child per variant to measure
+(lab/bench/memory_probe.py measures; this module only starts, feeds and forks).
+
+Importing those cost every variant's process 4-9 s of CPU on a 2-core machine, and the model's code, imported
+while its weights loaded, was counted as weights. The server is kept for the life of the process that asked
+(a job's process, a test session), so a second experiment's probe pays no imports at all. Nothing in the server
+runs a torch op or starts a thread, so a fork of it is as clean as a new process that imported the same: a child's
+RSS right after the fork is its runtime. A child measures in the environment its request carries.
+
+Protocol, one JSON line each way: {"spec", "variants", "work", "env"} -> {"<variant index>": {...}, ...}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+
+from lab.paths import ROOT, child_env, set_parent_death_signal
+
+PROBE_TIMEOUT_S = 1800
+CHILDREN_AT_ONCE = 2  # each child reads only its own process's memory, so a neighbour changes no peak
+
+_servers: dict[str, subprocess.Popen] = {}  # model kind -> its server, for the life of this process
+_lock = threading.Lock()
+
+
+def served(spec: dict, indices: list[int], work: dict) -> dict[int, dict]:
+    """{variant index: the memory_probe.measure() result, or {'error': ...}} for the spec's given variants."""
+    from lab.bench.validate import stored_spec  # lazy: keeps this module light for the probe's children
+
+    kind = stored_spec(spec).model_kind
+    request = json.dumps({"spec": spec, "variants": indices, "work": work, "env": child_env()}) + "\n"
+    with _lock:
+        try:
+            reply = _ask(kind, request)
+        except (OSError, EOFError, TimeoutError, ValueError) as e:
+            _stop(kind)
+            return {i: {"error": f"the memory probe failed: {e}"} for i in indices}
+    return {int(i): m for i, m in reply.items()}
+
+
+def _ask(kind: str, request: str) -> dict:
+    server = _servers.get(kind)
+    if server is None or server.poll() is not None:
+        # the kernel's death signal follows the thread that started a process, so only the main thread's is the
+        # process's; elsewhere the server ends when its stdin closes, which this process's end does too
+        main_thread = threading.current_thread() is threading.main_thread()
+        server = _servers[kind] = subprocess.Popen(
+            [sys.executable, "-m", "lab.bench.probe_server"], cwd=ROOT, env=child_env(), text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=set_parent_death_signal if main_thread else None)
+    server.stdin.write(request)
+    server.stdin.flush()
+    ready, _, _ = select.select([server.stdout], [], [], PROBE_TIMEOUT_S)
+    if not ready:
+        raise TimeoutError(f"the memory probe took over {PROBE_TIMEOUT_S} s")
+    line = server.stdout.readline()
+    if not line:
+        raise EOFError(f"the memory probe's server ended (exit code {server.wait()})")
+    return json.loads(line)
+
+
+def _stop(kind: str) -> None:
+    server = _servers.pop(kind, None)
+    if server is not None and server.poll() is None:
+        server.kill()
+        server.wait()
+
+
+# --- the server's own side ---------------------------------------------------------------------------------
+def serve_forever() -> None:
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # what a child prints goes to stderr, never into the replies
+    for line in sys.stdin:
+        replies.write(json.dumps(_serve(json.loads(line))) + "\n")
+
+
+def _serve(request: dict) -> dict[int, dict]:
+    """Import what every variant of this spec runs with, then fork one child per variant, CHILDREN_AT_ONCE at a
+    time (one on CUDA: two models on one GPU)."""
+    os.environ.clear()
+    os.environ.update(request["env"])  # the asking process's: its data folder, its model cache
+    spec, work = request["spec"], request["work"]
+    _import_for(spec)
+    pending, running, results = list(request["variants"]), {}, {}
+    at_once = 1 if str(spec.get("device", "")).startswith("cuda") else CHILDREN_AT_ONCE
+    while pending or running:
+        while pending and len(running) < at_once:
+            index = pending.pop(0)
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_end)
+                set_parent_death_signal()  # a child never measures on after its server
+                _measure_forked(spec, index, work, write_end)
+            os.close(write_end)
+            running[pid] = (index, read_end)
+        pid, status = os.wait()
+        index, read_end = running.pop(pid)
+        with os.fdopen(read_end) as reply:
+            text = reply.read()
+        code = os.waitstatus_to_exitcode(status)
+        results[index] = json.loads(text) if text else {"error": f"the memory probe's child ended with {code}"}
+    return results
+
+
+def _import_for(spec: dict) -> None:
+    # lazy: everything the lab's engines run with, imported here once and never in the asking process's module
+    import torch  # noqa: F401
+    from transformers.utils import logging as transformers_logging
+
+    from lab.bench import loader  # noqa: F401
+    from lab.bench.memory_probe import _import_kind
+    from lab.bench.validate import stored_spec
+    from lab.techniques import build  # noqa: F401
+
+    transformers_logging.disable_progress_bar()  # a bar per child in the job's log tells no one anything
+    kind = stored_spec(spec).model_kind
+    _import_kind(kind)
+    if kind == "llm":
+        from lab.llm.models import import_model_code
+        import_model_code(spec["model"])
+
+
+def _measure_forked(spec: dict, index: int, work: dict, write_end: int) -> None:
+    """In a forked child: measure one variant, write its result, exit. Never returns."""
+    code = 0
+    try:
+        from lab.bench.memory_probe import _torch_prepare, measure  # imported by the server already
+        prepare, device = _torch_prepare(spec, index, work, work["threads"][index])
+        result = measure(prepare, device)
+    except BaseException as e:  # noqa: BLE001  # a forked child must reach os._exit, never the server's loop
+        result, code = {"error": f"the memory probe failed: {type(e).__name__}: {e}"}, 1
+    with os.fdopen(write_end, "w") as out:
+        out.write(json.dumps(result))
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    serve_forever()
