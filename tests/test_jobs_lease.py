@@ -22,6 +22,7 @@ from lab.bench.validate import validate
 from lab.cli import main
 from lab.jobs import leases as lab_leases
 from lab.jobs.liveness import HOST
+from lab.jobs.zygote import JOB_PROCESS_NAME
 from tests.conftest import ROOT
 from tests.import_hooks import hooked_environment
 
@@ -93,7 +94,8 @@ def in_hook(job_id):
 
 
 def job_processes(db_path) -> list[int]:
-    """Pids of `_run-job` processes that work on this test's database (other tests may run at once)."""
+    """Pids of job processes (`_run-job`, or forked from a worker's zygote: named lab-job) that work on this test's
+    database (other tests may run at once)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -104,10 +106,12 @@ def job_processes(db_path) -> list[int]:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = f.read()
             with open(f"/proc/{entry}/stat") as f:
-                zombie = f.read().split(")")[-1].split()[0] == "Z"
+                stat = f.read()
+            zombie = stat.split(")")[-1].split()[0] == "Z"
+            forked = stat.split("(", 1)[1].rsplit(")", 1)[0] == JOB_PROCESS_NAME
         except OSError:
             continue
-        if b"_run-job" in cmd and str(db_path).encode() in env and not zombie:
+        if (b"_run-job" in cmd or forked) and str(db_path).encode() in env and not zombie:
             pids.append(int(entry))
     return pids
 

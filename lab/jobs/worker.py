@@ -31,6 +31,7 @@ from lab.jobs.leases import (
     resolve_device,
 )
 from lab.jobs.liveness import HOST
+from lab.jobs.zygote import Zygote
 from lab.paths import ROOT, child_env
 from lab.store import RUNNER_WORKER, Experiment, Job, Lease, Worker, utcnow
 
@@ -111,16 +112,32 @@ class _Heartbeat(threading.Thread):
                 pass
 
 
-def run_job(job: Job, stopping: threading.Event | None = None, device: str | None = None) -> str:
+def run_job(job: Job, stopping: threading.Event | None = None, device: str | None = None,
+            zygote: Zygote | None = None) -> str:
     """Run one claimed job in a child process and record its outcome. Returns how the child ended:
     "exited" (done or failed), "cancelled" or "stopped" (the worker is stopping; the job went back to the queue).
-    With a device, the child sees only that device (None: the child sees what the caller sees)."""
+    With a device, the child sees only that device (None: the child sees what the caller sees). With a zygote,
+    the child is forked from it (imports done); without, it is a fresh `python -m lab _run-job`."""
     env = {**child_env(), "LAB_WORKER_PID": str(os.getpid()), **(child_device_env(device) if device else {})}
-    child = subprocess.Popen([sys.executable, "-m", "lab", "_run-job", str(job.id)], cwd=ROOT,
-                             stdin=subprocess.DEVNULL, env=env)
+    child = _forked(zygote, job.id, env) if zygote is not None else None
+    if child is None:
+        child = subprocess.Popen([sys.executable, "-m", "lab", "_run-job", str(job.id)], cwd=ROOT,
+                                 stdin=subprocess.DEVNULL, env=env)
     outcome = _watch(child, job.id, stopping or threading.Event())
     _settle(job.id, child.returncode, outcome)
     return outcome
+
+
+def _forked(zygote: Zygote, job_id: int, env: dict):
+    """The job's process forked from the zygote, or None when the zygote could not give one (it died importing,
+    or hung): the job then runs in a fresh process, which reports an import error as the job's own error."""
+    try:
+        return zygote.fork(job_id, env)
+    except (EOFError, TimeoutError, OSError, ValueError) as e:
+        print(f"[worker {os.getpid()}] the job zygote failed ({e}); starting job {job_id}'s process afresh",
+              file=sys.stderr, flush=True)
+        zygote.close()
+        return None
 
 
 def _watch(child: subprocess.Popen, job_id: int, stopping: threading.Event) -> str:
@@ -213,6 +230,8 @@ def worker_loop(idle_exit: float | None = None, poll_s: float = 0.5, device: str
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     print(f"[worker {os.getpid()}] measuring on {device} ({lease_key(device)})", flush=True)
+    zygote = Zygote()
+    zygote.start()  # imports while the queue is read: the first job need not wait for them
     idle_since = time.time()
     try:
         while not stopping.is_set():
@@ -225,12 +244,13 @@ def worker_loop(idle_exit: float | None = None, poll_s: float = 0.5, device: str
             heartbeat.job_id = job.id
             print(f"[worker {os.getpid()}] running job {job.id} (experiment {job.experiment_id})", flush=True)
             try:
-                run_job(job, stopping, device)
+                run_job(job, stopping, device, zygote)
             finally:
                 heartbeat.job_id = None
                 release_leases(worker_id)
             idle_since = time.time()
     finally:
+        zygote.close()
         heartbeat.stop_event.set()
         _unregister(worker_id)
 
