@@ -126,19 +126,22 @@ def test_the_table_flags_a_speedup_measured_without_warm_up_and_gives_each_cell_
     assert "no warm-up" not in rows[0]["Speedup [x]"]  # the baseline is the reference, not a measurement of it
 
 
-def test_the_memory_probe_of_an_llm_holds_no_diffusion_libraries_and_no_scorers():
+def test_the_memory_probe_of_an_llm_holds_no_diffusion_libraries_and_no_scorers(tiny_spec):
     """The probe's own process is what it measures: an LLM variant's peak must not include diffusers and sklearn
     (about 60 MB that the LLM never uses), nor the runner and its scorers (about 130 MB and 3 s per variant), so
-    the child imports each kind's work only for that kind (what _torch_prepare and _import_kind import)."""
+    the probe server, whose forks measure, imports each kind's work only for that kind (probe_server._import_for)."""
+    import json
     import subprocess
     import sys
 
+    from lab.bench.validate import validate
     from lab.paths import ROOT, child_env
-    code = ("import sys, lab.bench.memory_probe as m, lab.bench.loader, lab.bench.validate, lab.techniques; "
-            "m._import_kind('llm'); import lab.bench.engines; "
+    code = ("import sys, json, lab.bench.probe_server as s; s._import_for(json.loads(sys.argv[1])); "
+            "import lab.bench.engines; "
             "print(sorted(k for k in ('diffusers', 'sklearn', 'lab.bench.llm_runner') if k in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=child_env(),
-                         timeout=120)
+    spec = json.dumps(validate(tiny_spec).to_dict())
+    out = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, cwd=ROOT,
+                         env=child_env(), timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -40,7 +40,7 @@ def probed():
     """The spec's variants probed in order and in reverse order, and the work they ran."""
     from lab.bench.llm_runner import probe_work
     from lab.bench.loader import load
-    from lab.bench.memory_probe import probe
+    from lab.bench.probe_server import probe
     spec = validate({"model": MODEL, "workload": "chat", "prompts": 1, "max_new_tokens": 16, "threads": 2,
                      "variants": VARIANTS})
     work = probe_work(spec, load(MODEL, device="cpu", kind="llm").tokenizer)
@@ -87,7 +87,7 @@ def test_the_weights_part_holds_weights_not_the_models_code(tiny_spec):
     a 0.4 MB model in a fresh process imported 146 MB of modules, all of it counted as weights before."""
     from lab.bench.llm_runner import probe_work
     from lab.bench.loader import load
-    from lab.bench.memory_probe import probe
+    from lab.bench.probe_server import probe
     spec = validate(tiny_spec)
     measured = probe(spec, probe_work(spec, load(spec.model, device="cpu", kind="llm").tokenizer))
     assert all("error" not in m for m in measured), measured

@@ -8,7 +8,7 @@ or allocations reach another's, and the order of the variants changes nothing). 
 1. holds what its variant runs with and nothing else (an LLM never holds diffusers; a llama.cpp row never
    holds torch: python + torch alone is about 200 MB) and sets the variant's own thread count;
    its RSS then is the **runtime**. A llama.cpp row's child is a new process; the lab's own engines' children
-   are forked from one server process (serve()) that imported torch, the kind's engine and the model's
+   are forked from one server process (lab/bench/probe_server.py) that imported torch, the kind's engine and the model's
    transformers code once and ran nothing, so no variant pays those seconds of imports again;
 2. loads the weights, applies the variant's techniques, drops every reference to weights the variant does not
    use and hands the freed pages back to the OS (gc, then glibc's malloc_trim), then touches every weight page;
@@ -29,57 +29,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 from lab.bench.rss import PeakRSS, rss_bytes
-from lab.paths import ROOT, child_env, set_parent_death_signal
 
 MB = 1024 * 1024
-PROBE_TIMEOUT_S = 1800
-
-
-def probe(spec, work: dict) -> list[dict]:
-    """{'peak_mb', 'runtime_mb', 'weights_mb', 'rise_mb'} per variant of a spec (LLM or diffusion), each from a
-    child process of its own, or {'error': ...} for a variant whose probe could not run. `work` is what
-    probe_work() in the runner made: the first unit's token ids, each variant's threads, llama.cpp's context."""
-    stored = spec.to_dict()
-    own_engine = [i for i, v in enumerate(spec.variants) if v.engine == "llama_cpp"]
-    lab_engine = [i for i in range(len(spec.variants)) if i not in own_engine]
-    results: dict[int, dict] = {}
-    with ThreadPoolExecutor(max_workers=max(1, len(own_engine))) as pool:
-        started = {i: pool.submit(_probe_started, stored, i, work) for i in own_engine}
-        # in this thread, not the pool's: the server outlives this call, and a pool thread's end would kill it
-        results.update(_probe_served(stored, lab_engine, work) if lab_engine else {})
-        results.update({i: f.result() for i, f in started.items()})
-    return [results[i] for i in range(len(spec.variants))]
-
-
-def _probe_started(spec: dict, index: int, work: dict) -> dict:
-    """A llama.cpp row: a plain new process (no torch in it), importing only libllama and its engine."""
-    request = json.dumps({"spec": spec, "variant": index, "work": work})
-    return _child_reply([sys.executable, "-m", "lab.bench.memory_probe"], request)
-
-
-def _probe_served(spec: dict, indices: list[int], work: dict) -> dict[int, dict]:
-    """The lab's own engines: forked from a probe server that imported torch, transformers and the model's code
-    once (lab/bench/probe_server.py), instead of each variant's process importing them again (seconds each)."""
-    from lab.bench.probe_server import served  # lazy: the llama.cpp child never imports the server's client
-    return served(spec, indices, work)
-
-
-def _child_reply(argv: list[str], request: str) -> dict:
-    try:
-        done = subprocess.run(argv, input=request, text=True, capture_output=True, cwd=ROOT, env=child_env(),
-                              timeout=PROBE_TIMEOUT_S, preexec_fn=set_parent_death_signal)  # never outlive the job
-    except subprocess.TimeoutExpired:
-        return {"error": f"the memory probe took over {PROBE_TIMEOUT_S} s"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        return {"error": f"the memory probe failed: {last}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def release_freed_memory() -> None:
@@ -153,7 +107,7 @@ def _llama_cpp_prepare(spec: dict, work: dict, threads: int):
     return prepare
 
 
-def _torch_prepare(spec_dict: dict, index: int, work: dict, threads: int):
+def torch_prepare(spec_dict: dict, index: int, work: dict, threads: int):
     """The lab's own engines (LLM or diffusion): the model loaded, the variant's techniques applied, the original
     dropped when the variant made its own copy."""
     # lazy: torch, the loader and the spec's techniques, imported before the runtime is read
@@ -168,7 +122,7 @@ def _torch_prepare(spec_dict: dict, index: int, work: dict, threads: int):
     spec = stored_spec(spec_dict)
     variant = spec.variants[index]
     device = default_device() if spec.device == "auto" else spec.device
-    _import_kind(spec.model_kind)
+    import_kind(spec.model_kind)
 
     def prepare():
         loaded = loader.load(spec.model, device=device, kind=spec.model_kind)
@@ -181,7 +135,7 @@ def _torch_prepare(spec_dict: dict, index: int, work: dict, threads: int):
     return prepare, device
 
 
-def _import_kind(kind: str) -> None:
+def import_kind(kind: str) -> None:
     """Import what the work of this kind runs with before the runtime is read, so the weights part is weights."""
     if kind == "diffusion":
         import lab.diffusion.variant  # noqa: F401  # lazy: each kind's child imports only its own runner
@@ -193,7 +147,7 @@ def _import_kind(kind: str) -> None:
 
 def _llm_work(spec, variant, loaded, techniques, work: dict):
     """The variant's engine, and the first unit of the workload the timed repeats ran (from the runner's ids)."""
-    # lazy: as _import_kind
+    # lazy: as import_kind
     from lab.bench.engines import make_engine
     from lab.bench.batches import run_batch
     from lab.ops.settings import GenerationSettings
@@ -209,7 +163,7 @@ def _llm_work(spec, variant, loaded, techniques, work: dict):
 
 def _diffusion_work(spec, _variant, loaded, techniques, _work: dict):
     """The variant's denoiser (its own copy under a weights technique), and its first image batch."""
-    # lazy: as _import_kind
+    # lazy: as import_kind
     from lab.diffusion.variant import DiffusionVariant, image_batches
 
     diffusion = DiffusionVariant(spec, loaded, techniques)

@@ -1,6 +1,6 @@
-"""The memory probe's server for the lab's own engines: one process per model kind that imports torch, the kind's
-engine and the model's transformers code, and then only forks a fresh child per variant to measure
-(lab/bench/memory_probe.py measures; this module only starts, feeds and forks).
+"""Starts the memory probe's processes (lab/bench/memory_probe.py measures in them): a llama.cpp row's is a new
+process with no torch; the lab's own engines' are forked from a server, one process per model kind that imports
+torch, the kind's engine and the model's transformers code, and then only forks a fresh child per variant.
 
 Importing those cost every variant's process 4-9 s of CPU on a 2-core machine, and the model's code, imported
 while its weights loaded, was counted as weights. The server is kept for the life of the process that asked
@@ -18,7 +18,9 @@ import select
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+from lab.bench.memory_probe import import_kind, measure, torch_prepare
 from lab.paths import ROOT, child_env, set_parent_death_signal
 
 PROBE_TIMEOUT_S = 1800
@@ -26,6 +28,40 @@ CHILDREN_AT_ONCE = 2  # each child reads only its own process's memory, so a nei
 
 _servers: dict[str, subprocess.Popen] = {}  # model kind -> its server, for the life of this process
 _lock = threading.Lock()
+
+
+def probe(spec, work: dict) -> list[dict]:
+    """{'peak_mb', 'runtime_mb', 'weights_mb', 'rise_mb'} per variant of a spec (LLM or diffusion), each from a
+    child process of its own, or {'error': ...} for a variant whose probe could not run. `work` is what
+    probe_work() in the runner made: the first unit's token ids, each variant's threads, llama.cpp's context."""
+    stored = spec.to_dict()
+    own_engine = [i for i, v in enumerate(spec.variants) if v.engine == "llama_cpp"]
+    lab_engine = [i for i in range(len(spec.variants)) if i not in own_engine]
+    results: dict[int, dict] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(own_engine))) as pool:
+        started = {i: pool.submit(_probe_started, stored, i, work) for i in own_engine}
+        # in this thread, not the pool's: the server outlives this call, and a pool thread's end would kill it
+        results.update(served(stored, lab_engine, work) if lab_engine else {})
+        results.update({i: f.result() for i, f in started.items()})
+    return [results[i] for i in range(len(spec.variants))]
+
+
+def _probe_started(spec: dict, index: int, work: dict) -> dict:
+    """A llama.cpp row: a plain new process (no torch in it), importing only libllama and its engine."""
+    request = json.dumps({"spec": spec, "variant": index, "work": work})
+    return _child_reply([sys.executable, "-m", "lab.bench.memory_probe"], request)
+
+
+def _child_reply(argv: list[str], request: str) -> dict:
+    try:
+        done = subprocess.run(argv, input=request, text=True, capture_output=True, cwd=ROOT, env=child_env(),
+                              timeout=PROBE_TIMEOUT_S, preexec_fn=set_parent_death_signal)  # never outlive the job
+    except subprocess.TimeoutExpired:
+        return {"error": f"the memory probe took over {PROBE_TIMEOUT_S} s"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return {"error": f"the memory probe failed: {last}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def served(spec: dict, indices: list[int], work: dict) -> dict[int, dict]:
@@ -113,15 +149,14 @@ def _import_for(spec: dict) -> None:
     from transformers.utils import logging as transformers_logging
 
     from lab.bench import loader  # noqa: F401
-    from lab.bench.memory_probe import _import_kind
     from lab.bench.validate import stored_spec
     from lab.techniques import build  # noqa: F401
 
     transformers_logging.disable_progress_bar()  # a bar per child in the job's log tells no one anything
     kind = stored_spec(spec).model_kind
-    _import_kind(kind)
+    import_kind(kind)
     if kind == "llm":
-        from lab.llm.models import import_model_code
+        from lab.llm.models import import_model_code  # lazy: an LLM server only
         import_model_code(spec["model"])
 
 
@@ -129,8 +164,7 @@ def _measure_forked(spec: dict, index: int, work: dict, write_end: int) -> None:
     """In a forked child: measure one variant, write its result, exit. Never returns."""
     code = 0
     try:
-        from lab.bench.memory_probe import _torch_prepare, measure  # imported by the server already
-        prepare, device = _torch_prepare(spec, index, work, work["threads"][index])
+        prepare, device = torch_prepare(spec, index, work, work["threads"][index])
         result = measure(prepare, device)
     except BaseException as e:  # noqa: BLE001  # a forked child must reach os._exit, never the server's loop
         result, code = {"error": f"the memory probe failed: {type(e).__name__}: {e}"}, 1

@@ -9,7 +9,7 @@ import torch
 from lab.bench.llm_runner import probe_work, run_llm
 from lab.bench.loader import load
 from lab.bench.measure import environment
-from lab.bench.memory_probe import probe
+from lab.bench.probe_server import probe
 from lab.bench.record import VariantResult
 from lab.llm.models import default_device
 from lab.spec import Spec, spec_hash

@@ -133,7 +133,7 @@ def _run_child(request: dict, replies) -> None:
         os.environ.clear()
         os.environ.update(request["env"], LAB_WORKER_PID=str(os.getppid()))  # the zygote dies with the worker
         _name_process(JOB_PROCESS_NAME)
-        from lab.jobs.process import run_job_child  # preloaded: no import happens here
+        from lab.jobs.process import run_job_child  # lazy: preloaded by the zygote, no import happens here
         code = run_job_child(request["job"])
     except BaseException:  # noqa: BLE001  # a forked child must reach os._exit, never the zygote's loop
         traceback.print_exc()
