@@ -66,7 +66,7 @@ def _child_reply(argv: list[str], request: str) -> dict:
 
 def served(spec: dict, indices: list[int], work: dict) -> dict[int, dict]:
     """{variant index: the memory_probe.measure() result, or {'error': ...}} for the spec's given variants."""
-    from lab.bench.validate import stored_spec  # lazy: keeps this module light for the probe's children
+    from lab.bench.validate import stored_spec  # lazy: the server imports it only under its request's env
 
     kind = stored_spec(spec).model_kind
     request = json.dumps({"spec": spec, "variants": indices, "work": work, "env": child_env()}) + "\n"
