@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import sys
 from types import SimpleNamespace
 
 from lab.bench.rss import PeakRSS, rss_bytes
@@ -44,12 +45,15 @@ def release_freed_memory() -> None:
         pass
 
 
-def measure(prepare, device: str = "cpu") -> dict:
+def measure(prepare, device: str = "cpu", runtime: int | None = None) -> dict:
     """The three parts of one variant's memory (module docstring): prepare() loads the weights and returns
-    (weights, work); work() runs once unmeasured, then once measured."""
+    (weights, work); work() runs once unmeasured, then once measured. `runtime`: the bytes of the process this one
+    was forked from (a fork's page tables start without the libraries' file pages its parent had resident, so its
+    own RSS would understate what a process that imported the same holds); None: this process's own RSS."""
     if device.startswith("cuda"):
         return _measure_cuda(prepare, device)
-    runtime = rss_bytes()
+    start = rss_bytes()
+    runtime = start if runtime is None else runtime
     weights, work = prepare()
     release_freed_memory()
     _page_in(weights)
@@ -58,8 +62,9 @@ def measure(prepare, device: str = "cpu") -> dict:
     release_freed_memory()
     with PeakRSS() as mem:
         work()
-    return {"peak_mb": mem.peak / MB, "runtime_mb": runtime / MB, "weights_mb": (loaded - runtime) / MB,
-            "rise_mb": max(0, mem.peak - loaded) / MB}
+    weights_b, rise_b = loaded - start, max(0, mem.peak - loaded)
+    return {"peak_mb": (runtime + weights_b + rise_b) / MB, "runtime_mb": runtime / MB,
+            "weights_mb": weights_b / MB, "rise_mb": rise_b / MB}
 
 
 def _measure_cuda(prepare, device: str) -> dict:

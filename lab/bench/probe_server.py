@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from lab.bench.memory_probe import import_kind, measure, torch_prepare
+from lab.bench.rss import rss_bytes
 from lab.paths import ROOT, child_env, set_parent_death_signal
 
 PROBE_TIMEOUT_S = 1800
@@ -127,11 +128,12 @@ def _serve(request: dict) -> dict[int, dict]:
         while pending and len(running) < at_once:
             index = pending.pop(0)
             read_end, write_end = os.pipe()
+            runtime = rss_bytes()  # what a process that imported the same holds: the child's runtime
             pid = os.fork()
             if pid == 0:
                 os.close(read_end)
                 set_parent_death_signal()  # a child never measures on after its server
-                _measure_forked(spec, index, work, write_end)
+                _measure_forked(spec, index, work, write_end, runtime)
             os.close(write_end)
             running[pid] = (index, read_end)
         pid, status = os.wait()
@@ -160,12 +162,12 @@ def _import_for(spec: dict) -> None:
         import_model_code(spec["model"])
 
 
-def _measure_forked(spec: dict, index: int, work: dict, write_end: int) -> None:
+def _measure_forked(spec: dict, index: int, work: dict, write_end: int, runtime: int) -> None:
     """In a forked child: measure one variant, write its result, exit. Never returns."""
     code = 0
     try:
         prepare, device = torch_prepare(spec, index, work, work["threads"][index])
-        result = measure(prepare, device)
+        result = measure(prepare, device, runtime)
     except BaseException as e:  # noqa: BLE001  # a forked child must reach os._exit, never the server's loop
         result, code = {"error": f"the memory probe failed: {type(e).__name__}: {e}"}, 1
     with os.fdopen(write_end, "w") as out:
