@@ -159,3 +159,26 @@ def test_the_memory_probe_of_a_llama_cpp_row_holds_no_torch():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False False"
+
+
+def test_a_live_childs_cpu_counts_as_the_runs_own_not_as_other_processes():
+    """The memory probe's server lives on after a run (lab/bench/probe_server.py) and os.times counts a child only
+    once it is waited for: without /proc's count of live children, its seconds of work read as other processes'
+    and flagged the run busy (27% "other" on bench_memory)."""
+    import subprocess
+    import sys
+    import time
+
+    from lab.bench import machine_load
+    before = machine_load._own_cpu_s()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass\ntime.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        deadline = time.time() + 60
+        while machine_load._own_cpu_s() - before < 1.0 and time.time() < deadline:
+            time.sleep(0.2)
+        assert child.poll() is None  # still alive and never waited for: os.times alone does not see it
+        assert machine_load._own_cpu_s() - before >= 1.0
+    finally:
+        child.kill()
+        child.wait()
