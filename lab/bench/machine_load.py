@@ -2,7 +2,8 @@
 
 `LoadMonitor` wraps a run: it reads the load average at the start, every ~0.5 s and at the end, and the CPU
 time the whole machine spent busy (/proc/stat, or psutil where /proc is missing) minus the CPU time of this
-process and its children (os.times, and /proc for the ones not waited for yet). What is left was used by other processes while we measured.
+process and its waited-for children (os.times), and of the children it counts as its own while they live (the
+memory probe's server: /proc). What is left was used by other processes while we measured.
 `busy_reason` turns such a summary (merged into a run's environment) into one sentence, or None.
 
 No torch here: pages and the CLI import it to label stored runs.
@@ -77,23 +78,27 @@ def _own_cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system + _live_children_cpu_s()
 
 
+_own_children: set[int] = set()  # children whose work is the run's own, though they outlive it
+
+
+def count_as_own(pid: int) -> None:
+    """Count this child's CPU time (and its waited-for children's) as the run's own while it lives: os.times
+    counts a child only once it is waited for, and the memory probe's server lives on after a run
+    (lab/bench/probe_server.py), so its work would read as other processes'. Any other child stays another
+    process until it is waited for."""
+    _own_children.add(pid)
+
+
 def _live_children_cpu_s() -> float:
-    """The CPU time of this process's children that are not waited for yet, with their own waited-for children:
-    os.times counts a child only once it is waited for, and the memory probe's server lives on after a run
-    (lab/bench/probe_server.py), so its work would read as other processes' (Linux /proc; 0 elsewhere)."""
-    me, ticks, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0
-    try:
-        entries = [e for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
-        return 0.0
-    for entry in entries:
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in list(_own_children):
         try:
-            with open(f"/proc/{entry}/stat") as f:
+            with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # gone since the listing
+        except OSError:  # waited for (its time is in os.times now), or not Linux
+            _own_children.discard(pid)
             continue
-        if int(fields[1]) == me:  # ppid
-            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
     return total / ticks
 
 

@@ -20,6 +20,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from lab.bench.machine_load import count_as_own
 from lab.bench.memory_probe import import_kind, measure, torch_prepare
 from lab.bench.rss import rss_bytes
 from lab.paths import ROOT, child_env, set_parent_death_signal
@@ -89,6 +90,7 @@ def _ask(kind: str, request: str) -> dict:
         server = _servers[kind] = subprocess.Popen(
             [sys.executable, "-m", "lab.bench.probe_server"], cwd=ROOT, env=child_env(), text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=set_parent_death_signal if main_thread else None)
+        count_as_own(server.pid)  # its work is the runs' own, though no run waits for it
     server.stdin.write(request)
     server.stdin.flush()
     ready, _, _ = select.select([server.stdout], [], [], PROBE_TIMEOUT_S)
