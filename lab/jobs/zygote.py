@@ -66,14 +66,11 @@ class Zygote:
 
 
 class ForkedJob:
-    """A job's process as subprocess.Popen shows one (pid, wait, terminate, kill, returncode): the worker's watch
-    loop treats a forked job and a started one alike."""
+    """A job's process with the part of subprocess.Popen the worker uses (pid, wait, terminate, kill, returncode):
+    its watch loop treats a forked job and a started one alike."""
 
     def __init__(self, zygote: subprocess.Popen, pid: int):
         self.zygote, self.pid, self.returncode = zygote, pid, None
-
-    def poll(self) -> int | None:
-        return self.returncode if self.returncode is not None else self._read(0.0)
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None and self._read(timeout) is None:
