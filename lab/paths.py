@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import subprocess
 from pathlib import Path
@@ -67,3 +68,16 @@ def git_commit() -> str:
         return (sha or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def read_reply(proc: subprocess.Popen, timeout: float | None, what: str) -> str:
+    """The next line a process the lab started writes on its stdout (the job zygote, the memory probe's server):
+    TimeoutError when none came within `timeout` seconds, EOFError when `what` has ended."""
+    if timeout is not None:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"{what} gave no reply within {timeout:g} s")
+    line = proc.stdout.readline()
+    if not line:
+        raise EOFError(f"{what} ended (exit code {proc.wait()})")
+    return line

@@ -8,8 +8,8 @@ or allocations reach another's, and the order of the variants changes nothing). 
 1. holds what its variant runs with and nothing else (an LLM never holds diffusers; a llama.cpp row never
    holds torch: python + torch alone is about 200 MB) and sets the variant's own thread count;
    its RSS then is the **runtime**. A llama.cpp row's child is a new process; the lab's own engines' children
-   are forked from one server process (lab/bench/probe_server.py) that imported torch, the kind's engine and the model's
-   transformers code once and ran nothing, so no variant pays those seconds of imports again;
+   are forked from one server process (lab/bench/probe_server.py) that imported torch, the kind's engine and
+   the model's transformers code once and ran nothing, so no variant pays those seconds of imports again;
 2. loads the weights, applies the variant's techniques, drops every reference to weights the variant does not
    use and hands the freed pages back to the OS (gc, then glibc's malloc_trim), then touches every weight page;
    the RSS added is the **weights** (for llama.cpp also the context it allocates when it opens the model:

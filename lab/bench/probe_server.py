@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from lab.bench.machine_load import count_as_own
 from lab.bench.memory_probe import import_kind, measure, torch_prepare
 from lab.bench.rss import rss_bytes
-from lab.paths import ROOT, child_env, set_parent_death_signal
+from lab.paths import ROOT, child_env, read_reply, set_parent_death_signal
 
 PROBE_TIMEOUT_S = 1800
 CHILDREN_AT_ONCE = 2  # each child reads only its own process's memory, so a neighbour changes no peak
@@ -93,13 +92,7 @@ def _ask(kind: str, request: str) -> dict:
         count_as_own(server.pid)  # its work is the runs' own, though no run waits for it
     server.stdin.write(request)
     server.stdin.flush()
-    ready, _, _ = select.select([server.stdout], [], [], PROBE_TIMEOUT_S)
-    if not ready:
-        raise TimeoutError(f"the memory probe took over {PROBE_TIMEOUT_S} s")
-    line = server.stdout.readline()
-    if not line:
-        raise EOFError(f"the memory probe's server ended (exit code {server.wait()})")
-    return json.loads(line)
+    return json.loads(read_reply(server, PROBE_TIMEOUT_S, "the memory probe's server"))
 
 
 def _stop(kind: str) -> None:

@@ -19,15 +19,15 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import traceback
 
-from lab.paths import ROOT, child_env, set_parent_death_signal
+from lab.paths import ROOT, child_env, read_reply, set_parent_death_signal
 
 READY_TIMEOUT_S = 300
+ZYGOTE = "the job zygote"
 JOB_PROCESS_NAME = "lab-job"  # what ps and top show for a forked job (its command line is the zygote's)
 SOURCE = ROOT / "lab"
 
@@ -49,7 +49,7 @@ class Zygote:
             self.start()
         self.proc.stdin.write(json.dumps({"job": job_id, "env": env}) + "\n")
         self.proc.stdin.flush()
-        return ForkedJob(self.proc, json.loads(_read_line(self.proc, READY_TIMEOUT_S))["pid"])
+        return ForkedJob(self.proc, json.loads(read_reply(self.proc, READY_TIMEOUT_S, ZYGOTE))["pid"])
 
     def start(self) -> None:
         self.close()
@@ -79,7 +79,7 @@ class ForkedJob:
 
     def _read(self, timeout: float | None) -> int | None:
         try:
-            line = _read_line(self.zygote, timeout)
+            line = read_reply(self.zygote, timeout, ZYGOTE)
         except TimeoutError:
             return None
         except EOFError:  # the zygote died (killed with its job's process group): the job died with it
@@ -99,18 +99,6 @@ class ForkedJob:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-
-def _read_line(proc: subprocess.Popen, timeout: float | None) -> str:
-    """The zygote's next line; TimeoutError when none came within timeout, EOFError when it is gone."""
-    if timeout is not None:
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError
-    line = proc.stdout.readline()
-    if not line:
-        raise EOFError(f"the job zygote ended (exit code {proc.wait()})")
-    return line
 
 
 # --- the zygote's own side ---------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ def load_llm(name: str, device: str) -> LoadedModel:
     if name not in BUILTIN_MODELS:  # again at load: the folder may have changed since validation (or is a draft's)
         check_local_folder(name)
     check_llm(name)
-    source = str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
+    source = _source(name)
     kwargs = dict(trust_remote_code=False, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     dtype = torch.float32 if device == "cpu" else "auto"
@@ -231,6 +231,12 @@ def load_llm(name: str, device: str) -> LoadedModel:
     model.requires_grad_(False)
     return LoadedModel(name=name, kind="llm", model=model, tokenizer=tokenizer, device=device,
                        dtype=str(model.dtype).replace("torch.", ""), source=source)
+
+
+def _source(name: str) -> str:
+    """The folder transformers reads: a built-in model's prepared one, else the name itself."""
+    return str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
+
 
 def import_model_code(name: str) -> None:
     """Import the transformers code that loading `name` runs (its configuration and modeling modules; seconds of
@@ -241,8 +247,7 @@ def import_model_code(name: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.models.auto.tokenization_auto import AutoTokenizer  # noqa: F401
 
-    source = str(prepare_builtin(name)) if name in BUILTIN_MODELS else name
-    config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=True)
+    config = AutoConfig.from_pretrained(_source(name), trust_remote_code=False, local_files_only=True)
     MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the lazy mapping imports the model's modeling module on lookup
 
 
