@@ -3,6 +3,7 @@ run from the LLM and diffusion pages with a worker and the real default models; 
 to submit the preset last chosen, whole (the stored spec against the preset's file)."""
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from lab import store
 from lab.report import download
 from tests.conftest import ROOT
+from tests.test_real_model import check_the_stored_quickstart
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 CHROMIUM = "/usr/bin/chromium"
@@ -103,14 +105,23 @@ def test_quickstart_from_the_llm_lab_page(server):
         table = page.locator("[data-testid='stTable']").first
         expect(table).to_contain_text("bf16")
         text = table.inner_text()
+        verdict = page.locator("li").filter(has_text=re.compile(r"^bf16: ")).first
+        verdict_text = verdict.inner_text()
+        verdict_first = verdict.bounding_box()["y"] < table.bounding_box()["y"]
         page.screenshot(path=str(ARTIFACTS / "llm_lab_quickstart.png"), full_page=True)
         report = download_report(page, "quickstart")
         opened = open_offline(browser, report, "report_quickstart.png")
         browser.close()
     for column in ("TTFT", "TPOT", "Tokens/s", "Peak memory", "Agreement", "Perplexity", "baseline"):
         assert column in text
+    # the answer before the evidence: bf16's speedup, its weights change in MB and its perplexity change
+    assert verdict_first, "the verdict is drawn below the results table"
+    assert re.search(r"^bf16: \d+\.\d+x (faster|slower|as fast)", verdict_text), verdict_text
+    assert re.search(r"weights \d+ MB \(−\d+%\)", verdict_text), verdict_text
+    assert re.search(r"perplexity \d+\.?\d* ppl \([−+±]", verdict_text), verdict_text
     assert_every_chart_drawn(opened, at_least=3)  # speedup, quality, Pareto front
     assert report.read_bytes() == download.report_bytes("html", experiment_ids=[1])  # the same bytes again
+    check_the_stored_quickstart(1)  # what the worker stored is the model's own (tests/test_real_model.py)
 
 
 def test_diffusion_quickstart_draws_the_images(server):

@@ -323,6 +323,9 @@ def test_busy_reason_flags_a_busy_machine_and_passes_a_quiet_one():
     assert reason and "80%" in reason and "other processes" in reason
     assert "load average reached 8.5" in busy_reason({**quiet, "load_avg_max": 8.5})
     assert busy_reason({"device": "cpu"}) is None  # stored before load was recorded: unknown, not busy
+    # the memory probe's two variants side by side, 2 threads each, raised the load to 4.07 on a quiet machine
+    probed = {**quiet, "load_avg_max": 4.07, "memory_probe_threads": 4}
+    assert busy_reason(probed) is None and "load average" in busy_reason({**probed, "memory_probe_threads": 2})
 
 
 def _burn(seconds):

@@ -129,14 +129,16 @@ def test_the_table_flags_a_speedup_measured_without_warm_up_and_gives_each_cell_
 def test_the_memory_probe_of_an_llm_holds_no_diffusion_libraries_and_no_scorers(tiny_spec):
     """The probe's own process is what it measures: an LLM variant's peak must not include diffusers and sklearn
     (about 60 MB that the LLM never uses), nor the runner and its scorers (about 130 MB and 3 s per variant), so
-    the probe server, whose forks measure, imports each kind's work only for that kind (probe_server._import_for)."""
+    the probe server, whose forks measure, imports each kind's work only for that kind
+    (probe_server._import_common, _import_for)."""
     import json
     import subprocess
     import sys
 
     from lab.bench.validate import validate
     from lab.paths import ROOT, child_env
-    code = ("import sys, json, lab.bench.probe_server as s; s._import_for(json.loads(sys.argv[1])); "
+    code = ("import sys, json, lab.bench.probe_server as s; s._import_common('llm'); "
+            "s._import_for(json.loads(sys.argv[1])); "
             "import lab.bench.engines; "
             "print(sorted(k for k in ('diffusers', 'sklearn', 'lab.bench.llm_runner') if k in sys.modules))")
     spec = json.dumps(validate(tiny_spec).to_dict())
@@ -183,3 +185,12 @@ def test_a_live_child_counted_as_own_adds_its_cpu_to_the_runs_not_to_other_proce
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_memory_probe_counts_the_threads_its_children_run_side_by_side(tiny_spec):
+    """The probe runs two variants at once: their threads together are the run's own in the load average."""
+    from lab.bench.probe_server import threads_at_once
+    from lab.bench.validate import validate
+    spec = validate({**tiny_spec, "variants": [{"name": "a", "threads": 2}, {"name": "b", "threads": 1}]})
+    assert threads_at_once(spec, {"threads": [1, 2, 1]}) == 3  # the two largest of baseline, a, b
+    assert threads_at_once(validate({**tiny_spec, "variants": []}), {"threads": [1]}) == 1

@@ -28,8 +28,10 @@ def busy_reason(environment: dict) -> str | None:
         on = f" of {cores} cores" if cores else ""
         return (f"other processes used {share:.0%} of the CPU time{on} during the run "
                 f"(more than {OTHER_CPU_LIMIT:.0%} counts as busy)")
-    load, own = environment.get("load_avg_max"), environment.get("threads") or 1
-    # the run's own threads count in the load average, so only what exceeds cores + own threads is others' work
+    load = environment.get("load_avg_max")
+    # the run's own threads count in the load average, so only what exceeds cores + own threads is others' work;
+    # its memory probe runs variants side by side (lab/bench/probe_server.py), more threads than the timed part
+    own = max(environment.get("threads") or 1, environment.get("memory_probe_threads") or 0)
     if load is not None and cores and load > cores + own:
         return (f"the load average reached {load:.1f} on {cores} cores while the run itself used {own} "
                 f"thread{'s' if own != 1 else ''}")

@@ -4,11 +4,14 @@ torch, the kind's engine and the model's transformers code, and then only forks 
 
 Importing those cost every variant's process 4-9 s of CPU on a 2-core machine, and the model's code, imported
 while its weights loaded, was counted as weights. The server is kept for the life of the process that asked
-(a job's process, a test session), so a second experiment's probe pays no imports at all. Nothing in the server
+(a job's process, a test session), so a second experiment's probe pays no imports at all; the worker's job
+zygote keeps the LLM one, which all its jobs share (start_server). It imports torch and the kind's engine before its first
+request, the model's code on the request that names the model. Nothing in the server
 runs a torch op or starts a thread, so a fork of it is as clean as a new process that imported the same: a child's
 RSS right after the fork is its runtime. A child measures in the environment its request carries.
 
-Protocol, one JSON line each way: {"spec", "variants", "work", "env"} -> {"<variant index>": {...}, ...}.
+Protocol, one JSON line each way, after the server's first line {"ready": "<kind>"}:
+{"spec", "variants", "work", "env"} -> {"<variant index>": {...}, ...}.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ PROBE_TIMEOUT_S = 1800
 CHILDREN_AT_ONCE = 2  # each child reads only its own process's memory, so a neighbour changes no peak
 
 _servers: dict[str, subprocess.Popen] = {}  # model kind -> its server, for the life of this process
+_ready: set[str] = set()  # kinds whose server has said it finished its imports
 _lock = threading.Lock()
 
 
@@ -45,6 +49,15 @@ def probe(spec, work: dict) -> list[dict]:
         results.update(served(stored, lab_engine, work) if lab_engine else {})
         results.update({i: f.result() for i, f in started.items()})
     return [results[i] for i in range(len(spec.variants))]
+
+
+def threads_at_once(spec, work: dict) -> int:
+    """The most threads the probe runs at one time: the server's children CHILDREN_AT_ONCE at a time (one on
+    CUDA) beside every llama.cpp row's process. The load average counts them as the run's own work."""
+    own_engine = [t for t, v in zip(work["threads"], spec.variants) if v.engine == "llama_cpp"]
+    lab_engine = sorted((t for t, v in zip(work["threads"], spec.variants) if v.engine != "llama_cpp"), reverse=True)
+    at_once = 1 if str(spec.device).startswith("cuda") else CHILDREN_AT_ONCE
+    return sum(own_engine) + sum(lab_engine[:at_once])
 
 
 def _probe_started(spec: dict, index: int, work: dict) -> dict:
@@ -67,7 +80,7 @@ def _child_reply(argv: list[str], request: str) -> dict:
 
 def served(spec: dict, indices: list[int], work: dict) -> dict[int, dict]:
     """{variant index: the memory_probe.measure() result, or {'error': ...}} for the spec's given variants."""
-    from lab.bench.validate import stored_spec  # lazy: the server imports it only under its request's env
+    from lab.bench.validate import stored_spec  # lazy: it imports every technique's declaration
 
     kind = stored_spec(spec).model_kind
     request = json.dumps({"spec": spec, "variants": indices, "work": work, "env": child_env()}) + "\n"
@@ -75,37 +88,79 @@ def served(spec: dict, indices: list[int], work: dict) -> dict[int, dict]:
         try:
             reply = _ask(kind, request)
         except (OSError, EOFError, TimeoutError, ValueError) as e:
-            _stop(kind)
+            stop_server(kind)
             return {i: {"error": f"the memory probe failed: {e}"} for i in indices}
     return {int(i): m for i, m in reply.items()}
 
 
 def _ask(kind: str, request: str) -> dict:
-    server = _servers.get(kind)
-    if server is None or server.poll() is not None:
-        # the kernel's death signal follows the thread that started a process, so only the main thread's is the
-        # process's; elsewhere the server ends when its stdin closes, which this process's end does too
-        main_thread = threading.current_thread() is threading.main_thread()
-        server = _servers[kind] = subprocess.Popen(
-            [sys.executable, "-m", "lab.bench.probe_server"], cwd=ROOT, env=child_env(), text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=set_parent_death_signal if main_thread else None)
-        count_as_own(server.pid)  # its work is the runs' own, though no run waits for it
+    server = start_server(kind)
+    await_ready(kind)
     server.stdin.write(request)
     server.stdin.flush()
     return json.loads(read_reply(server, PROBE_TIMEOUT_S, "the memory probe's server"))
 
 
-def _stop(kind: str) -> None:
+def start_server(kind: str) -> subprocess.Popen:
+    """`kind`'s server, started now if it is not running. The job zygote (lab/jobs/zygote.py) starts the LLM one
+    as it starts, so every job it forks inherits a server that has done its imports."""
+    server = _servers.get(kind)
+    if server is None or not _alive(server):
+        stop_server(kind)
+        # the kernel's death signal follows the thread that started a process, so only the main thread's is the
+        # process's; elsewhere the server ends when its stdin closes, which this process's end does too
+        main_thread = threading.current_thread() is threading.main_thread()
+        server = _servers[kind] = subprocess.Popen(
+            [sys.executable, "-m", "lab.bench.probe_server", kind], cwd=ROOT, env=child_env(), text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=set_parent_death_signal if main_thread else None)
+    count_as_own(server.pid)  # its work is the runs' own, though no run waits for it (again in a forked job)
+    return server
+
+
+def await_ready(kind: str) -> None:
+    """Wait until `kind`'s server has done its imports (its first line says so). The zygote waits before it forks
+    a job, so the imports never run beside a job's timed repeats; a job forked after that inherits the answer."""
+    server = _servers.get(kind)
+    if server is not None and kind not in _ready:
+        reply = json.loads(read_reply(server, PROBE_TIMEOUT_S, "the memory probe's server"))
+        if reply != {"ready": kind}:
+            raise ValueError(f"the memory probe's server said {reply!r} before it was asked anything")
+        _ready.add(kind)
+
+
+def renew_server(kind: str) -> None:
+    """A new server in place of this process's own, if it has one: a killed job may have left it mid-request,
+    and its reply would reach the next job."""
+    if kind in _servers:
+        stop_server(kind)
+        start_server(kind)
+
+
+def _alive(server: subprocess.Popen) -> bool:
+    """poll() answers only in the process that started the server; a job forked from the zygote shares the
+    zygote's, so /proc says whether it runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{server.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:  # gone, or not Linux
+        return server.poll() is None
+
+
+def stop_server(kind: str) -> None:
     server = _servers.pop(kind, None)
-    if server is not None and server.poll() is None:
-        server.kill()
-        server.wait()
+    _ready.discard(kind)
+    if server is not None:
+        if _alive(server):
+            server.kill()
+        server.wait()  # in a job forked from the zygote this returns at once (ECHILD): the zygote reaps its own
 
 
 # --- the server's own side ---------------------------------------------------------------------------------
-def serve_forever() -> None:
+def serve_forever(kind: str) -> None:
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # what a child prints goes to stderr, never into the replies
+    _import_common(kind)  # before the first request: a server started ahead of time has it done when one comes
+    replies.write(json.dumps({"ready": kind}) + "\n")
     for line in sys.stdin:
         replies.write(json.dumps(_serve(json.loads(line))) + "\n")
 
@@ -140,18 +195,23 @@ def _serve(request: dict) -> dict[int, dict]:
     return results
 
 
-def _import_for(spec: dict) -> None:
-    # lazy: everything the lab's engines run with, imported here once and never in the asking process's module
+def _import_common(kind: str) -> None:
+    # lazy: everything the kind's engines run with, imported here once and never in the asking process's module
     import torch  # noqa: F401
     from transformers.utils import logging as transformers_logging
 
     from lab.bench import loader  # noqa: F401
-    from lab.bench.validate import stored_spec
+    from lab.bench.validate import stored_spec  # noqa: F401
     from lab.techniques import build  # noqa: F401
 
     transformers_logging.disable_progress_bar()  # a bar per child in the job's log tells no one anything
-    kind = stored_spec(spec).model_kind
     import_kind(kind)
+
+
+def _import_for(spec: dict) -> None:
+    from lab.bench.validate import stored_spec  # lazy: imported by _import_common already
+
+    kind = stored_spec(spec).model_kind
     if kind == "llm":
         from lab.llm.models import import_model_code  # lazy: an LLM server only
         import_model_code(spec["model"])
@@ -171,4 +231,4 @@ def _measure_forked(spec: dict, index: int, work: dict, write_end: int, runtime:
 
 
 if __name__ == "__main__":
-    serve_forever()
+    serve_forever(sys.argv[1])

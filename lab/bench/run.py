@@ -9,7 +9,7 @@ import torch
 from lab.bench.llm_runner import probe_work, run_llm
 from lab.bench.loader import load
 from lab.bench.measure import environment
-from lab.bench.probe_server import probe
+from lab.bench.probe_server import probe, threads_at_once
 from lab.bench.record import VariantResult
 from lab.llm.models import default_device
 from lab.spec import Spec, spec_hash
@@ -58,7 +58,9 @@ def _probe_work(spec: Spec, loaded) -> dict:
 def measure_memory(spec: Spec, results: list[VariantResult], progress, work: dict) -> None:
     """Each variant's memory in a fresh process of its own (lab/bench/memory_probe.py): the peak and its parts."""
     progress(0.92, "memory: each variant once more, each in a fresh process of its own")
+    at_once = threads_at_once(spec, work)
     for res, m in zip(results, probe(spec, work)):
+        res.environment["memory_probe_threads"] = at_once  # the load average counts them as the run's own
         if "error" in m:
             res.environment["memory_probe"] = m["error"]
             continue

@@ -5,6 +5,7 @@ it measures anything (about 4 s on a 2-core CPU, several times that while browse
 jobs one after another. The zygote imports that once, then only forks: no torch op, no thread, no database
 connection happens in it, so a fork of it is the clean process a fresh `python -m lab _run-job` would be. Each job
 still runs in a process of its own, with its own environment: cancel and stop kill it, a crash takes only the job.
+It also keeps the memory probe's LLM server (lab/bench/probe_server.py), which every job it forks inherits.
 
 multiprocessing's forkserver does the same for functions; it is not used because the worker must kill a job by
 pid at once (its cancel) and read the job's exit status, signals included, which a forkserver Process hides behind
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import traceback
 
+from lab.bench import probe_server
 from lab.paths import ROOT, child_env, read_reply, set_parent_death_signal
 
 READY_TIMEOUT_S = 300
@@ -138,16 +140,39 @@ def _name_process(name: str) -> None:
 def main() -> None:
     set_parent_death_signal()  # never outlive the worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the worker decides
+    probe_server.start_server("llm")  # it imports on the other core while this process preloads
     _preload()
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # what a job prints goes to stderr, never into the replies
     for line in sys.stdin:
+        _probe_server_ready()
         pid = os.fork()
         if pid == 0:
             _run_child(json.loads(line), replies)
         replies.write(json.dumps({"pid": pid}) + "\n")
         _, status = os.waitpid(pid, 0)
-        replies.write(json.dumps({"exit": os.waitstatus_to_exitcode(status)}) + "\n")
+        code = os.waitstatus_to_exitcode(status)
+        _share_probe_server(code)
+        replies.write(json.dumps({"exit": code}) + "\n")
+
+
+def _probe_server_ready() -> None:
+    try:
+        probe_server.await_ready("llm")  # its imports never run beside a job's timed repeats
+    except (OSError, EOFError, TimeoutError, ValueError) as e:
+        print(f"the job zygote: the memory probe's server did not start ({e}); each job starts its own",
+              file=sys.stderr)
+        probe_server.stop_server("llm")
+
+
+def _share_probe_server(job_exit: int) -> None:
+    """Keep the LLM memory probe's server here, so each job inherits one that has imported torch and the engine
+    (a job's own server cost it 5-7 s of the 12 a tiny model's job took on a 2-core CPU). A job that failed or was
+    killed may have left it mid-request, and its reply would reach the next job: that one gets a new server."""
+    if job_exit == 0:
+        probe_server.start_server("llm")  # a new one only if it died
+    else:
+        probe_server.renew_server("llm")
 
 
 if __name__ == "__main__":
