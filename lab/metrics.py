@@ -157,3 +157,8 @@ def remove(names, owner: str) -> None:
 
 def definition(name: str) -> MetricDef:
     return METRICS.get(name) or MetricDef(name, name, "", "", None)
+
+
+def declared_by(name: str) -> str | None:
+    """The technique that declared this metric, or None for the lab's own (or an unknown) metric."""
+    return _OWNER.get(name)

@@ -1,5 +1,5 @@
-"""The experiment at a glance: speedup per variant with its p10–p90 bar, the quality metric beside it, and
-quality against speed with the Pareto front (lab/views/charts.py draws them; the table keeps exact numbers)."""
+"""The experiment at a glance: speedup per variant with its p10–p90 bar, the quality metric beside it, peak
+memory in its parts, and quality against speed with the Pareto front (lab/views/charts.py draws them; the table keeps exact numbers)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -18,6 +18,12 @@ def show_experiment_charts(exp) -> None:
         left.altair_chart(charts.speedup_chart(charts.metric_rows(exp.runs, "speedup")), width="stretch")
     if quality is not None:
         right.altair_chart(charts.quality_chart(charts.metric_rows(exp.runs, quality), quality), width="stretch")
+    memory = charts.memory_rows(exp.runs)
+    if memory:
+        st.altair_chart(charts.memory_chart(memory), width="stretch")
+        st.caption("Peak memory of each variant in a fresh process of its own: the runtime (Python and the "
+                   "libraries), the weights, and the work above them; the KV cache a generation ended with is drawn "
+                   "inside the work.")
     if x is not None and quality is not None and len(exp.runs) > 1:
         show_pareto([r.id for r in exp.runs], names, key=f"pareto_{exp.id}")
 

@@ -6,7 +6,7 @@ import collections
 import pandas as pd
 import streamlit as st
 
-from lab.views import results
+from lab.views import results, verdict
 from lab.views.diffusion import is_diffusion
 from ui.charts_view import show_experiment_charts
 from ui.diffusion_view import show_diffusion_views
@@ -41,6 +41,7 @@ def show_experiment(exp) -> None:
     if busy:
         st.warning(f"Measured on a busy machine: {busy}. Timings and speedups may be wrong; run it again on a "
                    f"quiet machine.")
+    _show_verdicts(exp)
     rows = results.summary_rows(exp)
     st.markdown("**Results** — median (p10–p90) and n of each cell; speedups are paired against the baseline, "
                 "which ran interleaved in the same process, and say so when they cannot be told from noise.")
@@ -62,6 +63,18 @@ def show_experiment(exp) -> None:
     show_quantization_views(exp)
     show_sparse_attention_views(exp)
     _outputs_side_by_side(exp)
+
+
+def _show_verdicts(exp) -> None:
+    found = verdict.of_experiment(exp)
+    if found:
+        st.markdown("**Verdict** — each variant against the baseline; the table below has every measurement.")
+        st.markdown("\n".join(f"- {_verdict_markdown(v)}" for v in found))
+
+
+def _verdict_markdown(v) -> str:
+    flags = f" ({'; '.join(v.flags)})" if v.flags else ""
+    return f"**{v.variant}**: **{v.headline}**{flags}" + "".join(f" · {p}" for p in v.parts)
 
 
 def _describe(spec: dict) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import altair as alt
 import vl_convert
 
-from lab.views.charts import metric_rows, pareto_chart, quality_chart, speedup_chart
+from lab.views.charts import memory_chart, memory_rows, metric_rows, pareto_chart, quality_chart, speedup_chart
 from lab.views.pareto import default_axes, points_frame
 from lab.views.results import definition
 
@@ -61,8 +61,8 @@ def _pareto(experiments: list[dict], key: str, label_with_experiment: bool) -> R
 
 
 def experiment_charts(experiment: dict) -> list[ReportChart]:
-    """The speedup per variant, the first quality metric per variant, and quality against speed with the
-    Pareto front; each only when the experiment has what it needs."""
+    """The speedup per variant, the first quality metric per variant, peak memory in its parts, and quality
+    against speed with the Pareto front; each only when the experiment has what it needs."""
     runs = [_Run(r) for r in experiment["runs"]]
     names = {m["name"] for r in experiment["runs"] for m in r["metrics"]}
     prefix, charts = f"experiment-{experiment['id']}", []
@@ -73,6 +73,10 @@ def experiment_charts(experiment: dict) -> list[ReportChart]:
     if quality is not None:
         charts.append(ReportChart(f"{prefix}-{quality}", f"{definition(quality).label} per variant: median, "
                                   f"p10–p90", quality_chart(metric_rows(runs, quality), quality)))
+    memory = memory_rows(runs)
+    if memory:
+        charts.append(ReportChart(f"{prefix}-memory", "Peak memory per variant: runtime, weights, KV cache (inside "
+                                  "the work) and the rest of the work", memory_chart(memory)))
     front = _pareto([experiment], f"{prefix}-pareto", label_with_experiment=False)
     return charts + ([front] if front else [])
 

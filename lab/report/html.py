@@ -8,6 +8,7 @@ from html import escape
 from lab.report import digest
 from lab.report.chartset import ReportChart, comparison_chart, experiment_charts, svg
 from lab.report.images import image_grids
+from lab.views.verdict import verdicts
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2rem auto;
@@ -77,6 +78,10 @@ def _outputs(experiment: dict) -> list[str]:
             _table(header, rows, text_from=1)]
 
 
+def _flags(v) -> str:
+    return f" ({'; '.join(v.flags)})" if v.flags else ""
+
+
 def _experiment(data: dict, exp: dict) -> str:
     facts = "\n".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in digest.facts(exp))
     header, rows = digest.results_table(data, exp)
@@ -87,6 +92,11 @@ def _experiment(data: dict, exp: dict) -> str:
     if exp.get("busy_warning"):
         parts.append(f'<p class="warning">Measured on a busy machine: {escape(exp["busy_warning"])}; timings may be '
                      f"wrong.</p>")
+    found = verdicts(exp)
+    if found:
+        items = "\n".join(f"<li><strong>{escape(v.variant)}</strong>: <strong>{escape(v.headline)}</strong>"
+                           f"{escape(_flags(v))}{''.join(' · ' + escape(p) for p in v.parts)}</li>" for v in found)
+        parts += ["<h3>Verdict</h3>", f'<ul class="verdicts">\n{items}\n</ul>']
     parts += ["<h3>Results</h3>", _table(header, rows),
               '<p class="hint">median (p10–p90) over n samples; a speedup is paired against the baseline in the same '
               "process.</p>", f'<dl class="definitions">\n{defs}\n</dl>']

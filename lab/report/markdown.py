@@ -11,6 +11,7 @@ from urllib.parse import quote
 from lab.report import digest
 from lab.report.chartset import ReportChart, comparison_chart, experiment_charts, png
 from lab.report.images import image_grids
+from lab.views.verdict import verdicts
 
 # what could start a link, an image, code, emphasis, raw HTML or a table cell inside a line
 _SPECIAL = re.compile(r"([\\`*_\[\]|~])")
@@ -77,6 +78,9 @@ def _experiment(files: _Files, data: dict, exp: dict) -> list[str]:
              "\n".join(f"- **{md_text(k)}**: {md_text(v)}" for k, v in digest.facts(exp))]
     if exp.get("busy_warning"):
         parts.append(f"> **Measured on a busy machine**: {md_text(exp['busy_warning'])}; timings may be wrong.")
+    found = verdicts(exp)
+    if found:
+        parts += ["### Verdict", "\n".join(f"- {md_text(v.line())}" for v in found)]
     header, rows = digest.results_table(data, exp)
     parts += ["### Results", _table(header, rows),
               "median (p10–p90) over n samples; a speedup is paired against the baseline in the same process.",

@@ -13,6 +13,8 @@ WIDTH = 420
 ROLE_COLOURS = {"baseline": "#7f7f7f", "variant": "#4c78a8", "on the front": "#e45756", "dominated": "#9ecae9"}
 ROLE_SHAPES = {"baseline": "square", "variant": "circle", "on the front": "circle", "dominated": "circle"}
 ROW_COLUMNS = ["label", "median", "p10", "p90", "n", "is_baseline"]
+MEMORY_PARTS = {"runtime": "#bab0ac", "weights": "#4c78a8", "KV cache": "#f58518", "other work": "#72b7b2"}
+MEMORY_COLUMNS = ["label", "part", "mb", "order"]
 
 
 def axis_title(metric: str) -> str:
@@ -33,6 +35,17 @@ def metric_rows(runs, metric: str) -> list[dict]:
     return rows
 
 
+def value_scale(values) -> alt.Scale:
+    """A quantitative axis around the data, not from zero. When every value is the same (agreement 100% for all,
+    a ratio of 1), Vega's own domain collapses to one point and draws one tick labelled to six decimals; a span
+    of 5% around that value (at least 1 unit) keeps the axis readable."""
+    finite = [float(v) for v in values if v is not None and pd.notna(v)]
+    if finite and max(finite) - min(finite) <= 1e-9 * max(1.0, abs(max(finite))):
+        pad = max(abs(finite[0]) * 0.05, 1.0)
+        return alt.Scale(zero=False, domain=[finite[0] - pad, finite[0] + pad])
+    return alt.Scale(zero=False)
+
+
 def _legend(roles: list[str]) -> tuple[alt.Color, alt.Shape]:
     scale = alt.Scale(domain=roles, range=[ROLE_COLOURS[r] for r in roles])
     shapes = alt.Scale(domain=roles, range=[ROLE_SHAPES[r] for r in roles])
@@ -50,7 +63,8 @@ def _interval_chart(rows: list[dict], metric: str, reference: float | None) -> a
     y = alt.Y("label:N", sort=order, title=None)
     base = alt.Chart(data).encode(y=y)
     spread = base.mark_rule(strokeWidth=2).encode(
-        x=alt.X("p10:Q", title=axis_title(metric), scale=alt.Scale(zero=False)), x2="p90:Q", color=colour)
+        x=alt.X("p10:Q", title=axis_title(metric),
+                scale=value_scale([*data["p10"], *data["p90"], *data["median"]])), x2="p90:Q", color=colour)
     points = base.mark_point(filled=True, size=90, opacity=1).encode(
         x="median:Q", color=colour, shape=shape,
         tooltip=[alt.Tooltip("label:N", title="variant"), "median:Q", "p10:Q", "p90:Q", "n:Q"])
@@ -82,8 +96,8 @@ def pareto_chart(points: pd.DataFrame, x: str, y: str) -> alt.LayerChart:
                              for b, f in zip(data["is_baseline"], data["on_front"])])
     data = data[["label", "variant", "x", "y", "on_front", "role"]].reset_index(drop=True)
     colour, shape = _legend([r for r in ("baseline", "on the front", "dominated") if r in set(data["role"])])
-    x_enc = alt.X("x:Q", title=axis_title(x), scale=alt.Scale(zero=False))
-    y_enc = alt.Y("y:Q", title=axis_title(y), scale=alt.Scale(zero=False))
+    x_enc = alt.X("x:Q", title=axis_title(x), scale=value_scale(data["x"]))
+    y_enc = alt.Y("y:Q", title=axis_title(y), scale=value_scale(data["y"]))
     front = data[data["on_front"]]
     line = alt.Chart(front).mark_line(color=ROLE_COLOURS["on the front"], strokeWidth=1.5).encode(
         x=x_enc, y=y_enc, order=alt.Order("x:Q"))
@@ -96,3 +110,33 @@ def pareto_chart(points: pd.DataFrame, x: str, y: str) -> alt.LayerChart:
                                                                                         text="variant:N")
     return alt.layer(line, dots, labels).properties(
         width=WIDTH, height=300, title=f"{definition(y).label} against {definition(x).label}")
+
+
+def memory_rows(runs) -> list[dict]:
+    """MEMORY_COLUMNS: each variant's peak as its parts (the memory probe's runtime, weights and work), the KV
+    cache drawn inside the work (at most all of it: the KV bytes a generation ended with live there)."""
+    rows = []
+    for run in runs:
+        m = {x.name: x.value for x in run.metrics}
+        if any(m.get(k) is None for k in ("mem_runtime_mb", "mem_weights_mb", "mem_rise_mb")):
+            continue
+        work = max(m["mem_rise_mb"], 0.0)
+        kv = min(max(m.get("kv_cache_mb") or 0.0, 0.0), work)
+        parts = (m["mem_runtime_mb"], m["mem_weights_mb"], kv, work - kv)
+        rows += [{"label": run.variant, "part": part, "mb": mb, "order": i}
+                 for i, (part, mb) in enumerate(zip(MEMORY_PARTS, parts))]
+    return rows
+
+
+def memory_chart(rows: list[dict]) -> alt.Chart:
+    """Peak memory per variant as stacked bars of its parts (rows: MEMORY_COLUMNS)."""
+    data = pd.DataFrame(rows, columns=MEMORY_COLUMNS)
+    order = list(dict.fromkeys(data["label"]))
+    colour = alt.Color("part:N", scale=alt.Scale(domain=list(MEMORY_PARTS), range=list(MEMORY_PARTS.values())),
+                       title=None, legend=alt.Legend(orient="bottom"))
+    return alt.Chart(data).mark_bar().encode(
+        y=alt.Y("label:N", sort=order, title=None), x=alt.X("mb:Q", title=axis_title("peak_mem_mb"), stack="zero"),
+        color=colour, order=alt.Order("order:Q"),
+        tooltip=[alt.Tooltip("label:N", title="variant"), "part:N", alt.Tooltip("mb:Q", title="MB", format=".0f")],
+    ).properties(width=WIDTH, height=max(60, 28 * len(order)), title="Peak memory: runtime, weights, KV cache, work",
+                 autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
