@@ -28,7 +28,7 @@ def test_the_bf16_verdict_names_its_speedup_weights_peak_and_perplexity_change()
     assert v.variant == "bf16" and v.headline == "1.32x faster (1.28–1.33)" and v.flags == []
     assert "weights 257 MB (−50%)" in v.parts and "peak 697 MB (−27%)" in v.parts
     assert "perplexity 16.7 ppl (−0.60%)" in v.parts and "agreement 100%" in v.parts
-    assert "kv compression 2.00x" in v.parts  # the KV family's own figure, shown where it moved
+    assert "KV compression 2.00x" in v.parts  # the KV family's own figure, shown where it moved
 
 
 def test_a_ratio_within_noise_reads_as_fast_and_says_why():
@@ -51,8 +51,8 @@ def test_a_techniques_own_metric_is_its_figure_and_an_unmoved_family_figure_is_l
     bf16[:] = [m for m in bf16 if m["name"] != "kv_compression"] + [metric("kv_compression", 1.0),
                                                                      metric("attended_share", 27.5)]
     [v] = verdicts(exp)
-    assert "computed share 27.5%" in v.parts  # declared in lab/techniques/sparse_attention/base.py
-    assert not any(p.startswith("kv compression") for p in v.parts)
+    assert "Computed share 27.5%" in v.parts  # declared in lab/techniques/sparse_attention/base.py
+    assert not any(p.startswith("KV compression") for p in v.parts)
 
 
 @pytest.mark.parametrize("runs", [[], [{"variant": "a", "is_baseline": False, "metrics": []}]])

@@ -73,7 +73,7 @@ def test_diffusion_page_shows_table_strip_and_image_grids(dit_experiment, monkey
                   "Per step: computed or reused"):
         assert label in text
     assert len(at.get("image")) == 3 * (len(DIT_TECHNIQUES))  # baseline, variant, difference per variant
-    assert len(at.get("vega_lite_chart")) == 4  # speedup, quality, the Pareto front, and the per-step strip
+    assert len(at.get("vega_lite_chart")) == 5  # speedup, quality, memory, the Pareto front, the per-step strip
 
 
 def _queued_spec(at):

@@ -108,4 +108,4 @@ def _figures(metrics: dict[str, dict]) -> list[str]:
 
 def _figure(name: str, m: dict) -> str:
     d = definition(name)
-    return f"{d.label.lower()} {fmt(m['median'])}{'' if d.unit in ('%', 'x') else ' '}{d.unit}".strip()
+    return f"{d.label} {fmt(m['median'])}{'' if d.unit in ('%', 'x') else ' '}{d.unit}".strip()
