@@ -73,8 +73,7 @@ def _show_verdicts(exp) -> None:
 
 
 def _verdict_markdown(v) -> str:
-    flags = f" ({'; '.join(v.flags)})" if v.flags else ""
-    return f"**{v.variant}**: **{v.headline}**{flags}" + "".join(f" · {p}" for p in v.parts)
+    return f"**{v.variant}**: **{v.headline}**{v.flag_note()}" + "".join(f" · {p}" for p in v.parts)
 
 
 def _describe(spec: dict) -> str:

@@ -78,10 +78,6 @@ def _outputs(experiment: dict) -> list[str]:
             _table(header, rows, text_from=1)]
 
 
-def _flags(v) -> str:
-    return f" ({'; '.join(v.flags)})" if v.flags else ""
-
-
 def _experiment(data: dict, exp: dict) -> str:
     facts = "\n".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in digest.facts(exp))
     header, rows = digest.results_table(data, exp)
@@ -95,7 +91,7 @@ def _experiment(data: dict, exp: dict) -> str:
     found = verdicts(exp)
     if found:
         items = "\n".join(f"<li><strong>{escape(v.variant)}</strong>: <strong>{escape(v.headline)}</strong>"
-                           f"{escape(_flags(v))}{''.join(' · ' + escape(p) for p in v.parts)}</li>" for v in found)
+                           f"{escape(v.flag_note())}{''.join(' · ' + escape(p) for p in v.parts)}</li>" for v in found)
         parts += ["<h3>Verdict</h3>", f'<ul class="verdicts">\n{items}\n</ul>']
     parts += ["<h3>Results</h3>", _table(header, rows),
               '<p class="hint">median (p10–p90) over n samples; a speedup is paired against the baseline in the same '

@@ -25,9 +25,12 @@ class Verdict:
     parts: list[str] = field(default_factory=list)  # memory, quality, the technique's own figure
     flags: list[str] = field(default_factory=list)  # why the headline may not hold: noise, a busy machine
 
+    def flag_note(self) -> str:
+        """' (within noise; busy machine: ...)' after the headline, or nothing."""
+        return f" ({'; '.join(self.flags)})" if self.flags else ""
+
     def line(self) -> str:
-        flags = f" ({'; '.join(self.flags)})" if self.flags else ""
-        return f"{self.variant}: {self.headline}{flags}" + "".join(f" · {p}" for p in self.parts)
+        return f"{self.variant}: {self.headline}{self.flag_note()}" + "".join(f" · {p}" for p in self.parts)
 
 
 def verdicts(experiment: dict) -> list[Verdict]:
